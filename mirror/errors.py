@@ -1,0 +1,154 @@
+"""One small hierarchy of errors, each carrying what the caller should do next.
+
+Errors are classified by *what happens next* (rclone's habit), never by matching message
+text: `Action.RETRY` means the same request may succeed if tried again, `Action.SKIP_FILE`
+means this one file has failed but the run goes on, `Action.STOP_RUN` means nothing else
+can succeed either (the disk is full, the cache is locked, the input is bad).
+
+Every library error (aiohttp, botocore, OSError) is translated once, at the boundary where
+it is raised (`raise OurError(...) from exc`), so no code above `remote/` and `store/`
+knows which library produced it.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Action(enum.Enum):
+    RETRY = "retry"
+    SKIP_FILE = "skip-file"
+    STOP_RUN = "stop-run"
+
+
+class MirrorError(Exception):
+    """Base of every error vbo-mirror raises on purpose.
+
+    `exit_code` is what the CLI exits with; `hint` is one sentence telling the user what
+    to try, printed under the message.
+    """
+
+    exit_code = 1
+    action = Action.STOP_RUN
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# --- bad input: exit 2, nothing written ---------------------------------------------------
+
+
+class InputError(MirrorError):
+    """The user or a file handed us something we refuse to act on."""
+
+    exit_code = 2
+
+
+class ConfigError(InputError):
+    pass
+
+
+class ManifestError(InputError):
+    """A manifest is malformed or unsafe. The message names the file and the problem."""
+
+    def __init__(self, source: str, problem: str, *, hint: str | None = None) -> None:
+        super().__init__(f"{source}: {problem}", hint=hint)
+        self.source = source
+        self.problem = problem
+
+
+class UnknownVersionError(InputError):
+    def __init__(self, version: str, available: list[str]) -> None:
+        listing = ", ".join(available) if available else "(none)"
+        super().__init__(
+            f"unknown dataset version {version!r}; available: {listing}",
+            hint="run `vbo-mirror manifests list` to see every version",
+        )
+        self.version = version
+        self.available = available
+
+
+class UnknownIdError(InputError):
+    pass
+
+
+# --- offline / local state ----------------------------------------------------------------
+
+
+class OfflineError(MirrorError):
+    """Something needed is neither in cache_dir nor reachable."""
+
+    exit_code = 3
+
+
+class LockHeldError(MirrorError):
+    exit_code = 3
+
+
+class StoreError(MirrorError):
+    """The local disk refused (full, read-only, permissions). Nothing else can succeed."""
+
+    exit_code = 4
+
+
+# --- remote -------------------------------------------------------------------------------
+
+
+class RemoteError(MirrorError):
+    """Base of everything the S3 / HTTP boundary raises."""
+
+    exit_code = 3
+    action = Action.RETRY
+
+
+class EndpointUnreachable(RemoteError):
+    """No answer at all: connection refused, DNS failure, connect timeout."""
+
+
+class TransferError(RemoteError):
+    """The connection broke mid-response, or a read timed out."""
+
+
+class ServerError(RemoteError):
+    """5xx other than SlowDown."""
+
+
+class SlowDown(RemoteError):
+    """503 SlowDown / 429: the server asks every client to slow down (the pacer reacts)."""
+
+
+class ObjectNotFound(RemoteError):
+    action = Action.SKIP_FILE
+
+
+class AccessDenied(RemoteError):
+    action = Action.SKIP_FILE
+
+
+class ObjectChanged(RemoteError):
+    """412 on If-Match, or a changed ETag: the bytes we hold belong to another object."""
+
+    action = Action.SKIP_FILE
+
+
+class ProtocolError(RemoteError):
+    """The server answered something we did not ask for (wrong Content-Range, bad length)."""
+
+
+class IntegrityError(MirrorError):
+    """Downloaded bytes do not match the manifest hash or the S3 ETag."""
+
+    exit_code = 5
+    action = Action.RETRY
+
+
+class FileFailed(MirrorError):
+    """One file could not be mirrored after every retry; the run goes on without it."""
+
+    exit_code = 5
+    action = Action.SKIP_FILE

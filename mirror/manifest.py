@@ -1,0 +1,258 @@
+"""Parse and validate dataset manifests into an immutable model; turn keys into safe paths;
+compare two manifests.
+
+A manifest is untrusted input: every URL must point into the dataset's own bucket and
+prefix, every key must map to a path that stays inside the version directory, every hash
+must be a BLAKE2b-512 hex digest. One violation rejects the whole manifest before anything
+is written, with a message naming the file and the entry.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Iterator, Mapping
+from urllib.parse import unquote, urlsplit
+
+from .config import DatasetConfig
+from .errors import ManifestError
+from .semver import Version
+
+HASH_RE = re.compile(r"^[0-9a-f]{128}$")
+_REQUIRED_KEYS = ("project_name", "manifest_version", "metadata_file_id_column_name", "metadata_files", "data_files")
+_ENTRY_KEYS = {"url", "version_id", "file_hash"}
+# Host forms S3 uses for a bucket: virtual-hosted (dot or dash region) and path style.
+_VHOST = re.compile(r"^(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])\.s3(?:[.-](?P<region>[a-z0-9-]+))?\.amazonaws\.com$")
+_PATHSTYLE = re.compile(r"^s3(?:[.-](?P<region>[a-z0-9-]+))?\.amazonaws\.com$")
+_MAX_KEY = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    kind: str  # "metadata" or "data"
+    name: str  # table name for metadata, str(file_id) for data
+    url: str
+    bucket: str
+    key: str
+    version_id: str
+    file_hash: str
+
+    @property
+    def relative_path(self) -> str:
+        """The key without its first segment: AllenSDK's path under the version directory."""
+        return self.key.split("/", 1)[1]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str  # file name, e.g. visual-behavior-ophys_project_manifest_v1.0.1.json
+    project_name: str
+    manifest_version: str
+    id_column: str
+    data_pipeline: tuple[Mapping[str, str], ...]
+    metadata_files: Mapping[str, FileEntry]
+    data_files: Mapping[str, FileEntry]
+    raw: bytes = field(repr=False, compare=False)
+
+    @property
+    def version(self) -> Version:
+        return Version(self.manifest_version)
+
+    @property
+    def view_dir(self) -> str:
+        """AllenSDK's directory for this version: `{project_name}-{manifest_version}`."""
+        return f"{self.project_name}-{self.manifest_version}"
+
+    def entries(self) -> Iterator[FileEntry]:
+        yield from self.metadata_files.values()
+        yield from self.data_files.values()
+
+    def __len__(self) -> int:
+        return len(self.metadata_files) + len(self.data_files)
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """(bucket, key) of an S3 object URL in any of AWS's forms; the key is unquoted."""
+    parts = urlsplit(url)
+    if parts.scheme == "s3":
+        return parts.netloc, unquote(parts.path.lstrip("/"))
+    if parts.scheme not in ("https", "http"):
+        raise ValueError(f"not an S3 URL: {url!r}")
+    host = (parts.hostname or "").lower()
+    path = unquote(parts.path)
+    if m := _VHOST.match(host):
+        return m.group("bucket"), path[1:] if path.startswith("/") else path
+    if _PATHSTYLE.match(host):
+        bucket, _, key = path.lstrip("/").partition("/")
+        return bucket, key
+    raise ValueError(f"not an AWS S3 URL (host {host!r}): {url!r}")
+
+
+def check_key(key: str, *, prefix: str) -> str | None:
+    """Why `key` is unsafe to turn into a local path, or None when it is safe."""
+    if not key:
+        return "empty key"
+    if len(key) > _MAX_KEY:
+        return "key longer than 1024 characters"
+    if "\x00" in key or "\\" in key:
+        return "key contains a NUL or a backslash"
+    if key.startswith("/"):
+        return "key is an absolute path"
+    segments = key.split("/")
+    if any(s in ("", ".", "..") for s in segments):
+        return "key has an empty, '.' or '..' segment"
+    if not key.startswith(prefix):
+        return f"key is outside the dataset prefix {prefix!r}"
+    if len(segments) < 2:
+        return "key has no path below its first segment"
+    return None
+
+
+def _entry(source: str, kind: str, name: str, raw: object, ds: DatasetConfig) -> FileEntry:
+    where = f"{kind}_files[{name!r}]"
+    if not isinstance(raw, dict):
+        raise ManifestError(source, f"{where} is not an object")
+    if set(raw) != _ENTRY_KEYS:
+        missing, extra = _ENTRY_KEYS - set(raw), set(raw) - _ENTRY_KEYS
+        raise ManifestError(source, f"{where} must have exactly url, version_id, file_hash"
+                            + (f"; missing {sorted(missing)}" if missing else "")
+                            + (f"; unexpected {sorted(extra)}" if extra else ""))
+    url, version_id, file_hash = raw["url"], raw["version_id"], raw["file_hash"]
+    if not all(isinstance(v, str) for v in (url, version_id, file_hash)):
+        raise ManifestError(source, f"{where}: url, version_id and file_hash must be strings")
+    if not HASH_RE.match(file_hash):
+        raise ManifestError(source, f"{where}: file_hash is not 128 lowercase hex characters (BLAKE2b-512)")
+    if not version_id or len(version_id) > 1024 or any(c in version_id for c in "\x00/\\&?# "):
+        raise ManifestError(source, f"{where}: version_id {version_id!r} is not a valid S3 version id")
+    try:
+        bucket, key = parse_s3_url(url)
+    except ValueError as exc:
+        raise ManifestError(source, f"{where}: {exc}") from None
+    if bucket != ds.bucket:
+        raise ManifestError(source, f"{where}: URL points outside the dataset bucket {ds.bucket!r} (got {bucket!r})")
+    if problem := check_key(key, prefix=ds.prefix):
+        raise ManifestError(source, f"{where}: unsafe key {key!r}: {problem}")
+    return FileEntry(kind, name, url, bucket, key, version_id, file_hash)
+
+
+def parse_manifest(data: bytes, *, source: str, dataset: DatasetConfig) -> Manifest:
+    """Validate `data` completely and return the model; raise ManifestError on the first problem."""
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(source, f"not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ManifestError(source, "top level is not a JSON object")
+    for key in _REQUIRED_KEYS:
+        if key not in doc:
+            raise ManifestError(source, f"missing required key {key!r}")
+    project, version, id_col = doc["project_name"], doc["manifest_version"], doc["metadata_file_id_column_name"]
+    for k, v in (("project_name", project), ("manifest_version", version), ("metadata_file_id_column_name", id_col)):
+        if not isinstance(v, str) or not v:
+            raise ManifestError(source, f"{k} must be a non-empty string")
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", project) or project in (".", ".."):
+        raise ManifestError(source, f"project_name {project!r} is not a safe directory name")
+    if not Version.is_valid(version):
+        raise ManifestError(source, f"manifest_version {version!r} is not a semantic version (MAJOR.MINOR.PATCH)")
+    name_version = dataset.version_of(source.rsplit("/", 1)[-1])
+    if name_version is not None and Version(name_version) != Version(version):
+        raise ManifestError(source, f"manifest_version {version!r} does not match the version in the file name ({name_version})")
+    pipeline = doc.get("data_pipeline", [])
+    if not isinstance(pipeline, list) or not all(isinstance(p, dict) for p in pipeline):
+        raise ManifestError(source, "data_pipeline must be a list of objects")
+    sections = {}
+    for kind in ("metadata", "data"):
+        section = doc[f"{kind}_files"]
+        if not isinstance(section, dict):
+            raise ManifestError(source, f"{kind}_files must be an object")
+        sections[kind] = {str(name): _entry(source, kind, str(name), raw, dataset) for name, raw in section.items()}
+    for name in sections["data"]:
+        if not name.isdigit():
+            raise ManifestError(source, f"data_files key {name!r} is not a file id (digits)")
+    # Two entries may share a key only if they name the very same object version and content.
+    seen: dict[str, FileEntry] = {}
+    for e in (*sections["metadata"].values(), *sections["data"].values()):
+        other = seen.setdefault(e.key, e)
+        if other is not e and (other.version_id, other.file_hash) != (e.version_id, e.file_hash):
+            raise ManifestError(source, f"key {e.key!r} appears twice with different versions or hashes")
+    return Manifest(
+        name=source.rsplit("/", 1)[-1],
+        project_name=project,
+        manifest_version=Version(version).text,
+        id_column=id_col,
+        data_pipeline=tuple(MappingProxyType(dict(p)) for p in pipeline),
+        metadata_files=MappingProxyType(sections["metadata"]),
+        data_files=MappingProxyType(sections["data"]),
+        raw=bytes(data),
+    )
+
+
+# --- comparison -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: str  # "metadata" or "data"
+    change: str  # "changed", "created", "deleted", "renamed"
+    path: str  # relative path in B (in A for deleted)
+    old_path: str | None = None  # for renamed
+    old_hash: str | None = None
+    new_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class ManifestDiff:
+    a: str
+    b: str
+    changes: tuple[Change, ...]
+
+    def by_kind(self, kind: str) -> list[Change]:
+        return [c for c in self.changes if c.kind == kind]
+
+
+def compare_manifests(a: Manifest, b: Manifest) -> ManifestDiff:
+    """Differences from A to B, by relative path, per kind (metadata, data).
+
+    A path in both with another hash is `changed`; a path only in B whose content existed
+    in A under a path that is gone from B is `renamed`; the rest are `created` / `deleted`.
+    """
+    changes: list[Change] = []
+    for kind in ("metadata", "data"):
+        old = {e.relative_path: e.file_hash for e in getattr(a, f"{kind}_files").values()}
+        new = {e.relative_path: e.file_hash for e in getattr(b, f"{kind}_files").values()}
+        gone = {p: h for p, h in old.items() if p not in new}
+        gone_by_hash: dict[str, list[str]] = {}
+        for p, h in sorted(gone.items()):
+            gone_by_hash.setdefault(h, []).append(p)
+        for path in sorted(new):
+            if path in old:
+                if old[path] != new[path]:
+                    changes.append(Change(kind, "changed", path, old_hash=old[path], new_hash=new[path]))
+            elif gone_by_hash.get(new[path]):
+                src = gone_by_hash[new[path]].pop(0)
+                del gone[src]
+                changes.append(Change(kind, "renamed", path, old_path=src, old_hash=new[path], new_hash=new[path]))
+            else:
+                changes.append(Change(kind, "created", path, new_hash=new[path]))
+        for path in sorted(gone):
+            changes.append(Change(kind, "deleted", path, old_hash=gone[path]))
+    return ManifestDiff(a.name, b.name, tuple(changes))
+
+
+def format_diff(diff: ManifestDiff) -> str:
+    """The text AllenSDK's `compare_manifests` prints, so users' habits and scripts carry over:
+    metadata lines first, then data lines, each block sorted by the (old) path."""
+    if not diff.changes:
+        return "The two manifests are equivalent"
+    out = [f"Changes going from\n{diff.a}\nto\n{diff.b}\n\n"]
+    for kind in ("metadata", "data"):
+        lines = []
+        for c in diff.by_kind(kind):
+            if c.change == "renamed":
+                lines.append((c.old_path, f"{c.old_path} renamed {c.path}"))
+            else:
+                lines.append((c.path, f"{c.path} {c.change}"))
+        out.extend(f"{text}\n" for _, text in sorted(lines))
+    return "".join(out)

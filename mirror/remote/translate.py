@@ -1,0 +1,73 @@
+"""Library errors → our error kinds, in one place. Nothing here matches message text:
+only exception classes, HTTP status codes and S3 error codes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import botocore.exceptions as bex
+
+from ..errors import (
+    AccessDenied,
+    EndpointUnreachable,
+    ObjectChanged,
+    ObjectNotFound,
+    ProtocolError,
+    RemoteError,
+    ServerError,
+    SlowDown,
+    TransferError,
+)
+
+_NOT_FOUND_CODES = {"NoSuchKey", "NoSuchVersion", "NoSuchBucket", "404", "NotFound"}
+_DENIED_CODES = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+_SLOW_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests", "503"}
+
+
+def from_status(status: int, *, what: str, code: str | None = None) -> RemoteError:
+    if status in (404,) or code in _NOT_FOUND_CODES:
+        return ObjectNotFound(f"{what}: not found (HTTP {status}{', ' + code if code else ''})")
+    if status == 403 or code in _DENIED_CODES:
+        return AccessDenied(f"{what}: access denied (HTTP {status})",
+                            hint="the bucket is public: drop --signed, or check your AWS credentials")
+    if status == 412 or code == "PreconditionFailed":
+        return ObjectChanged(f"{what}: the object changed on the server (If-Match failed)")
+    if status in (429, 503) or code in _SLOW_CODES:
+        return SlowDown(f"{what}: server asks to slow down (HTTP {status})")
+    if status >= 500:
+        return ServerError(f"{what}: server error HTTP {status}")
+    if status == 400 and code == "InvalidArgument":
+        return ObjectNotFound(f"{what}: rejected by the server (HTTP 400 {code}); is the version id valid?")
+    return ProtocolError(f"{what}: unexpected HTTP {status}{' ' + code if code else ''}")
+
+
+def unreachable(url: str, connect_timeout: float, reason: object) -> EndpointUnreachable:
+    return EndpointUnreachable(
+        f"cannot reach {url} (connect timeout {connect_timeout:g}s): {reason}",
+        hint="check --endpoint-url / AWS_ENDPOINT_URL_S3 and your network, raise --connect-timeout, "
+        "or use --offline to work from what cache_dir holds",
+    )
+
+
+def from_exception(exc: BaseException, *, what: str, url: str, connect_timeout: float) -> RemoteError:
+    """Translate an aiohttp / botocore / OS exception. CancelledError must never get here."""
+    assert not isinstance(exc, asyncio.CancelledError)
+    if isinstance(exc, RemoteError):
+        return exc
+    if isinstance(exc, bex.ClientError):
+        err = exc.response.get("Error", {})
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        return from_status(status, what=what, code=err.get("Code"))
+    if isinstance(exc, (aiohttp.ClientConnectorError, bex.EndpointConnectionError, bex.ConnectTimeoutError)):
+        return unreachable(url, connect_timeout, exc)
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return unreachable(url, connect_timeout, "connect timed out")
+    if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
+                        aiohttp.ServerTimeoutError, asyncio.TimeoutError, TimeoutError,
+                        bex.ReadTimeoutError, bex.ConnectionClosedError, bex.ResponseStreamingError,
+                        ConnectionError, aiohttp.ClientResponseError)):
+        return TransferError(f"{what}: transfer broke: {type(exc).__name__}: {exc}")
+    if isinstance(exc, (aiohttp.ClientError, bex.BotoCoreError)):
+        return TransferError(f"{what}: {type(exc).__name__}: {exc}")
+    raise exc
