@@ -152,3 +152,18 @@ class FileFailed(MirrorError):
 
     exit_code = 5
     action = Action.SKIP_FILE
+
+
+# --- warnings: things the user should know that do not stop anything -----------------------
+
+
+class MirrorWarning(UserWarning):
+    pass
+
+
+class OutdatedManifestWarning(MirrorWarning):
+    """The version in use is not the latest one online (AllenSDK's warning of the same name)."""
+
+
+class OfflineWarning(MirrorWarning):
+    """The endpoint did not answer; vbo-mirror carries on from what cache_dir holds."""

@@ -213,31 +213,38 @@ class ManifestDiff:
 
 
 def compare_manifests(a: Manifest, b: Manifest) -> ManifestDiff:
-    """Differences from A to B, by relative path, per kind (metadata, data).
+    """Differences from A to B, by relative path, per kind (metadata, data), with AllenSDK's
+    rules so its users read the same verdicts:
 
-    A path in both with another hash is `changed`; a path only in B whose content existed
-    in A under a path that is gone from B is `renamed`; the rest are `created` / `deleted`.
+    - a path in both with another hash is `changed`;
+    - a path only in A whose content is somewhere in B is `renamed` to that path;
+    - a path only in A whose content is nowhere in B is `deleted`;
+    - a path only in B whose content is nowhere in A is `created` (content that merely
+      appears under a second name is not reported, as in AllenSDK).
+
+    Where several paths of B share one content, the rename names the first in sorted order
+    (AllenSDK takes whichever its dict kept last; ours is deterministic).
     """
     changes: list[Change] = []
     for kind in ("metadata", "data"):
         old = {e.relative_path: e.file_hash for e in getattr(a, f"{kind}_files").values()}
         new = {e.relative_path: e.file_hash for e in getattr(b, f"{kind}_files").values()}
-        gone = {p: h for p, h in old.items() if p not in new}
-        gone_by_hash: dict[str, list[str]] = {}
-        for p, h in sorted(gone.items()):
-            gone_by_hash.setdefault(h, []).append(p)
-        for path in sorted(new):
-            if path in old:
-                if old[path] != new[path]:
-                    changes.append(Change(kind, "changed", path, old_hash=old[path], new_hash=new[path]))
-            elif gone_by_hash.get(new[path]):
-                src = gone_by_hash[new[path]].pop(0)
-                del gone[src]
-                changes.append(Change(kind, "renamed", path, old_path=src, old_hash=new[path], new_hash=new[path]))
+        old_hashes = set(old.values())
+        new_by_hash: dict[str, str] = {}
+        for path in sorted(new, reverse=True):
+            new_by_hash[new[path]] = path
+        for path in sorted(old):
+            h = old[path]
+            if path in new:
+                if new[path] != h:
+                    changes.append(Change(kind, "changed", path, old_hash=h, new_hash=new[path]))
+            elif h in new_by_hash:
+                changes.append(Change(kind, "renamed", new_by_hash[h], old_path=path, old_hash=h, new_hash=h))
             else:
+                changes.append(Change(kind, "deleted", path, old_hash=h))
+        for path in sorted(new):
+            if path not in old and new[path] not in old_hashes:
                 changes.append(Change(kind, "created", path, new_hash=new[path]))
-        for path in sorted(gone):
-            changes.append(Change(kind, "deleted", path, old_hash=gone[path]))
     return ManifestDiff(a.name, b.name, tuple(changes))
 
 

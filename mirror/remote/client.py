@@ -42,11 +42,16 @@ class RemoteSettings:
     def base_url(self) -> str:
         if self.endpoint_url:
             return self.endpoint_url.rstrip("/")
-        return f"https://s3.{self.region}.amazonaws.com"
+        return f"https://{self.bucket}.s3.{self.region}.amazonaws.com"
 
     def object_url(self, ref: ObjectRef) -> str:
-        """Path-style URL with the version: works for the real bucket and for any endpoint."""
-        url = f"{self.base_url}/{ref.bucket}/{quote(ref.key, safe='/~-._')}"
+        """The object's URL with its version. AWS gets the virtual-hosted form the manifests
+        use; a user-given endpoint keeps bucket and key, path-style, under its own host."""
+        key = quote(ref.key, safe="/~-._")
+        if self.endpoint_url:
+            url = f"{self.base_url}/{ref.bucket}/{key}"
+        else:
+            url = f"https://{ref.bucket}.s3.{self.region}.amazonaws.com/{key}"
         if ref.version_id:
             url += f"?versionId={quote(ref.version_id, safe='')}"
         return url
@@ -85,7 +90,8 @@ class Remote:
         await self._stack.aclose()
 
     def _translate(self, exc: BaseException, what: str):
-        return from_exception(exc, what=what, url=self.settings.base_url, connect_timeout=self.settings.timeouts.connect)
+        t = self.settings.timeouts
+        return from_exception(exc, what=what, url=self.settings.base_url, connect_timeout=t.connect, read_timeout=t.read)
 
     # --- listing and metadata (aiobotocore) ----------------------------------------------
 

@@ -50,7 +50,16 @@ def unreachable(url: str, connect_timeout: float, reason: object) -> EndpointUnr
     )
 
 
-def from_exception(exc: BaseException, *, what: str, url: str, connect_timeout: float) -> RemoteError:
+def silent(url: str, read_timeout: float, what: str) -> TransferError:
+    return TransferError(
+        f"{what}: no answer from {url} within the read timeout ({read_timeout:g}s)",
+        hint="the server accepted the connection but sent nothing: check --endpoint-url / AWS_ENDPOINT_URL_S3, "
+        "raise --read-timeout on a slow link, or use --offline to work from what cache_dir holds",
+    )
+
+
+def from_exception(exc: BaseException, *, what: str, url: str, connect_timeout: float,
+                   read_timeout: float) -> RemoteError:
     """Translate an aiohttp / botocore / OS exception. CancelledError must never get here."""
     assert not isinstance(exc, asyncio.CancelledError)
     if isinstance(exc, RemoteError):
@@ -63,9 +72,10 @@ def from_exception(exc: BaseException, *, what: str, url: str, connect_timeout: 
         return unreachable(url, connect_timeout, exc)
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return unreachable(url, connect_timeout, "connect timed out")
+    if isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError, TimeoutError, bex.ReadTimeoutError)):
+        return silent(url, read_timeout, what)
     if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
-                        aiohttp.ServerTimeoutError, asyncio.TimeoutError, TimeoutError,
-                        bex.ReadTimeoutError, bex.ConnectionClosedError, bex.ResponseStreamingError,
+                        bex.ConnectionClosedError, bex.ResponseStreamingError,
                         ConnectionError, aiohttp.ClientResponseError)):
         return TransferError(f"{what}: transfer broke: {type(exc).__name__}: {exc}")
     if isinstance(exc, (aiohttp.ClientError, bex.BotoCoreError)):

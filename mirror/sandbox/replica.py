@@ -19,6 +19,8 @@ import json
 import random
 from dataclasses import dataclass, field
 
+from ..semver import Version
+
 BUCKET = "visual-behavior-ophys-data"
 REGION = "us-west-2"
 PROJECT = "visual-behavior-ophys"
@@ -182,16 +184,16 @@ def build_replica(spec: ReplicaSpec = ReplicaSpec()) -> Replica:
         e = [dict(r) for r in experiment_rows if keep(r)]
         c = [dict(r) for r in cells if keep(r)]
         # Metadata-only revisions, as in the real history.
-        if version >= "0.2.0":
+        if Version(version) >= Version("0.2.0"):
             for r in (*b, *s, *e):
                 r["prior_exposures_to_image_set"] = r["prior_exposures_to_image_set"] + 1
-        if version >= "0.3.0":
+        if Version(version) >= Version("0.3.0"):
             for r in (*b, *s, *e):
                 r["prior_exposures_to_omissions"] = max(0, r["prior_exposures_to_omissions"] - 1)
-        if version >= "1.0.1":
+        if Version(version) >= Version("1.0.1"):
             for r in c:
                 r["cell_specimen_id"] = r["cell_specimen_id"] + 1
-        if version >= "1.1.0":
+        if Version(version) >= Version("1.1.0"):
             for r in (*b, *s, *e):
                 r["date_of_acquisition"] = r["date_of_acquisition"].replace(".000000", ".000001")
         tables = {

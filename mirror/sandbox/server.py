@@ -113,17 +113,22 @@ async def _put(s3, key: str, data: bytes, spec: ReplicaSpec) -> str:
     return r["VersionId"]
 
 
-async def load_replica(endpoint_url: str, replica: Replica, *, versions=VERSIONS) -> Replica:
-    """Create the bucket (versioned, anonymous read by policy) and upload every version in
-    release order, so the version ids in the manifests are the server's own."""
+async def create_public_bucket(s3, bucket: str) -> None:
+    """A versioned bucket that anonymous clients may read and list, like the real one."""
     policy = {"Version": "2012-10-17", "Statement": [{
         "Sid": "PublicRead", "Effect": "Allow", "Principal": "*",
         "Action": ["s3:GetObject", "s3:GetObjectVersion", "s3:ListBucket", "s3:ListBucketVersions"],
-        "Resource": [f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/*"]}]}
+        "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]}]}
+    await s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+    await s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    await s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+
+
+async def load_replica(endpoint_url: str, replica: Replica, *, versions=VERSIONS) -> Replica:
+    """Create the bucket (versioned, anonymous read by policy) and upload every version in
+    release order, so the version ids in the manifests are the server's own."""
     async with admin_client(endpoint_url) as s3:
-        await s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
-        await s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
-        await s3.put_bucket_policy(Bucket=BUCKET, Policy=json.dumps(policy))
+        await create_public_bucket(s3, BUCKET)
         await s3.put_object(Bucket=BUCKET, Key=f"{PROJECT}/release_notes.txt",
                             Body=b"Scaled-down replica of the Visual Behavior Ophys release, made by vbo-mirror's sandbox.\n")
         uploaded: dict[tuple[str, int], tuple[str, str]] = {}  # (key, generation) → (version id, hash)
@@ -202,6 +207,15 @@ def sandbox_up(spec: ReplicaSpec, *, port: int = 0) -> dict:
              "log": str(d / "moto.log")}
     state_file.write_text(json.dumps(state, indent=2))
     return state
+
+
+def sandbox_status() -> dict | None:
+    state_file = state_dir() / "sandbox.json"
+    try:
+        state = json.loads(state_file.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return state if _alive(state.get("pid")) else None
 
 
 def sandbox_down() -> dict | None:

@@ -1,0 +1,366 @@
+"""The Python API: `Mirror`, with the method names AllenSDK's project cache uses, so a
+notebook written for `VisualBehaviorOphysProjectCache` reads the same.
+
+Methods are synchronous (they run our asyncio code to completion, on uvloop when it is
+installed, and in a helper thread when called from a running loop such as Jupyter's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Awaitable, Callable, TypeVar
+
+import pyarrow as pa
+
+from . import tables as tbl
+from .catalog import Catalog, resolve_name, sort_manifest_names
+from .config import DEFAULT_DATASET, DatasetConfig, load_dataset
+from .errors import (
+    EndpointUnreachable,
+    InputError,
+    OfflineError,
+    OfflineWarning,
+    OutdatedManifestWarning,
+    TransferError,
+)
+from .manifest import Manifest, ManifestDiff, compare_manifests, format_diff
+from .remote import ObjectInfo, Remote, RemoteSettings, Timeouts
+from .store.fsutil import atomic_write
+from .store.index import StateIndex
+from .store.layout import CacheLayout
+
+T = TypeVar("T")
+
+
+def run_async(coro: Awaitable[T]) -> T:
+    """Run a coroutine to completion from synchronous code, wherever that code is."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return _run_here(coro)
+    # Called from inside a running loop (a notebook): run ours in a thread of its own.
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vbo-mirror") as pool:
+        return pool.submit(_run_here, coro).result()
+
+
+def _run_here(coro: Awaitable[T]) -> T:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+class Mirror:
+    """A local mirror of one dataset in `cache_dir`.
+
+    `endpoint_url` replaces the host of every S3 URL (bucket and key stay those of the
+    manifest); `offline` works only from what cache_dir holds; `signed` uses the AWS
+    credentials of the environment instead of anonymous requests.
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike | None = None,
+        *,
+        dataset: str | DatasetConfig = DEFAULT_DATASET,
+        endpoint_url: str | None = None,
+        offline: bool = False,
+        signed: bool = False,
+        timeouts: Timeouts = Timeouts(),
+        max_connections: int = 16,
+    ) -> None:
+        self.dataset = load_dataset(dataset) if isinstance(dataset, str) else dataset
+        self.layout = CacheLayout(cache_dir) if cache_dir is not None else None
+        self.endpoint_url = endpoint_url or None
+        self.offline = offline
+        self.signed = signed
+        self.timeouts = timeouts
+        self.max_connections = max_connections
+        self._online_names: list[str] | None = None
+        self._infos: dict[tuple[str, str], ObjectInfo] = {}
+        self._tables: dict[tuple[str, str], pa.Table] = {}
+        self._warned_outdated: set[str] = set()
+
+    @property
+    def cache_dir(self) -> Path | None:
+        return self.layout.root if self.layout else None
+
+    def remote_settings(self) -> RemoteSettings:
+        return RemoteSettings(bucket=self.dataset.bucket, region=self.dataset.region, endpoint_url=self.endpoint_url,
+                              signed=self.signed, timeouts=self.timeouts, max_connections=self.max_connections)
+
+    def _need_layout(self) -> CacheLayout:
+        if self.layout is None:
+            raise InputError("no cache directory given",
+                             hint="pass --cache-dir DIR (or set VBO_MIRROR_CACHE_DIR), or Mirror(cache_dir=...)")
+        return self.layout
+
+    # --- running async work -------------------------------------------------------------
+
+    def _run(self, fn: Callable[[Catalog], Awaitable[T]]) -> T:
+        async def main() -> T:
+            if self.offline:
+                return await fn(Catalog(self.dataset, self.layout, None))
+            async with Remote(self.remote_settings()) as remote:
+                return await fn(Catalog(self.dataset, self.layout, remote))
+
+        return run_async(main())
+
+    async def _available(self, cat: Catalog) -> list[str]:
+        """Manifest names to choose from: online ones plus any in cache_dir. When the
+        endpoint does not answer and cache_dir holds manifests, carry on offline."""
+        local = cat.local_names()
+        if cat.remote is None:
+            return local
+        if self._online_names is None:
+            try:
+                self._online_names = await cat.online_names()
+            except (EndpointUnreachable, TransferError) as exc:
+                if not local:
+                    raise
+                warnings.warn(f"{exc}; working offline from {cat.layout.root}", OfflineWarning, stacklevel=2)
+                self.offline = True
+                cat.remote = None
+                return local
+        return sort_manifest_names(self.dataset, {*self._online_names, *local})
+
+    # --- manifests (AllenSDK names) -------------------------------------------------------
+
+    def list_manifest_file_names(self) -> list[str]:
+        """Manifest file names online (in cache_dir when offline), oldest first by semver."""
+        return self._run(self._available)
+
+    def latest_manifest_file(self) -> str:
+        names = self.list_manifest_file_names()
+        if not names:
+            raise OfflineError("no manifest is known: none online and none in cache_dir")
+        return names[-1]
+
+    def list_all_downloaded_manifests(self) -> list[str]:
+        return Catalog(self.dataset, self.layout, None).local_names()
+
+    def current_manifest(self) -> str | None:
+        """The manifest in use in cache_dir (AllenSDK's `_manifest_last_used.txt`), if any."""
+        if self.layout is None:
+            return None
+        try:
+            name = self.layout.last_used.read_text().strip()
+        except FileNotFoundError:
+            return None
+        return name if self.dataset.version_of(name) is not None else None
+
+    def load_manifest(self, version: str = "latest") -> Manifest:
+        """Download (if needed), validate and pin a version as current; warn when it is not
+        the latest. `version` is 'latest', '1.0.1', 'v1.0.1' or a manifest file name."""
+        layout = self._need_layout()
+
+        async def go(cat: Catalog) -> Manifest:
+            name = await self._resolve(cat, version)
+            available = await self._available(cat)
+            manifest = await cat.load(name)
+            atomic_write(layout.last_used, name.encode())
+            self._warn_if_outdated(name, available)
+            return manifest
+
+        return self._run(go)
+
+    def manifest(self, version: str | None = None) -> Manifest:
+        """The manifest of `version`, or of the current one; on a cache_dir with none in use,
+        the latest is loaded and pinned (as AllenSDK does on a fresh cache_dir)."""
+
+        async def go(cat: Catalog) -> Manifest:
+            return await self._manifest(cat, version)
+
+        return self._run(go)
+
+    async def _manifest(self, cat: Catalog, version: str | None, *, warn: bool = False) -> Manifest:
+        if version is None:
+            current = self.current_manifest()
+            if current is None:
+                if self.layout is None:
+                    version = "latest"
+                else:
+                    name = await self._resolve(cat, "latest")
+                    manifest = await cat.load(name)
+                    atomic_write(self.layout.last_used, name.encode())
+                    return manifest
+            else:
+                local = cat.read_local(current)
+                if local is not None:
+                    if warn and cat.remote is not None:
+                        self._warn_if_outdated(current, await self._available(cat))
+                    return local
+                version = current
+        return await cat.load(await self._resolve(cat, version))
+
+    async def _resolve(self, cat: Catalog, version: str) -> str:
+        available = await self._available(cat)
+        if not available and cat.remote is None:
+            where = self.layout.root if self.layout else "cache_dir (none given)"
+            raise OfflineError(f"no manifest in {where}, and vbo-mirror is offline",
+                               hint="run `vbo-mirror manifests use latest` once online")
+        return resolve_name(self.dataset, version, available)
+
+    def _warn_if_outdated(self, name: str, available: list[str]) -> None:
+        latest = available[-1] if available else name
+        if name != latest and name not in self._warned_outdated:
+            self._warned_outdated.add(name)
+            warnings.warn(
+                f"{name} is not the latest manifest: {latest} is. "
+                f"To see what changed: vbo-mirror manifests compare {self.dataset.version_of(name)} "
+                f"{self.dataset.version_of(latest)} (Python: compare_manifests({name!r}, {latest!r})); "
+                "to move to it: vbo-mirror manifests use latest",
+                OutdatedManifestWarning, stacklevel=3)
+
+    def manifest_summary(self, version: str | None = None) -> dict[str, Any]:
+        """Counts of files, total bytes (from the S3 listing of object versions; from cache_dir
+        for what it holds when offline) and the data_pipeline of one version."""
+
+        async def go(cat: Catalog) -> dict[str, Any]:
+            m = await self._manifest(cat, version, warn=True)
+            infos = await self._sizes(cat, list(m.entries()))
+            meta = [infos.get((e.key, e.version_id)) for e in m.metadata_files.values()]
+            data = [infos.get((e.key, e.version_id)) for e in m.data_files.values()]
+            return {
+                "name": m.name,
+                "project_name": m.project_name,
+                "manifest_version": m.manifest_version,
+                "current": m.name == self.current_manifest(),
+                "metadata_files": len(meta),
+                "data_files": len(data),
+                "metadata_bytes": sum(i.size for i in meta if i),
+                "data_bytes": sum(i.size for i in data if i),
+                "total_bytes": sum(i.size for i in (*meta, *data) if i),
+                "unknown_sizes": sum(1 for i in (*meta, *data) if i is None),
+                "data_pipeline": [dict(p) for p in m.data_pipeline],
+            }
+
+        return self._run(go)
+
+    async def _sizes(self, cat: Catalog, entries: list) -> dict[tuple[str, str], ObjectInfo]:
+        """Object sizes, listed once per Mirror; offline, what the local index knows."""
+        wanted = [e for e in entries if (e.key, e.version_id) not in self._infos]
+        if wanted and cat.remote is not None:
+            self._infos.update(await cat.object_infos(wanted))
+        elif wanted and self.layout is not None:
+            index = StateIndex(self.layout)
+            index.load()
+            for e in wanted:
+                rec = index.get(e.file_hash)
+                if rec is not None:
+                    self._infos[(e.key, e.version_id)] = ObjectInfo(e.key, e.version_id, rec.size, rec.etag)
+        return self._infos
+
+    def diff_manifests(self, a: str, b: str) -> ManifestDiff:
+        async def go(cat: Catalog) -> ManifestDiff:
+            ma = await cat.load(await self._resolve(cat, a))
+            mb = await cat.load(await self._resolve(cat, b))
+            return compare_manifests(ma, mb)
+
+        return self._run(go)
+
+    def compare_manifests(self, a: str, b: str) -> str:
+        """AllenSDK's message: `... changed/created/deleted`, `... renamed ...`, metadata first."""
+        return format_diff(self.diff_manifests(a, b))
+
+    def compare_manifests_detail(self, a: str, b: str) -> dict[str, Any]:
+        """The structured diff, with the bytes each change moves (None where unknown)."""
+
+        async def go(cat: Catalog) -> dict[str, Any]:
+            ma = await cat.load(await self._resolve(cat, a))
+            mb = await cat.load(await self._resolve(cat, b))
+            diff = compare_manifests(ma, mb)
+            infos = await self._sizes(cat, [*ma.entries(), *mb.entries()])
+            by_path = {
+                "a": {e.relative_path: e for e in ma.entries()},
+                "b": {e.relative_path: e for e in mb.entries()},
+            }
+
+            def size(side: str, path: str | None) -> int | None:
+                e = by_path[side].get(path) if path else None
+                info = infos.get((e.key, e.version_id)) if e else None
+                return info.size if info else None
+
+            changes = []
+            totals: dict[str, int] = {}
+            for c in diff.changes:
+                old_path = c.old_path if c.change == "renamed" else (c.path if c.change != "created" else None)
+                item = {"kind": c.kind, "change": c.change, "path": c.path, "old_path": c.old_path,
+                        "old_hash": c.old_hash, "new_hash": c.new_hash,
+                        "old_bytes": size("a", old_path),
+                        "new_bytes": size("b", c.path) if c.change != "deleted" else None}
+                changes.append(item)
+                moved = item["old_bytes"] if c.change == "deleted" else item["new_bytes"]
+                totals[c.change] = totals.get(c.change, 0) + (moved or 0)
+            counts = {k: sum(1 for c in diff.changes if c.change == k) for k in ("changed", "created", "deleted", "renamed")}
+            return {"a": diff.a, "b": diff.b, "equivalent": not diff.changes, "counts": counts,
+                    "bytes": {k: totals.get(k, 0) for k in counts}, "changes": changes}
+
+        return self._run(go)
+
+    # --- metadata tables -------------------------------------------------------------------
+
+    def metadata_table_names(self, version: str | None = None) -> list[str]:
+        return sorted(self.manifest(version).metadata_files)
+
+    def get_table(self, name: str, *, version: str | None = None) -> pa.Table:
+        """One metadata table as Arrow, fetched on demand and verified against the manifest."""
+
+        async def go(cat: Catalog) -> pa.Table:
+            m = await self._manifest(cat, version)
+            return await self._table(cat, m, name)
+
+        return self._run(go)
+
+    def get_table_bytes(self, name: str, *, version: str | None = None) -> bytes:
+        """The table's CSV exactly as released (verified against the manifest's BLAKE2b)."""
+
+        async def go(cat: Catalog) -> bytes:
+            return await self._table_bytes(cat, await self._manifest(cat, version), name)
+
+        return self._run(go)
+
+    async def _table_bytes(self, cat: Catalog, m: Manifest, name: str) -> bytes:
+        index = StateIndex(self.layout) if self.layout is not None else None
+        data = await cat.table_bytes(m, name, index=index)
+        if index is not None:
+            index.commit()
+        return data
+
+    async def _table(self, cat: Catalog, m: Manifest, name: str) -> pa.Table:
+        cached = self._tables.get((m.name, name))
+        if cached is not None:
+            return cached
+        table = tbl.read_csv(await self._table_bytes(cat, m, name), name=f"{m.name}: {name}")
+        self._tables[(m.name, name)] = table
+        return table
+
+    def table_path(self, name: str, *, version: str | None = None) -> Path:
+        """Where the table's CSV sits in the AllenSDK layout (fetched if needed)."""
+        layout = self._need_layout()
+        m = self.manifest(version)
+        self.get_table(name, version=m.manifest_version)
+        entry = m.metadata_files[name]
+        return layout.view_path(f"{m.view_dir}/{entry.relative_path}")
+
+    def _frame(self, name: str, version: str | None):
+        spec = self.dataset.tables.get(name)
+        return tbl.to_pandas(self.get_table(name, version=version), index=spec.index if spec else None)
+
+    def get_behavior_session_table(self, *, version: str | None = None):
+        return self._frame("behavior_session_table", version)
+
+    def get_ophys_session_table(self, *, version: str | None = None):
+        return self._frame("ophys_session_table", version)
+
+    def get_ophys_experiment_table(self, *, version: str | None = None):
+        return self._frame("ophys_experiment_table", version)
+
+    def get_ophys_cells_table(self, *, version: str | None = None):
+        return self._frame("ophys_cells_table", version)

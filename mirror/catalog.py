@@ -1,0 +1,192 @@
+"""What versions exist and what they hold: manifests online and in cache_dir, loading one
+safely, object sizes from the S3 listing, and the metadata tables of a version.
+
+A downloaded manifest is validated completely in memory before a byte of it reaches
+cache_dir, so a malformed or hostile manifest leaves the disk untouched. Metadata tables
+go through the content-addressed store like every other file: verified against the
+manifest's BLAKE2b, published read-only, hard-linked into the version's directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Iterable
+
+from .config import DatasetConfig
+from .engine.policy import RetryPolicy, call_with_retries
+from .errors import AccessDenied, IntegrityError, ManifestError, OfflineError, UnknownVersionError
+from .manifest import FileEntry, Manifest, parse_manifest
+from .remote import ObjectInfo, ObjectRef, Remote
+from .semver import Version
+from .store.fsutil import atomic_write
+from .store.index import IndexRecord, StateIndex
+from .store.layout import CacheLayout
+from .store.objects import ObjectStore
+from .store.views import Linker
+
+# Metadata calls retry briefly: a dead endpoint must be reported in seconds, not minutes.
+METADATA_RETRIES = RetryPolicy(attempts=3, base_delay=0.2, max_delay=2.0)
+HEAD_CONCURRENCY = 32
+
+
+def sort_manifest_names(dataset: DatasetConfig, names: Iterable[str]) -> list[str]:
+    """Manifest file names of `dataset`, oldest first by semver (0.10.0 after 0.9.0)."""
+    versioned = [(Version(v), n) for n in names if (v := dataset.version_of(n)) is not None]
+    return [n for _, n in sorted(versioned)]
+
+
+def resolve_name(dataset: DatasetConfig, version: str, available: list[str]) -> str:
+    """'latest', '1.0.1', 'v1.0.1' or a file name → the manifest file name, from `available`."""
+    if not available:
+        raise UnknownVersionError(version, [])
+    if version == "latest":
+        return available[-1]
+    if dataset.version_of(version) is not None:
+        name = version
+    elif Version.is_valid(version):
+        name = dataset.manifest_name(str(Version(version)))
+    else:
+        raise UnknownVersionError(version, [dataset.version_of(n) for n in available])
+    if name not in available:
+        raise UnknownVersionError(version, [dataset.version_of(n) for n in available])
+    return name
+
+
+class Catalog:
+    """Manifests and metadata of one dataset; `remote` None means offline."""
+
+    def __init__(self, dataset: DatasetConfig, layout: CacheLayout | None, remote: Remote | None) -> None:
+        self.dataset = dataset
+        self.layout = layout
+        self.remote = remote
+
+    # --- manifests -------------------------------------------------------------------
+
+    async def online_listing(self) -> list[ObjectInfo]:
+        """The manifest objects in the bucket (name order is not meaningful; see sort)."""
+        remote = self._need_remote("list the manifests online")
+        infos = await call_with_retries(lambda: remote.list_keys(self.dataset.manifest_prefix), policy=METADATA_RETRIES)
+        return [i for i in infos if self.dataset.version_of(i.key.rsplit("/", 1)[-1]) is not None]
+
+    async def online_names(self) -> list[str]:
+        return sort_manifest_names(self.dataset, (i.key.rsplit("/", 1)[-1] for i in await self.online_listing()))
+
+    def local_names(self) -> list[str]:
+        if self.layout is None or not self.layout.root.is_dir():
+            return []
+        return sort_manifest_names(self.dataset, (p.name for p in self.layout.root.iterdir() if p.is_file()))
+
+    def read_local(self, name: str) -> Manifest | None:
+        """The copy in cache_dir, validated again (it may have been edited by hand)."""
+        if self.layout is None:
+            return None
+        path = self.layout.manifest_path(name)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        return parse_manifest(data, source=str(path), dataset=self.dataset)
+
+    async def download(self, name: str, *, etag: str | None = None) -> Manifest:
+        """Fetch, validate in memory, and only then write the manifest to cache_dir."""
+        remote = self._need_remote(f"download {name}")
+        key = self.dataset.manifest_prefix + name
+        data = await call_with_retries(lambda: remote.read_all(ObjectRef(self.dataset.bucket, key)),
+                                       policy=METADATA_RETRIES)
+        if etag and "-" not in etag and hashlib.md5(data).hexdigest() != etag:
+            raise IntegrityError(f"{name}: downloaded bytes do not match the S3 ETag {etag}",
+                                 hint="try again; if it persists the object changed while it was read")
+        manifest = parse_manifest(data, source=f"s3://{self.dataset.bucket}/{key}", dataset=self.dataset)
+        if self.layout is not None:
+            atomic_write(self.layout.manifest_path(name), data)
+        return manifest
+
+    async def load(self, name: str) -> Manifest:
+        local = self.read_local(name)
+        if local is not None:
+            return local
+        if self.remote is None:
+            raise OfflineError(f"{name} is not in {self._where()} and vbo-mirror is offline",
+                               hint="run once online (without --offline) to download it")
+        return await self.download(name)
+
+    # --- sizes ---------------------------------------------------------------------------
+
+    async def object_infos(self, entries: Iterable[FileEntry]) -> dict[tuple[str, str], ObjectInfo]:
+        """Size and ETag of every entry's object version: one ListObjectVersions of the
+        dataset prefix, falling back to a HEAD per file where listing is not allowed."""
+        remote = self._need_remote("learn file sizes from S3")
+        wanted = {(e.key, e.version_id): e for e in entries}
+        try:
+            listing = await call_with_retries(lambda: remote.list_versions(self.dataset.prefix), policy=METADATA_RETRIES)
+            found = {k: v for k, v in listing.items() if k in wanted}
+        except AccessDenied:
+            found = {}
+        missing = [e for k, e in wanted.items() if k not in found]
+        if missing:
+            sem = asyncio.Semaphore(HEAD_CONCURRENCY)
+
+            async def head(e: FileEntry) -> None:
+                async with sem:
+                    info = await call_with_retries(lambda: remote.head(ObjectRef(e.bucket, e.key, e.version_id)),
+                                                   policy=METADATA_RETRIES)
+                found[(e.key, e.version_id)] = info
+
+            async with asyncio.TaskGroup() as tg:
+                for e in missing:
+                    tg.create_task(head(e))
+        return found
+
+    # --- metadata tables -----------------------------------------------------------------
+
+    async def table_bytes(self, manifest: Manifest, table: str, *, index: StateIndex | None = None) -> bytes:
+        """The verified bytes of one metadata table, from the store or fetched into it, and
+        its view in the version directory made sure of."""
+        entry = manifest.metadata_files.get(table)
+        if entry is None:
+            raise ManifestError(manifest.name, f"has no metadata table {table!r} "
+                                f"(it has: {', '.join(sorted(manifest.metadata_files)) or 'none'})")
+        data: bytes | None = None
+        store = ObjectStore(self.layout) if self.layout is not None else None
+        if store is not None:
+            try:
+                data = store.path(entry.file_hash).read_bytes()
+            except FileNotFoundError:
+                data = None
+            if data is not None and hashlib.blake2b(data).hexdigest() != entry.file_hash:
+                store.remove(entry.file_hash)  # a damaged object: fetch it again
+                data = None
+        if data is None:
+            if self.remote is None:
+                raise OfflineError(f"metadata table {table} of {manifest.name} is not in {self._where()} "
+                                   "and vbo-mirror is offline", hint="run once online to fetch it")
+            ref = ObjectRef(entry.bucket, entry.key, entry.version_id)
+            data = await call_with_retries(lambda: self._fetch_verified(ref, entry.file_hash), policy=METADATA_RETRIES)
+            if store is not None:
+                store.put_bytes(entry.file_hash, data)
+                if index is not None:
+                    from .hashing import xxh3_bytes
+
+                    index.put(IndexRecord(entry.file_hash, len(data), xxh3_bytes(data), entry.key,
+                                          entry.version_id, None, StateIndex.now()))
+        if store is not None:
+            Linker().ensure(store.path(entry.file_hash), self.layout.view_path(f"{manifest.view_dir}/{entry.relative_path}"))
+        return data
+
+    async def _fetch_verified(self, ref: ObjectRef, file_hash: str) -> bytes:
+        data = await self.remote.read_all(ref)
+        if hashlib.blake2b(data).hexdigest() != file_hash:
+            raise IntegrityError(f"s3://{ref.bucket}/{ref.key} (version {ref.version_id}): "
+                                 "BLAKE2b of the downloaded bytes does not match the manifest")
+        return data
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _need_remote(self, what: str) -> Remote:
+        if self.remote is None:
+            raise OfflineError(f"cannot {what}: vbo-mirror is offline", hint="drop --offline to go online")
+        return self.remote
+
+    def _where(self) -> str:
+        return str(self.layout.root) if self.layout else "the cache (no --cache-dir given)"

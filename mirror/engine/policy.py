@@ -1,0 +1,121 @@
+"""Limits, the retry policy and the pacer: named objects passed in, never module globals."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from ..errors import (
+    AccessDenied,
+    Action,
+    EndpointUnreachable,
+    IntegrityError,
+    LockHeldError,
+    MirrorError,
+    ObjectChanged,
+    ObjectNotFound,
+    ProtocolError,
+    ServerError,
+    SlowDown,
+    StoreError,
+    TransferError,
+)
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    jobs: int = 8  # concurrent files, and concurrent GETs across all files
+    part_size: int = 64 * MiB  # objects larger than this are fetched as ranged parts
+    write_batch: int = 2 * MiB  # bytes gathered before one write (bounds memory per GET)
+
+    def __post_init__(self) -> None:
+        if self.jobs < 1:
+            raise ValueError("jobs must be at least 1")
+        if self.part_size < 64 << 10:
+            raise ValueError("part size must be at least 64 KiB")
+
+
+# What happens after each kind of error: the one place that decides. Pinned by a test.
+RETRY_TABLE: dict[type[MirrorError], Action] = {
+    EndpointUnreachable: Action.RETRY,
+    TransferError: Action.RETRY,
+    ServerError: Action.RETRY,
+    SlowDown: Action.RETRY,
+    ProtocolError: Action.RETRY,
+    IntegrityError: Action.RETRY,
+    ObjectNotFound: Action.SKIP_FILE,
+    AccessDenied: Action.SKIP_FILE,
+    ObjectChanged: Action.SKIP_FILE,
+    StoreError: Action.STOP_RUN,
+    LockHeldError: Action.STOP_RUN,
+}
+
+
+def action_for(exc: MirrorError) -> Action:
+    for cls in type(exc).__mro__:
+        if cls in RETRY_TABLE:
+            return RETRY_TABLE[cls]
+    return exc.action
+
+
+@dataclass
+class RetryPolicy:
+    attempts: int = 6  # tries of one request (a broken transfer resumes where it stopped)
+    integrity_attempts: int = 3  # whole-file downloads after a hash mismatch
+    base_delay: float = 0.2
+    max_delay: float = 15.0
+    rng: random.Random = field(default_factory=random.Random)
+
+    def delay(self, attempt: int) -> float:
+        """Exponential backoff with full jitter: clients that failed together retry apart."""
+        return self.rng.uniform(0, min(self.max_delay, self.base_delay * (2 ** attempt)))
+
+
+class Pacer:
+    """One per remote: when S3 says SlowDown, every worker slows down, not just the one
+    that was told. Requests are spaced at least `interval` apart; the interval doubles on
+    SlowDown and decays on success."""
+
+    def __init__(self, *, max_interval: float = 2.0, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.interval = 0.0
+        self.max_interval = max_interval
+        self._next = 0.0
+        self._clock = clock
+        self._sleep = sleep
+        self.slowdowns = 0
+
+    async def wait(self) -> None:
+        if self.interval <= 0:
+            return
+        now = self._clock()
+        at = max(now, self._next)
+        self._next = at + self.interval
+        if at > now:
+            await self._sleep(at - now)
+
+    def slow_down(self) -> None:
+        self.slowdowns += 1
+        self.interval = min(self.max_interval, max(0.05, self.interval * 2))
+
+    def success(self) -> None:
+        if self.interval:
+            self.interval = 0.0 if self.interval < 0.01 else self.interval * 0.9
+
+
+async def call_with_retries(fn: Callable[[], Awaitable], *, policy: RetryPolicy,
+                            sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
+    """Await `fn()` until it succeeds, retrying what the retry table calls retryable."""
+    for attempt in range(policy.attempts):
+        try:
+            return await fn()
+        except MirrorError as exc:
+            if action_for(exc) is not Action.RETRY or attempt == policy.attempts - 1:
+                raise
+            await sleep(policy.delay(attempt))
+    raise AssertionError("unreachable")

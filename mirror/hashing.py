@@ -1,0 +1,98 @@
+"""Digests computed in one pass over the bytes: BLAKE2b-512 (the manifest's authority),
+xxh3-128 (a fast fingerprint for `verify --fast`), and optionally the S3 ETag (MD5, or the
+MD5 of per-part MD5s for a multipart upload). hashlib releases the GIL on large buffers,
+so callers run `update` in a worker thread to keep the event loop free."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+import xxhash
+
+READ_CHUNK = 4 << 20
+
+
+@dataclass(frozen=True)
+class Digests:
+    blake2b: str
+    xxh3: str
+    etag: str | None
+    size: int
+
+
+class MultiHasher:
+    def __init__(self, *, etag_part_size: int | None = None, want_etag: bool = False) -> None:
+        """`etag_part_size` set: compute a multipart ETag with that part size; `want_etag`
+        without it: a plain MD5 ETag."""
+        self._b2 = hashlib.blake2b()
+        self._xx = xxhash.xxh3_128()
+        self._want_etag = want_etag or etag_part_size is not None
+        self._part_size = etag_part_size
+        self._md5 = hashlib.md5() if self._want_etag else None
+        self._part_md5s: list[bytes] = []
+        self._in_part = 0
+        self.size = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        self._b2.update(data)
+        self._xx.update(data)
+        self.size += len(data)
+        if self._md5 is None:
+            return
+        if self._part_size is None:
+            self._md5.update(data)
+            return
+        view = memoryview(data)
+        while view:
+            take = min(len(view), self._part_size - self._in_part)
+            self._md5.update(view[:take])
+            self._in_part += take
+            view = view[take:]
+            if self._in_part == self._part_size:
+                self._part_md5s.append(self._md5.digest())
+                self._md5 = hashlib.md5()
+                self._in_part = 0
+
+    def digests(self) -> Digests:
+        etag = None
+        if self._md5 is not None:
+            if self._part_size is None:
+                etag = self._md5.hexdigest()
+            else:
+                parts = self._part_md5s + ([self._md5.digest()] if self._in_part else [])
+                etag = f"{hashlib.md5(b''.join(parts)).hexdigest()}-{len(parts)}"
+        return Digests(self._b2.hexdigest(), self._xx.hexdigest(), etag, self.size)
+
+    def update_from_fd(self, fd: int, start: int, end: int) -> None:
+        """Hash bytes [start, end) of an open file (in a worker thread)."""
+        pos = start
+        while pos < end:
+            data = os.pread(fd, min(READ_CHUNK, end - pos), pos)
+            if not data:
+                raise OSError(f"unexpected end of file at {pos} (wanted up to {end})")
+            self.update(data)
+            pos += len(data)
+
+
+def hash_file(path: str | os.PathLike, *, etag_part_size: int | None = None, want_etag: bool = False) -> Digests:
+    h = MultiHasher(etag_part_size=etag_part_size, want_etag=want_etag)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        h.update_from_fd(fd, 0, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+    return h.digests()
+
+
+def xxh3_file(path: str | os.PathLike) -> str:
+    h = xxhash.xxh3_128()
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(READ_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def xxh3_bytes(data: bytes) -> str:
+    return xxhash.xxh3_128_hexdigest(data)

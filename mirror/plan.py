@@ -1,0 +1,145 @@
+"""The planner: a PURE function from (target manifests, local state, remote sizes) to a Plan.
+
+No I/O and no awaits here: what is on disk and what S3 said are gathered by the caller and
+passed in as plain data, so every decision is testable with literals. Content is keyed by
+the manifest hash: the same content is fetched once and linked at every view that wants it,
+across versions and keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Mapping
+
+from .manifest import FileEntry, Manifest
+from .remote.types import ObjectInfo, ObjectRef
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One view wanted on disk: `view` (relative to cache_dir) holding `entry`'s content."""
+
+    view: str
+    entry: FileEntry
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    file_hash: str
+    ref: ObjectRef
+    size: int | None  # None when S3 did not tell (the engine HEADs it)
+    etag: str | None
+    views: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    file_hash: str
+    view: str
+    size: int
+
+
+@dataclass(frozen=True)
+class LocalState:
+    objects: Mapping[str, int]  # verified store objects: hash → size
+    views: Mapping[str, str | None]  # existing view → hash it is a view of (None: something else)
+    extra_files: frozenset[str] = frozenset()  # files under the target version dirs not wanted
+
+
+@dataclass(frozen=True)
+class Plan:
+    manifests: tuple[str, ...]
+    fetch: tuple[Fetch, ...] = ()
+    link: tuple[Link, ...] = ()
+    present: tuple[str, ...] = ()
+    present_bytes: int = 0
+    replace: tuple[str, ...] = ()  # views whose content is wrong: removed, then linked
+    remove: tuple[str, ...] = ()  # files in the version dirs that no manifest wants
+    problems: tuple[str, ...] = field(default=())
+
+    @property
+    def fetch_bytes(self) -> int:
+        return sum(f.size or 0 for f in self.fetch)
+
+    @property
+    def unknown_sizes(self) -> int:
+        return sum(1 for f in self.fetch if f.size is None)
+
+    @property
+    def link_bytes(self) -> int:
+        return sum(link.size for link in self.link) + sum(f.size or 0 for f in self.fetch for _ in f.views[1:])
+
+    @property
+    def views_total(self) -> int:
+        return len(self.present) + len(self.link) + sum(len(f.views) for f in self.fetch)
+
+    def summary(self) -> dict:
+        return {
+            "manifests": list(self.manifests),
+            "fetch": {"files": len(self.fetch), "bytes": self.fetch_bytes, "unknown_sizes": self.unknown_sizes},
+            "link": {"files": len(self.link) + sum(len(f.views) - 1 for f in self.fetch), "bytes": self.link_bytes},
+            "present": {"files": len(self.present), "bytes": self.present_bytes},
+            "replace": len(self.replace),
+            "remove": {"files": len(self.remove)},
+        }
+
+    def to_dict(self) -> dict:
+        return {
+            **self.summary(),
+            "fetch_items": [{**asdict(f), "ref": asdict(f.ref), "views": list(f.views)} for f in self.fetch],
+            "link_items": [asdict(x) for x in self.link],
+            "present_items": list(self.present),
+            "replace_items": list(self.replace),
+            "remove_items": list(self.remove),
+        }
+
+
+def targets_of(manifest: Manifest, entries: Iterable[FileEntry] | None = None) -> list[Target]:
+    chosen = manifest.entries() if entries is None else entries
+    return [Target(f"{manifest.view_dir}/{e.relative_path}", e) for e in chosen]
+
+
+def make_plan(
+    targets: Iterable[Target],
+    local: LocalState,
+    remote: Mapping[tuple[str, str], ObjectInfo] = {},
+    *,
+    manifests: Iterable[str] = (),
+) -> Plan:
+    """Decide, for every wanted view, whether it is present, can be linked from content
+    already in the store, or needs its content fetched; and which stray files to remove."""
+    present: list[str] = []
+    present_bytes = 0
+    links: list[Link] = []
+    replace: list[str] = []
+    fetch_views: dict[str, list[str]] = {}
+    fetch_entry: dict[str, FileEntry] = {}
+    wanted: set[str] = set()
+    for t in targets:
+        if t.view in wanted:
+            continue
+        wanted.add(t.view)
+        h = t.entry.file_hash
+        have = local.views.get(t.view, "absent")
+        if have == h and h in local.objects:
+            present.append(t.view)
+            present_bytes += local.objects[h]
+            continue
+        if have != "absent":
+            replace.append(t.view)
+        if h in local.objects:
+            links.append(Link(h, t.view, local.objects[h]))
+        else:
+            fetch_views.setdefault(h, []).append(t.view)
+            fetch_entry.setdefault(h, t.entry)
+    fetch = []
+    for h, views in fetch_views.items():
+        e = fetch_entry[h]
+        info = remote.get((e.key, e.version_id))
+        fetch.append(Fetch(h, ObjectRef(e.bucket, e.key, e.version_id),
+                           info.size if info else None, info.etag if info else None, tuple(views)))
+    # Biggest first: large objects start early and small ones fill the gaps at the end.
+    fetch.sort(key=lambda f: (-(f.size or 0), f.ref.key))
+    remove = sorted(p for p in local.extra_files if p not in wanted)
+    return Plan(tuple(manifests), tuple(fetch), tuple(links), tuple(present), present_bytes,
+                tuple(sorted(replace)), tuple(remove))

@@ -1,0 +1,62 @@
+"""Small durable-filesystem helpers. OSErrors become StoreError here, once."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from pathlib import Path
+
+from ..errors import StoreError
+
+
+def store_error(exc: OSError, what: str) -> StoreError:
+    if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
+        return StoreError(f"disk full while {what}", hint="free space under cache_dir (nothing verified was lost; "
+                          "partial downloads resume on the next sync)")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return StoreError(f"cannot write while {what}: {exc.strerror}", hint="check the permissions of cache_dir")
+    return StoreError(f"I/O error while {what}: {exc.strerror or exc}")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Write, fsync, rename over `path`, fsync the directory: readers see old or new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise store_error(exc, f"writing {path}") from exc
+
+
+def pwrite_all(fd: int, buffers: list[bytes], offset: int) -> int:
+    """Write every buffer at `offset` (a short write continues where it stopped)."""
+    total = sum(len(b) for b in buffers)
+    written = os.pwritev(fd, buffers, offset)
+    if written < total:
+        rest = b"".join(buffers)[written:]
+        view = memoryview(rest)
+        pos = offset + written
+        while view:
+            n = os.pwrite(fd, view, pos)
+            view, pos = view[n:], pos + n
+    return total

@@ -1,0 +1,76 @@
+"""One writer per cache_dir, with a lock that says who holds it."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from ..errors import LockHeldError, StoreError
+
+
+class CacheLock:
+    """An flock on `.vbo-mirror/lock`; the holder writes who it is into the file.
+
+    flock is released by the kernel when the process dies (even by kill -9), so a crashed
+    run never leaves a stale lock behind.
+    """
+
+    def __init__(self, path: Path, *, wait: bool = False, timeout: float | None = None, command: str = "") -> None:
+        self.path = path
+        self.wait = wait
+        self.timeout = timeout
+        self.command = command or " ".join(["vbo-mirror", *sys.argv[1:2]])
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot create the lock file {self.path}: {exc.strerror}") from exc
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not self.wait or (deadline is not None and time.monotonic() > deadline):
+                    holder = self._holder(fd)
+                    os.close(fd)
+                    raise LockHeldError(
+                        f"{self.path.parent.parent} is in use by {holder}",
+                        hint="wait for that run to finish, or pass --wait to queue behind it",
+                    ) from None
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "command": self.command}
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self._fd = fd
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        try:
+            info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            return f"pid {info['pid']} on {info['host']} ({info['command']}, since {info['since']})"
+        except (ValueError, KeyError, OSError):
+            return "another vbo-mirror process"
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "CacheLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The demo: a local S3 sandbox with a scaled-down replica of the Visual Behavior Ophys bucket,
+# then the commands a user runs against the real one. The sandbox is stopped however this ends.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export VBO_MIRROR_SANDBOX_DIR="$PWD/demo-cache/.sandbox"
+export VBO_MIRROR_CACHE_DIR="$PWD/demo-cache/cache"
+rm -rf "$VBO_MIRROR_CACHE_DIR"
+mkdir -p "$VBO_MIRROR_SANDBOX_DIR"
+
+step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
+
+trap 'vbo-mirror sandbox down >/dev/null 2>&1 || true' EXIT
+step vbo-mirror sandbox up
+AWS_ENDPOINT_URL_S3="$(vbo-mirror --json sandbox status | python -c 'import json,sys; print(json.load(sys.stdin)["endpoint_url"])')"
+export AWS_ENDPOINT_URL_S3
+
+step vbo-mirror manifests list
+step vbo-mirror manifests latest
+step vbo-mirror manifests use 1.0.1
+step vbo-mirror manifests current
+step vbo-mirror manifests show
+step vbo-mirror manifests compare 0.1.0 0.2.0
+step vbo-mirror manifests compare 1.0.1 1.1.0
+step vbo-mirror tables
+step vbo-mirror tables ophys_experiment_table --rows 5
+step vbo-mirror manifests downloaded
+step vbo-mirror sandbox down
+printf '\ndemo done: the mirror is in %s\n' "$VBO_MIRROR_CACHE_DIR"

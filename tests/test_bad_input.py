@@ -1,0 +1,102 @@
+"""Hostile and malformed manifests served by a real S3 server: one clear line naming the file
+and the problem, exit code 2, and nothing written to cache_dir."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from conftest import tree_files
+
+from mirror.sandbox.server import admin_client, create_public_bucket
+
+BUCKET = "hostile-ophys-data"
+PREFIX = "hostile/"
+HOST = f"https://{BUCKET}.s3.us-west-2.amazonaws.com"
+GOOD_HASH = "0" * 128
+
+
+def name(v: str) -> str:
+    return f"hostile_manifest_v{v}.json"
+
+
+def entry(key: str, **over) -> dict:
+    return {"url": f"{HOST}/{key}", "version_id": "v1", "file_hash": GOOD_HASH, **over}
+
+
+def manifest(version: str, data: dict | None = None, **over) -> bytes:
+    doc = {"project_name": "hostile", "manifest_version": version, "metadata_file_id_column_name": "file_id",
+           "data_pipeline": [], "metadata_files": {"t": entry("hostile/project_metadata/t.csv")},
+           "data_files": data if data is not None else {"1": entry("hostile/behavior_sessions/b1.nwb")}}
+    doc.update(over)
+    return json.dumps({k: v for k, v in doc.items() if v is not None}).encode()
+
+
+CASES = {
+    "0.0.1": (b"this is not json", "not valid JSON"),
+    "0.0.2": (manifest("0.0.2", data_files=None), "missing required key 'data_files'"),
+    "0.0.3": (manifest("0.0.3", {"1": {"url": "https://visual-behavior-ophys-data.s3.us-west-2.amazonaws.com/hostile/x.nwb",
+                                       "version_id": "v1", "file_hash": GOOD_HASH}}), "outside the dataset bucket"),
+    "0.0.4": (manifest("0.0.4", {"1": entry("elsewhere/x.nwb")}), "outside the dataset prefix"),
+    "0.0.5": (manifest("0.0.5", {"1": entry("hostile/../../../tmp/pwned.nwb")}), "'..' segment"),
+    "0.0.6": (manifest("0.0.6", {"1": {"url": f"{HOST}//tmp/pwned.nwb", "version_id": "v1",
+                                       "file_hash": GOOD_HASH}}), "absolute path"),
+    "0.0.7": (manifest("0.0.7", {"1": entry("hostile/x.nwb", file_hash="abc123")}), "not 128 lowercase hex"),
+    "0.0.8": (manifest("0.0.8", manifest_version="latest-and-greatest"), "not a semantic version"),
+    "0.0.9": (manifest("0.0.9", {"1": entry("hostile/x.nwb", version_id=17)}), "must be strings"),
+}
+
+
+@pytest.fixture(scope="module")
+def hostile(sandbox, tmp_path_factory):
+    async def upload():
+        async with admin_client(sandbox.url) as s3:
+            await create_public_bucket(s3, BUCKET)
+            for v, (body, _) in CASES.items():
+                await s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}manifests/{name(v)}", Body=body)
+
+    asyncio.run(upload())
+    cfg = tmp_path_factory.mktemp("ds") / "hostile.toml"
+    cfg.write_text(f'''name = "hostile"
+bucket = "{BUCKET}"
+region = "us-west-2"
+prefix = "{PREFIX}"
+manifest_prefix = "{PREFIX}manifests/"
+manifest_pattern = '^hostile_manifest_v(?P<version>[0-9]+\\.[0-9]+\\.[0-9]+)\\.json$'
+manifest_template = "hostile_manifest_v{{version}}.json"
+''')
+    return cfg
+
+
+@pytest.mark.parametrize("version", sorted(CASES))
+def test_bad_manifest_is_refused_and_nothing_is_written(cli, hostile, version):
+    r = cli("--dataset", str(hostile), "manifests", "use", version, expect=2)
+    _, problem = CASES[version]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("vbo-mirror: error:")]
+    assert len(errors) == 1, r.stderr
+    assert name(version) in errors[0] and problem in errors[0]
+    assert tree_files(cli.cache_dir) == []
+
+
+def test_bad_manifest_json_error_is_machine_readable(cli, hostile):
+    r = cli("--dataset", str(hostile), "manifests", "show", "0.0.5", json_out=True, expect=2)
+    err = json.loads(r.stdout)["error"]
+    assert err["kind"] == "ManifestError" and "'..' segment" in err["message"]
+
+
+def test_a_hand_edited_local_manifest_is_validated_too(cli):
+    cli("manifests", "use", "1.0.1")
+    path = cli.cache_dir / "visual-behavior-ophys_project_manifest_v1.0.1.json"
+    doc = json.loads(path.read_bytes())
+    first = next(iter(doc["data_files"]))
+    doc["data_files"][first]["url"] = doc["data_files"][first]["url"].replace("behavior_sessions/", "../../")
+    path.chmod(0o644)
+    path.write_text(json.dumps(doc))
+    r = cli("--offline", "manifests", "show", expect=2)
+    assert str(path) in r.stderr and "unsafe key" in r.stderr
+
+
+def test_unknown_dataset_names_the_known_ones(cli):
+    r = cli("--dataset", "nope", "manifests", "list", expect=2)
+    assert "unknown dataset 'nope'; known: visual-behavior-ophys" in r.stderr
