@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
@@ -19,8 +20,13 @@ import pyarrow as pa
 from . import tables as tbl
 from .catalog import Catalog, resolve_name, sort_manifest_names
 from .config import DEFAULT_DATASET, DatasetConfig, load_dataset
+from .engine.policy import Limits, RetryPolicy
+from .engine.runner import Engine, Stats
+from .engine.transfer import Verify
 from .errors import (
     EndpointUnreachable,
+    FileFailed,
+    StoreError,
     InputError,
     OfflineError,
     OfflineWarning,
@@ -28,10 +34,14 @@ from .errors import (
     TransferError,
 )
 from .manifest import Manifest, ManifestDiff, compare_manifests, format_diff
-from .remote import ObjectInfo, Remote, RemoteSettings, Timeouts
+from .plan import LocalState, Plan, Target, make_plan, targets_of
+from .remote import ObjectInfo, ObjectRef, Remote, RemoteSettings, Timeouts
 from .store.fsutil import atomic_write
-from .store.index import StateIndex
+from .store.index import StateIndex, reconcile
 from .store.layout import CacheLayout
+from .store.lock import CacheLock
+from .store.scan import scan_local
+from .store.views import Linker
 
 T = TypeVar("T")
 
@@ -364,3 +374,185 @@ class Mirror:
 
     def get_ophys_cells_table(self, *, version: str | None = None):
         return self._frame("ophys_cells_table", version)
+
+    # --- sync: plan, fetch, views ----------------------------------------------------------
+
+    async def _select(self, cat: Catalog, version: str | None) -> list[Manifest]:
+        """'all' → every version; otherwise the one `_manifest` resolves."""
+        if version == "all":
+            names = await self._available(cat)
+            if not names:
+                raise OfflineError("no manifest is known: none online and none in cache_dir")
+            return [await cat.load(n) for n in names]
+        return [await self._manifest(cat, version)]
+
+    async def _plan(self, cat: Catalog, manifests: list[Manifest], *, entries: list | None = None,
+                    strays: bool = True) -> tuple[Plan, LocalState]:
+        layout = self._need_layout()
+        targets: list[Target] = []
+        chosen = set(entries) if entries is not None else None
+        for m in manifests:
+            targets += targets_of(m, [e for e in m.entries() if e in chosen] if chosen is not None else None)
+        dirs = [m.view_dir for m in manifests] if strays else []
+        local = await asyncio.to_thread(scan_local, layout, targets, stray_dirs=dirs)
+        need = [t.entry for t in targets if t.entry.file_hash not in local.objects]
+        infos = await self._sizes(cat, need) if need else {}
+        return make_plan(targets, local, infos, manifests=[m.name for m in manifests]), local
+
+    def plan(self, version: str | None = None) -> Plan:
+        """A dry run: what a sync of `version` ('all', 'latest', a version; default the
+        current one) would fetch, link, leave and remove. Nothing is written but manifests."""
+
+        async def go(cat: Catalog) -> Plan:
+            return (await self._plan(cat, await self._select(cat, version)))[0]
+
+        return self._run(go)
+
+    def sync(self, version: str | None = None, *, limits: Limits = Limits(), verify: Verify = Verify.MANIFEST,
+             link_mode: str = "auto", wait: bool = False, policy: RetryPolicy | None = None,
+             on_event: Callable[[dict], None] | None = None, on_start: Callable[[Stats], None] | None = None) -> Stats:
+        """Make every file of `version` present and verified in cache_dir. Returns the run's
+        stats; `stats.failures` lists the files that could not be mirrored."""
+        layout = self._need_layout()
+
+        async def go(cat: Catalog) -> Stats:
+            manifests = await self._select(cat, version)
+            plan, local = await self._plan(cat, manifests)
+            return await self._execute(cat, plan, local, limits=limits, verify=verify, link_mode=link_mode,
+                                       policy=policy, on_event=on_event, on_start=on_start)
+
+        with CacheLock(layout.lock_path, wait=wait, command="vbo-mirror sync"):
+            return self._run(go)
+
+    async def _execute(self, cat: Catalog, plan: Plan, local: LocalState, *, limits: Limits = Limits(),
+                       verify: Verify = Verify.MANIFEST, link_mode: str = "auto", policy: RetryPolicy | None = None,
+                       on_event: Callable[[dict], None] | None = None,
+                       on_start: Callable[[Stats], None] | None = None) -> Stats:
+        layout = self._need_layout()
+        self._check_space(plan)
+        index = StateIndex(layout)
+        index.load()
+        added, dropped = reconcile(index, dict(local.objects), mtime_of=lambda h: _mtime(layout.object_path(h)))
+        if added or dropped:
+            if on_event:
+                on_event({"event": "index", "added": added, "dropped": dropped})
+        engine = Engine(layout=layout, remote=cat.remote, index=index, linker=Linker(link_mode), limits=limits,
+                        policy=policy, verify=verify, on_event=on_event or (lambda e: None))
+        if on_start:
+            on_start(engine.stats)
+        return await engine.run(plan)
+
+    def _check_space(self, plan: Plan) -> None:
+        """Refuse up front when the fetch cannot fit, rather than fill the disk midway."""
+        layout = self._need_layout()
+        need = sum(f.size or 0 for f in plan.fetch if not layout.partial_path(f.file_hash).exists())
+        if not need:
+            return
+        probe = layout.root
+        while not probe.exists():
+            probe = probe.parent
+        free = shutil.disk_usage(probe).free
+        if need > free:
+            raise StoreError(f"not enough space under {layout.root}: the plan fetches {need:,} bytes, "
+                             f"{free:,} are free", hint="free space, or sync fewer versions (--version)")
+
+    # --- one file ---------------------------------------------------------------------------
+
+    def get_behavior_session_path(self, behavior_session_id: int, *, version: str | None = None) -> Path:
+        """The NWB of one behavior session, fetched first if needed."""
+        return self.get_file_path("behavior-session", behavior_session_id, version=version)
+
+    def get_ophys_experiment_path(self, ophys_experiment_id: int, *, version: str | None = None) -> Path:
+        """The NWB of one ophys experiment, fetched first if needed."""
+        return self.get_file_path("ophys-experiment", ophys_experiment_id, version=version)
+
+    def get_file_path(self, kind: str, item_id: int, *, version: str | None = None,
+                      on_event: Callable[[dict], None] | None = None) -> Path:
+        layout = self._need_layout()
+        spec = self.dataset.file_kinds.get(kind)
+        if spec is None:
+            raise InputError(f"unknown file kind {kind!r}; known: {', '.join(sorted(self.dataset.file_kinds))}")
+
+        async def go(cat: Catalog) -> Path:
+            m = await self._manifest(cat, version)
+            entry = tbl.entry_for_id(m, await self._table(cat, m, spec.table), spec, int(item_id))
+            path = layout.view_path(f"{m.view_dir}/{entry.relative_path}")
+            plan, local = await self._plan(cat, [m], entries=[entry], strays=False)
+            if plan.fetch or plan.link or plan.replace:
+                with CacheLock(layout.lock_path, wait=True, timeout=600, command="vbo-mirror get"):
+                    stats = await self._execute(cat, plan, local, on_event=on_event, limits=Limits(jobs=8))
+                if stats.failures:
+                    f = stats.failures[0]
+                    raise FileFailed(f"{entry.key}: {f['message']}")
+            return path
+
+        return self._run(go)
+
+    # --- looking at the mirror -------------------------------------------------------------------
+
+    def urls(self, version: str | None = None) -> list[str]:
+        """Direct download URLs (with ?versionId=) of every file of `version`, for wget/aria2."""
+        settings = self.remote_settings()
+
+        async def go(cat: Catalog) -> list[str]:
+            seen: dict[str, None] = {}
+            for m in await self._select(cat, version):
+                for e in m.entries():
+                    seen.setdefault(settings.object_url(ObjectRef(e.bucket, e.key, e.version_id)), None)
+            return list(seen)
+
+        return self._run(go)
+
+    def status(self) -> dict[str, Any]:
+        """Per downloaded version: files present and missing, logical bytes (what the views
+        add up to) against bytes on disk (each stored object counted once)."""
+        from .store.status import cache_status
+
+        layout = self._need_layout()
+        cat = Catalog(self.dataset, layout, None)
+        manifests = [m for n in cat.local_names() if (m := cat.read_local(n)) is not None]
+        return cache_status(layout, manifests, current=self.current_manifest())
+
+    def verify(self, *, fast: bool = False, repair: bool = False, jobs: int = 2,
+               on_event: Callable[[dict], None] | None = None, wait: bool = False) -> dict[str, Any]:
+        """Check every stored object (BLAKE2b, or with `fast` the xxh3 fingerprint in the
+        index) and every view of the downloaded versions; with `repair`, fetch damaged
+        content again and relink wrong views."""
+        from .store.status import verify_store
+
+        layout = self._need_layout()
+        cat = Catalog(self.dataset, layout, None)
+        manifests = [m for n in cat.local_names() if (m := cat.read_local(n)) is not None]
+        with CacheLock(layout.lock_path, wait=wait, command="vbo-mirror verify"):
+            report = verify_store(layout, manifests, fast=fast, jobs=jobs, on_event=on_event)
+            if repair and (report["corrupt"] or report["views_wrong"] or report["views_missing_content"]):
+                bad = {c["file_hash"] for c in report["corrupt"]}
+                wanted = [e for m in manifests for e in m.entries()
+                          if e.file_hash in bad or f"{m.view_dir}/{e.relative_path}" in set(report["views_wrong"])]
+
+                async def go(cat: Catalog) -> Stats:
+                    plan, local = await self._plan(cat, manifests, entries=wanted, strays=False)
+                    return await self._execute(cat, plan, local, on_event=on_event)
+
+                stats = self._run(go)
+                report["repaired"] = {"files_fetched": stats.files_done, "views_linked": stats.files_linked,
+                                      "failures": stats.failures}
+                report["ok"] = not stats.failures
+        return report
+
+    def rebuild_index(self, *, jobs: int = 2, wait: bool = False) -> dict[str, Any]:
+        """Rebuild the state index from the store: every object is read and verified."""
+        from .store.status import rebuild_index
+
+        layout = self._need_layout()
+        cat = Catalog(self.dataset, layout, None)
+        manifests = [m for n in cat.local_names() if (m := cat.read_local(n)) is not None]
+        with CacheLock(layout.lock_path, wait=wait, command="vbo-mirror index rebuild"):
+            return rebuild_index(layout, manifests, jobs=jobs)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0

@@ -18,6 +18,8 @@ from typing import Any, Callable
 import click
 
 from .api import Mirror
+from .engine.policy import Limits
+from .engine.transfer import Verify
 from .config import DEFAULT_DATASET
 from .errors import InputError, MirrorError, MirrorWarning
 from .remote import Timeouts
@@ -287,6 +289,190 @@ def tables_cmd(c: Ctx, name: str | None, version: str | None, fmt: str, output: 
             click.echo(text)
             if len(df) > rows:
                 click.echo(f"[{len(df)} rows x {df.shape[1]} columns; first {rows} shown]")
+
+
+# --- sync and friends -------------------------------------------------------------------------
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1 << 10, "m": 1000**2, "mb": 1000**2, "mib": 1 << 20,
+          "g": 1000**3, "gb": 1000**3, "gib": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise click.BadParameter(f"{text!r} is not a size (examples: 8MiB, 64M, 1GiB, 1048576)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+version_option = click.option("--version", "version", default=None,
+                              help="V, 'latest' or 'all' (default: the current version).")
+
+
+def _plan_text(plan) -> str:
+    s = plan.summary()
+    lines = [f"plan for {', '.join(s['manifests'])}",
+             f"  fetch    {s['fetch']['files']:>7} files  {human_bytes(s['fetch']['bytes'])}"
+             + (f"  (+{s['fetch']['unknown_sizes']} of unknown size)" if s['fetch']['unknown_sizes'] else ""),
+             f"  link     {s['link']['files']:>7} files  {human_bytes(s['link']['bytes'])}  (content already on disk or fetched once)",
+             f"  present  {s['present']['files']:>7} files  {human_bytes(s['present']['bytes'])}",
+             f"  replace  {s['replace']:>7} views  (wrong content at a view path)",
+             f"  remove   {s['remove']['files']:>7} views  (stray views no manifest wants)"]
+    return "\n".join(lines)
+
+
+@main.command("plan")
+@version_option
+@click.pass_obj
+@handle_errors
+def plan_cmd(c: Ctx, version: str | None) -> None:
+    """Dry run: what a sync would fetch, link, keep and remove (--json: the whole plan)."""
+    plan = c.mirror.plan(version)
+    c.emit(plan.to_dict(), lambda: _plan_text(plan))
+
+
+def _run_with_progress(c: Ctx, fn):
+    """Call fn(on_event, on_start) with the right renderer for where stdout goes."""
+    from .progress import LiveProgress, PlainEvents, json_lines
+
+    if c.json:
+        return fn(json_lines(), None)
+    if sys.stderr.isatty():
+        live = LiveProgress()
+        with live:
+            return fn(live, live.attach)
+    return fn(PlainEvents(), None)
+
+
+def _summary_text(s: dict) -> str:
+    text = (f"{s['files']} files: {s['files_fetched']} fetched ({human_bytes(s['bytes_fetched'])}"
+            + (f", {human_bytes(s['bytes_resumed'])} resumed" if s['bytes_resumed'] else "")
+            + f"), {s['files_linked']} linked ({human_bytes(s['bytes_linked'])}), {s['files_present']} already present"
+            + (f", {s['removed']} stray views removed" if s['removed'] else "")
+            + f" in {s['seconds']:.1f}s ({s['mb_per_s']:.1f} MB/s)"
+            + (f", {s['retries']} retries" if s['retries'] else ""))
+    if s["failures"]:
+        text += f"\n{len(s['failures'])} files FAILED:" + "".join(f"\n  {f['key']}: {f['message']}" for f in s["failures"])
+    return text
+
+
+@main.command("sync")
+@version_option
+@click.option("-j", "--jobs", type=click.IntRange(1, 256), default=16, show_default=True,
+              help="Concurrent GETs (and files in flight).")
+@click.option("--part-size", default="32MiB", show_default=True,
+              help="Objects larger than this are fetched as ranged parts of this size.")
+@click.option("--verify", "verify", type=click.Choice([v.value for v in Verify]), default="manifest", show_default=True,
+              help="Check downloads against the manifest's BLAKE2b, the S3 ETag, both, or size only.")
+@click.option("--link-mode", type=click.Choice(["auto", "reflink", "hardlink", "copy"]), default="auto",
+              show_default=True, help="How views are made: auto = reflink, else hard link, else copy.")
+@click.option("--wait", is_flag=True, help="If another run holds the cache, wait for it instead of exiting.")
+@click.pass_obj
+@handle_errors
+def sync_cmd(c: Ctx, version, jobs, part_size, verify, link_mode, wait) -> None:
+    """Fetch, verify and link every file of a version; resumes whatever an earlier run left."""
+    try:
+        limits = Limits(jobs=jobs, part_size=parse_size(part_size))
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    stats = _run_with_progress(c, lambda on_event, on_start: c.mirror.sync(
+        version, limits=limits, verify=Verify(verify), link_mode=link_mode, wait=wait,
+        on_event=on_event, on_start=on_start))
+    s = stats.summary()
+    if not c.json:
+        click.echo(_summary_text(s))
+    if s["failures"]:
+        click.get_current_context().exit(5)
+
+
+@main.command("get")
+@click.argument("kind", type=click.Choice(["behavior-session", "ophys-experiment"]))
+@click.argument("item_id", type=int)
+@version_option
+@click.pass_obj
+@handle_errors
+def get_cmd(c: Ctx, kind: str, item_id: int, version: str | None) -> None:
+    """Make sure the NWB of one behavior session / ophys experiment is present; print its path."""
+    path = c.mirror.get_file_path(kind, item_id, version=version)
+    c.emit({"kind": kind, "id": item_id, "path": str(path)}, str(path))
+
+
+@main.command("status")
+@click.pass_obj
+@handle_errors
+def status_cmd(c: Ctx) -> None:
+    """Per downloaded version: files present / missing, logical bytes against bytes on disk."""
+    s = c.mirror.status()
+
+    def text() -> str:
+        lines = [f"{s['cache_dir']}"]
+        for v in s["versions"]:
+            lines.append(f"  {v['version']:<8}{'*' if v['current'] else ' '} {v['present']:>6}/{v['files']:<6} files present"
+                         f"  {v['missing']:>6} missing" + (f"  {v['wrong']} wrong" if v['wrong'] else "")
+                         + f"  {human_bytes(v['logical_bytes']):>10} in views")
+        lines.append(f"  store: {s['objects']} objects, {human_bytes(s['bytes_on_disk'])} on disk for "
+                     f"{human_bytes(s['logical_bytes'])} of views"
+                     + (f"; {s['partials']} partial downloads ({human_bytes(s['partial_bytes'])})" if s['partials'] else ""))
+        return "\n".join(lines)
+
+    c.emit(s, text)
+
+
+@main.command("verify")
+@click.option("--fast", is_flag=True, help="Compare xxh3 fingerprints with the index (disk speed) instead of BLAKE2b.")
+@click.option("--repair", is_flag=True, help="Fetch damaged content again and relink wrong views.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=2, show_default=True, help="Files hashed at once.")
+@click.option("--wait", is_flag=True, help="If another run holds the cache, wait for it.")
+@click.pass_obj
+@handle_errors
+def verify_cmd(c: Ctx, fast: bool, repair: bool, jobs: int, wait: bool) -> None:
+    """Check every stored object and view; exit 5 if anything is damaged (and not repaired)."""
+    r = c.mirror.verify(fast=fast, repair=repair, jobs=jobs, wait=wait)
+
+    def text() -> str:
+        lines = [f"checked {r['objects']} objects ({human_bytes(r['bytes'])}, {r['mode']})"]
+        lines += [f"  CORRUPT {x['path']}: {x['problem']}" for x in r["corrupt"]]
+        lines += [f"  WRONG VIEW {v}" for v in r["views_wrong"]]
+        lines += [f"  VIEW OF DAMAGED CONTENT {v}" for v in r["views_missing_content"]]
+        if "repaired" in r:
+            rep = r["repaired"]
+            lines.append(f"  repaired: {rep['files_fetched']} files fetched again, {rep['views_linked']} views relinked"
+                         + (f", {len(rep['failures'])} failed" if rep["failures"] else ""))
+        elif not r["ok"] or r["views_missing_content"]:
+            lines.append("  run `vbo-mirror verify --repair` to fetch damaged content again")
+        lines.append("ok" if r["ok"] else "NOT OK")
+        return "\n".join(lines)
+
+    c.emit(r, text)
+    if not r["ok"]:
+        click.get_current_context().exit(5)
+
+
+@main.command("urls")
+@version_option
+@click.pass_obj
+@handle_errors
+def urls_cmd(c: Ctx, version: str | None) -> None:
+    """Direct download URLs with ?versionId= for every file, one per line (wget -i / aria2c -i)."""
+    c.emit(c.mirror.urls(version))
+
+
+@main.group("index")
+def index_group() -> None:
+    """The state index (a summary of the store)."""
+
+
+@index_group.command("rebuild")
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option("--wait", is_flag=True)
+@click.pass_obj
+@handle_errors
+def index_rebuild_cmd(c: Ctx, jobs: int, wait: bool) -> None:
+    """Read and verify every stored object and write a fresh index."""
+    r = c.mirror.rebuild_index(jobs=jobs, wait=wait)
+    c.emit(r, f"index rebuilt: {r['objects']} objects, {human_bytes(r['bytes'])}"
+           + (f"; {len(r['removed_corrupt'])} corrupt objects removed" if r["removed_corrupt"] else ""))
 
 
 # --- sandbox --------------------------------------------------------------------------------

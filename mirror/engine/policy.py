@@ -29,9 +29,12 @@ MiB = 1 << 20
 
 @dataclass(frozen=True)
 class Limits:
-    jobs: int = 8  # concurrent files, and concurrent GETs across all files
-    part_size: int = 64 * MiB  # objects larger than this are fetched as ranged parts
-    write_batch: int = 2 * MiB  # bytes gathered before one write (bounds memory per GET)
+    """Memory stays under about jobs x write_batch of buffers, whatever the object sizes."""
+
+    jobs: int = 16  # concurrent GETs across all files (and files in flight)
+    part_size: int = 32 * MiB  # objects larger than this are fetched as ranged parts of this size
+    write_batch: int = 2 * MiB  # bytes gathered before one write
+    checkpoint_bytes: int = 64 * MiB  # resume state is saved at least this often within a part
 
     def __post_init__(self) -> None:
         if self.jobs < 1:

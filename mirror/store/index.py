@@ -36,7 +36,7 @@ SCHEMA = pa.schema([
 class IndexRecord:
     file_hash: str
     size: int
-    xxh3: str
+    xxh3: str | None  # None until a full verify has read the object
     key: str | None
     version_id: str | None
     etag: str | None
@@ -142,3 +142,20 @@ def _flock(path: Path):
         yield
     finally:
         os.close(fd)
+
+
+def reconcile(index: StateIndex, objects: dict[str, int], *, mtime_of=None) -> tuple[int, int]:
+    """Bring the index in step with the store (the ground truth): records for objects it
+    lacks (their fingerprint left empty until the next full verify), none for objects gone.
+    Returns (added, dropped)."""
+    added = dropped = 0
+    for h, size in objects.items():
+        rec = index.get(h)
+        if rec is None or rec.size != size:
+            index.put(IndexRecord(h, size, None, rec.key if rec else None, rec.version_id if rec else None,
+                                  rec.etag if rec else None, mtime_of(h) if mtime_of else 0.0))
+            added += 1
+    for h in [h for h in index.records if h not in objects]:
+        index.drop(h)
+        dropped += 1
+    return added, dropped

@@ -11,11 +11,13 @@ when the remote object is still the same one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import secrets
 import stat
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,7 +64,11 @@ def missing_ranges(done: list[list[int]], size: int) -> list[tuple[int, int]]:
 
 
 class Partial:
-    """An open `.partial` file and its durable resume state."""
+    """An open `.partial` file and its durable resume state.
+
+    Several parts of one object write and checkpoint concurrently from worker threads, so
+    the resume state is guarded by a lock.
+    """
 
     def __init__(self, path: Path, state: ResumeState, fd: int, resumed_bytes: int) -> None:
         self.path = path
@@ -70,20 +76,26 @@ class Partial:
         self.state = state
         self.fd = fd
         self.resumed_bytes = resumed_bytes
+        self._lock = threading.Lock()
 
-    def checkpoint(self, start: int, end: int) -> None:
-        """Record [start, end) as durable: fsync the data *before* the state that points at it."""
-        try:
-            os.fsync(self.fd)
-            self.state.done = merge_ranges([*self.state.done, [start, end]])
-            atomic_write(self.sidecar, json.dumps({"v": SIDECAR_VERSION, **self.state.__dict__}).encode())
-        except OSError as exc:
-            raise store_error(exc, f"saving resume state of {self.path.name}") from exc
+    def checkpoint(self, ranges: list[tuple[int, int]]) -> None:
+        """Record `ranges` as durable: fsync the data *before* the state that points at it."""
+        ranges = [(s, e) for s, e in ranges if e > s]
+        if not ranges:
+            return
+        with self._lock:
+            try:
+                os.fsync(self.fd)
+                self.state.done = merge_ranges([*self.state.done, *([s, e] for s, e in ranges)])
+                atomic_write(self.sidecar, json.dumps({"v": SIDECAR_VERSION, **self.state.__dict__}).encode())
+            except OSError as exc:
+                raise store_error(exc, f"saving resume state of {self.path.name}") from exc
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        with self._lock:
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
 
     def discard(self) -> None:
         self.close()
@@ -132,6 +144,14 @@ class ObjectStore:
                 with contextlib.suppress(FileNotFoundError):
                     sidecar.unlink()
             fd = os.open(path, os.O_RDWR | os.O_CREAT | (0 if state.done else os.O_TRUNC), 0o644)
+            try:
+                if want.size > 0:
+                    # Reserve the space now: a full disk is found before any transfer, not midway.
+                    os.posix_fallocate(fd, 0, want.size)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    os.close(fd)
+                    raise
         except OSError as exc:
             raise store_error(exc, f"opening {path}") from exc
         return Partial(path, state, fd, sum(e - s for s, e in state.done))

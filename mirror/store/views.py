@@ -82,14 +82,9 @@ class Linker:
         raise store_error(last_exc or OSError(errno.EIO, "no link mode worked"), f"linking {dst}")
 
 
-    @property
-    def copies(self) -> bool:
-        """Views are (or will be) plain copies, not links."""
-        return self.mode is LinkMode.COPY or self.chain == (LinkMode.COPY,)
-
     def ensure(self, src: Path, dst: Path) -> bool:
         """Make `dst` a view of `src` unless it already is one; True when it had to link."""
-        if view_matches(dst, src, allow_copy=self.copies):
+        if view_matches(dst, src):
             return False
         self.link(src, dst)
         return True
@@ -106,20 +101,28 @@ def _make(mode: LinkMode, src: Path, dst: Path) -> None:
                 d.close()
                 os.unlink(dst)
                 raise
-        os.chmod(dst, 0o444)
+        _stamp(src, dst)
     else:
         shutil.copyfile(src, dst)
-        os.chmod(dst, 0o444)
+        _stamp(src, dst)
 
 
-def view_matches(view: Path, obj: Path, *, allow_copy: bool = False) -> bool:
-    """True when `view` is a link to `obj` (same inode). With `allow_copy` (links are not
-    possible here), an unlinked file of the right size counts too; `verify` checks its bytes."""
+def _stamp(src: Path, dst: Path) -> None:
+    """Read-only, with the object's mtime: how an unlinked view is recognised later."""
+    st = os.stat(src)
+    os.chmod(dst, 0o444)
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def view_matches(view: Path, obj: Path) -> bool:
+    """True when `view` is a view of `obj`: the same inode (a hard link), or, where links
+    are not possible, an unlinked copy with the object's size and modification time (copies
+    are stamped with it when made; `verify` checks their bytes)."""
     try:
         vs = os.stat(view)
         ob = os.stat(obj)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return False
     if (vs.st_dev, vs.st_ino) == (ob.st_dev, ob.st_ino):
         return True
-    return allow_copy and vs.st_nlink == 1 and vs.st_size == ob.st_size
+    return vs.st_nlink == 1 and vs.st_size == ob.st_size and vs.st_mtime_ns == ob.st_mtime_ns

@@ -1,0 +1,236 @@
+"""Carry out a Plan: link what the store already holds, fetch the rest with a bounded pool
+of workers under one TaskGroup, remove stray views, and keep the index in step.
+
+Structured concurrency: one TaskGroup is the root of every task; nothing is fire-and-forget.
+A disk error (or a dead endpoint) stops the whole run; any other failure fails one file and
+the run goes on. Whatever happens, open partials are closed (their resume state kept) and
+the index records what was published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import Action, EndpointUnreachable, MirrorError, OfflineError, StoreError
+from ..hashing import Digests
+from ..plan import Fetch, Plan
+from ..remote import Remote
+from ..store.index import IndexRecord, StateIndex
+from ..store.layout import CacheLayout
+from ..store.objects import ObjectStore
+from ..store.views import Linker
+from .policy import Limits, Pacer, RetryPolicy, action_for, call_with_retries
+from .transfer import Job, Reporter, Transfer, Verify, _unwrap
+
+Event = dict[str, Any]
+
+# What happens to a file whose retries ran out, by error kind: the dead endpoint stops the
+# run (no other file can succeed either); anything else fails that one file. Pinned by a test.
+EXHAUSTED: dict[type[MirrorError], Action] = {
+    EndpointUnreachable: Action.STOP_RUN,
+    StoreError: Action.STOP_RUN,
+    MirrorError: Action.SKIP_FILE,
+}
+
+
+def after_retries(exc: MirrorError) -> Action:
+    for cls in type(exc).__mro__:
+        if cls in EXHAUSTED:
+            return EXHAUSTED[cls]
+    return Action.SKIP_FILE
+
+
+@dataclass
+class Stats:
+    """Live counters, read by the progress display while the run goes on."""
+
+    files_total: int = 0
+    bytes_total: int = 0
+    files_done: int = 0
+    bytes_done: int = 0  # fetched over the network by this run
+    bytes_resumed: int = 0  # already on disk in partials from an earlier run
+    files_linked: int = 0
+    bytes_linked: int = 0
+    files_present: int = 0
+    bytes_present: int = 0
+    removed: int = 0
+    retries: int = 0
+    in_flight: set[str] = field(default_factory=set)
+    failures: list[dict] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+    def summary(self) -> dict:
+        secs = self.seconds
+        return {
+            "files": self.files_total,
+            "files_fetched": self.files_done,
+            "bytes_fetched": self.bytes_done,
+            "bytes_resumed": self.bytes_resumed,
+            "files_linked": self.files_linked,
+            "bytes_linked": self.bytes_linked,
+            "files_present": self.files_present,
+            "bytes_present": self.bytes_present,
+            "removed": self.removed,
+            "seconds": round(secs, 3),
+            "mb_per_s": round(self.bytes_done / secs / 1e6, 2) if secs > 0 else 0.0,
+            "retries": self.retries,
+            "failures": self.failures,
+        }
+
+
+class Engine:
+    INDEX_COMMIT_SECONDS = 30.0
+    PROGRESS_SECONDS = 1.0
+
+    def __init__(self, *, layout: CacheLayout, remote: Remote | None, index: StateIndex, linker: Linker,
+                 limits: Limits = Limits(), policy: RetryPolicy | None = None, verify: Verify = Verify.MANIFEST,
+                 on_event: Callable[[Event], None] = lambda e: None, pacer: Pacer | None = None) -> None:
+        self.layout = layout
+        self.store = ObjectStore(layout)
+        self.remote = remote
+        self.index = index
+        self.linker = linker
+        self.limits = limits
+        self.policy = policy or RetryPolicy()
+        self.verify = verify
+        self.emit = on_event
+        self.pacer = pacer or Pacer()
+        self.stats = Stats()
+        self._last_commit = time.monotonic()
+
+    async def run(self, plan: Plan) -> Stats:
+        st = self.stats
+        st.files_total = plan.views_total
+        st.bytes_total = plan.fetch_bytes
+        st.files_present, st.bytes_present = len(plan.present), plan.present_bytes
+        self.emit({"event": "start", **plan.summary()})
+        executor = ThreadPoolExecutor(max_workers=max(4, self.limits.jobs + 2), thread_name_prefix="vbo-io")
+        try:
+            loop = asyncio.get_running_loop()
+            # Content already in the store: views only (cheap, done first).
+            for link in plan.link:
+                await loop.run_in_executor(executor, self._link, link.file_hash, [link.view])
+                st.files_linked += 1
+                st.bytes_linked += link.size
+            if plan.fetch:
+                if self.remote is None:
+                    raise OfflineError(f"{len(plan.fetch)} files ({plan.fetch_bytes} bytes) need fetching "
+                                       "and vbo-mirror is offline", hint="drop --offline to fetch them")
+                await self._fetch_all(plan.fetch, executor)
+            for rel in plan.remove:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.layout.view_path(rel))
+                st.removed += 1
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+            st.finished = time.monotonic()
+            try:
+                self.index.commit()  # synchronous on purpose: it must happen even when cancelled
+            except StoreError as exc:  # the store is the truth; a stale index is rebuilt later
+                self.emit({"event": "warning", "message": f"index not saved: {exc}"})
+        self.emit({"event": "summary", **st.summary()})
+        return st
+
+    async def _fetch_all(self, items: tuple[Fetch, ...], executor: ThreadPoolExecutor) -> None:
+        gets = asyncio.Semaphore(self.limits.jobs)
+        queue: asyncio.Queue[Fetch | None] = asyncio.Queue(maxsize=self.limits.jobs * 2)
+        workers = min(self.limits.jobs, len(items))
+
+        async def produce() -> None:
+            for item in items:
+                await queue.put(item)
+            for _ in range(workers):
+                await queue.put(None)
+
+        async def work() -> None:
+            while (item := await queue.get()) is not None:
+                await self._fetch_one(item, gets, executor)
+
+        async def tick() -> None:
+            while True:
+                await asyncio.sleep(self.PROGRESS_SECONDS)
+                st = self.stats
+                self.emit({"event": "progress", "bytes_done": st.bytes_done, "bytes_total": st.bytes_total,
+                           "files_done": st.files_done, "in_flight": len(st.in_flight), "retries": st.retries,
+                           "mb_per_s": round(st.bytes_done / max(st.seconds, 1e-9) / 1e6, 2)})
+
+        try:
+            async with asyncio.TaskGroup() as outer:
+                ticker = outer.create_task(tick())
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(produce())
+                        for _ in range(workers):
+                            tg.create_task(work())
+                finally:
+                    ticker.cancel()
+        except BaseExceptionGroup as eg:
+            inner = _unwrap(eg)
+            raise inner from eg
+
+    async def _fetch_one(self, item: Fetch, gets: asyncio.Semaphore, executor: ThreadPoolExecutor) -> None:
+        st = self.stats
+        ref = item.ref
+        st.in_flight.add(ref.key)
+        started = time.monotonic()
+        self.emit({"event": "file_start", "key": ref.key, "version_id": ref.version_id, "bytes": item.size})
+        transfer: Transfer | None = None
+        try:
+            size, etag = item.size, item.etag
+            if size is None:
+                async with gets:
+                    info = await call_with_retries(lambda: self.remote.head(ref), policy=self.policy)
+                size, etag = info.size, info.etag
+                st.bytes_total += size
+            job = Job(item.file_hash, ref, size, etag)
+            transfer = Transfer(job, remote=self.remote, store=self.store, limits=self.limits, policy=self.policy,
+                                pacer=self.pacer, gets=gets, executor=executor, verify=self.verify,
+                                report=Reporter(self._on_bytes, self._on_retry))
+            digests = await transfer.run()
+            st.bytes_resumed += transfer.resumed_bytes
+            await asyncio.get_running_loop().run_in_executor(executor, self._link, item.file_hash, list(item.views))
+            self._record(item, job, digests)
+            st.files_done += 1
+            st.files_linked += len(item.views) - 1
+            st.bytes_linked += size * (len(item.views) - 1)
+            self.emit({"event": "file_done", "key": ref.key, "bytes": size, "resumed_bytes": transfer.resumed_bytes,
+                       "seconds": round(time.monotonic() - started, 3), "views": list(item.views)})
+        except MirrorError as exc:
+            if after_retries(exc) is Action.STOP_RUN:
+                raise
+            st.failures.append({"key": ref.key, "version_id": ref.version_id, "error": type(exc).__name__,
+                                "message": str(exc), "views": list(item.views)})
+            self.emit({"event": "file_failed", "key": ref.key, "error": type(exc).__name__, "message": str(exc)})
+        finally:
+            st.in_flight.discard(ref.key)
+
+    def _link(self, file_hash: str, views: list[str]) -> None:
+        src = self.store.path(file_hash)
+        for rel in views:
+            self.linker.link(src, self.layout.view_path(rel))
+
+    def _record(self, item: Fetch, job: Job, d: Digests) -> None:
+        self.index.put(IndexRecord(item.file_hash, job.size, d.xxh3, job.ref.key, job.ref.version_id, job.etag,
+                                   StateIndex.now()))
+        if time.monotonic() - self._last_commit > self.INDEX_COMMIT_SECONDS:
+            self._last_commit = time.monotonic()
+            self.index.commit()
+
+    def _on_bytes(self, n: int) -> None:
+        self.stats.bytes_done += n
+
+    def _on_retry(self, key: str, exc: MirrorError, attempt: int, delay: float) -> None:
+        self.stats.retries += 1
+        self.emit({"event": "retry", "key": key, "attempt": attempt, "delay": round(delay, 3),
+                   "error": type(exc).__name__, "message": str(exc), "action": action_for(exc).value})

@@ -1,0 +1,140 @@
+"""Looking at a mirror without the network: status, verify, and rebuilding the index."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable
+
+from ..hashing import hash_file, xxh3_file
+from ..manifest import Manifest
+from .index import IndexRecord, StateIndex
+from .layout import CacheLayout
+from .objects import ObjectStore
+from .views import view_matches
+
+
+def cache_status(layout: CacheLayout, manifests: Iterable[Manifest], *, current: str | None) -> dict:
+    store = ObjectStore(layout)
+    objects = {h: (size, ino) for h, size, ino in store.iter_objects()}
+    versions = []
+    for m in manifests:
+        present = missing = wrong = 0
+        logical = 0
+        unique: set[str] = set()
+        for e in m.entries():
+            view = layout.view_path(f"{m.view_dir}/{e.relative_path}")
+            obj = objects.get(e.file_hash)
+            if obj is not None and view_matches(view, store.path(e.file_hash)):
+                present += 1
+                logical += obj[0]
+                unique.add(e.file_hash)
+            elif os.path.lexists(view):
+                wrong += 1
+            else:
+                missing += 1
+        versions.append({"manifest": m.name, "version": m.manifest_version, "current": m.name == current,
+                         "files": len(m), "present": present, "missing": missing, "wrong": wrong,
+                         "complete": present == len(m), "logical_bytes": logical,
+                         "stored_bytes": sum(objects[h][0] for h in unique)})
+    partials = store.partials()
+    return {
+        "cache_dir": str(layout.root),
+        "versions": versions,
+        "objects": len(objects),
+        "bytes_on_disk": sum(size for size, _ in objects.values()),
+        "logical_bytes": sum(v["logical_bytes"] for v in versions),
+        "partials": len(partials),
+        "partial_bytes": sum(_size(p) for p in partials),
+    }
+
+
+def _size(path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def verify_store(layout: CacheLayout, manifests: list[Manifest], *, fast: bool, jobs: int = 2,
+                 on_event: Callable[[dict], None] | None = None) -> dict:
+    """Hash every object (full BLAKE2b, or xxh3 against the index with `fast`); a damaged
+    object is removed from the store (its views keep the bad bytes until repaired, and are
+    listed). Views of the downloaded versions are checked against the objects they want."""
+    emit = on_event or (lambda e: None)
+    store = ObjectStore(layout)
+    index = StateIndex(layout)
+    index.load()
+    objects = [(h, size) for h, size, _ in store.iter_objects()]
+
+    def check(item: tuple[str, int]) -> tuple[str, int, str | None, str | None, str]:
+        h, size = item
+        rec = index.get(h)
+        path = store.path(h)
+        if fast and rec is not None and rec.xxh3:
+            got = xxh3_file(path)
+            return h, size, None if got == rec.xxh3 else f"xxh3 {got} != {rec.xxh3} in the index", got, "xxh3"
+        d = hash_file(path)
+        if d.size != size:
+            return h, size, f"size changed while reading ({d.size} != {size})", d.xxh3, "blake2b"
+        return h, size, None if d.blake2b == h else "BLAKE2b does not match the object's name", d.xxh3, "blake2b"
+
+    corrupt = []
+    checked_bytes = 0
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        for h, size, problem, xxh3, how in pool.map(check, objects):
+            checked_bytes += size
+            if problem:
+                corrupt.append({"file_hash": h, "path": str(store.path(h)), "problem": problem, "checked_by": how})
+                emit({"event": "corrupt", "file_hash": h, "problem": problem})
+                with contextlib.suppress(FileNotFoundError):
+                    store.remove(h)
+                index.drop(h)
+            else:
+                rec = index.get(h)
+                index.put(IndexRecord(h, size, xxh3 if how == "blake2b" else rec.xxh3, rec.key if rec else None,
+                                      rec.version_id if rec else None, rec.etag if rec else None, StateIndex.now()))
+    index.commit()
+    bad = {c["file_hash"] for c in corrupt}
+    views_wrong, views_missing_content = [], []
+    for m in manifests:
+        for e in m.entries():
+            rel = f"{m.view_dir}/{e.relative_path}"
+            view = layout.view_path(rel)
+            if not os.path.lexists(view):
+                continue
+            if e.file_hash in bad:
+                views_missing_content.append(rel)
+            elif not view_matches(view, store.path(e.file_hash)):
+                views_wrong.append(rel)
+    return {"objects": len(objects), "bytes": checked_bytes, "mode": "fast" if fast else "full",
+            "corrupt": corrupt, "views_wrong": sorted(views_wrong),
+            "views_missing_content": sorted(views_missing_content),
+            "ok": not corrupt and not views_wrong}
+
+
+def rebuild_index(layout: CacheLayout, manifests: list[Manifest], *, jobs: int = 2) -> dict:
+    """A new index from the store alone: each object is read, checked against its name, and
+    fingerprinted; key and version come from the downloaded manifests where they know it."""
+    store = ObjectStore(layout)
+    by_hash = {e.file_hash: e for m in manifests for e in m.entries()}
+    old = StateIndex(layout)
+    old.load()
+    objects = [(h, size) for h, size, _ in store.iter_objects()]
+    fresh = StateIndex(layout)
+    removed = []
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        for (h, size), d in zip(objects, pool.map(lambda o: hash_file(store.path(o[0])), objects)):
+            if d.blake2b != h:
+                removed.append(h)
+                store.remove(h)
+                continue
+            e = by_hash.get(h)
+            prev = old.get(h)
+            fresh.records[h] = IndexRecord(h, size, d.xxh3, e.key if e else (prev.key if prev else None),
+                                           e.version_id if e else (prev.version_id if prev else None),
+                                           prev.etag if prev else None, StateIndex.now())
+    fresh.commit(replace_all=True)
+    return {"objects": len(fresh.records), "bytes": sum(r.size for r in fresh.records.values()),
+            "removed_corrupt": removed}

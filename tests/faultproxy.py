@@ -1,0 +1,127 @@
+"""A fault-injecting HTTP proxy in front of moto, for faults that must be exact and repeatable:
+a stream cut after N bytes, a 503 SlowDown, corrupted bytes, a slow link.
+
+It listens on 127.0.0.1 only, runs its own event loop in a thread, and is stopped by the test
+that started it (a context manager). Everything else is moto's real answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+HOP = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-connection", "host"}
+
+
+@dataclass
+class Rule:
+    """Applies to GETs whose path contains `key` (and, if set, whose Range header is `range`
+    or absent when `range` is ""), at most `times` times."""
+
+    key: str
+    action: str  # "cut" | "status" | "corrupt"
+    times: int = 1
+    after: int = 0  # cut: bytes sent before the connection drops
+    status: int = 503
+    code: str = "SlowDown"
+    method: str = "GET"
+    hits: int = 0
+
+
+@dataclass
+class FaultProxy:
+    upstream: str
+    rate: float | None = None  # bytes per second for response bodies (None: as fast as possible)
+    rules: list[Rule] = field(default_factory=list)
+    requests: list[tuple[str, str, dict]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="faultproxy", daemon=True)
+        self.url = ""
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def __enter__(self) -> "FaultProxy":
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("fault proxy did not start")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._start())
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _start(self) -> None:
+        self._session = aiohttp.ClientSession(auto_decompress=False)
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def _shutdown(self) -> None:
+        await self._runner.cleanup()
+        await self._session.close()
+
+    # --- the proxy ---------------------------------------------------------------------------
+
+    def _match(self, request: web.Request) -> Rule | None:
+        for rule in self.rules:
+            if rule.method == request.method and rule.key in request.path and rule.hits < rule.times:
+                rule.hits += 1
+                return rule
+        return None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append((request.method, request.path_qs, dict(request.headers)))
+        rule = self._match(request)
+        if rule is not None and rule.action == "status":
+            body = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{rule.code}</Code>"
+                    f"<Message>injected</Message></Error>").encode()
+            return web.Response(status=rule.status, body=body, content_type="application/xml")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
+        data = await request.read()
+        async with self._session.request(request.method, self.upstream + request.path_qs, headers=headers,
+                                         data=data or None, allow_redirects=False) as up:
+            resp = web.StreamResponse(status=up.status)
+            for k, v in up.headers.items():
+                if k.lower() not in HOP and k.lower() != "content-encoding":
+                    resp.headers[k] = v
+            await resp.prepare(request)
+            sent = 0
+            flipped = False
+            async for chunk in up.content.iter_chunked(16 << 10):
+                if rule is not None and rule.action == "cut" and sent + len(chunk) > rule.after:
+                    await resp.write(chunk[: rule.after - sent])
+                    await asyncio.sleep(0.05)
+                    request.transport.abort() if hasattr(request.transport, "abort") else request.transport.close()
+                    return resp
+                if rule is not None and rule.action == "corrupt" and not flipped and chunk:
+                    chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
+                    flipped = True
+                await resp.write(chunk)
+                sent += len(chunk)
+                if self.rate:
+                    await asyncio.sleep(len(chunk) / self.rate)
+            await resp.write_eof()
+            return resp
+
+    def gets(self, key_part: str = "") -> list[tuple[str, dict]]:
+        return [(p, h) for m, p, h in self.requests if m == "GET" and key_part in p]

@@ -1,0 +1,262 @@
+"""Faults that must be exact and repeatable, injected by a proxy in front of moto (broken
+streams, SlowDown, flipped bytes, changed objects), by the kernel (kill -9), by cancellation,
+and by a filesystem that says ENOSPC."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import TEST_SPEC
+from faultproxy import FaultProxy, Rule
+from test_sync import PROJECT, assert_mirror, expected_files
+
+from mirror.api import Mirror
+from mirror.engine.policy import RETRY_TABLE, Limits, RetryPolicy
+from mirror.engine.runner import EXHAUSTED
+from mirror.engine.transfer import Verify
+from mirror.errors import (AccessDenied, Action, EndpointUnreachable, IntegrityError, LockHeldError, MirrorError,
+                           ObjectChanged, ObjectNotFound, ProtocolError, ServerError, SlowDown, StoreError,
+                           TransferError)
+from mirror.sandbox.replica import payload
+from mirror.store.layout import CacheLayout
+
+FAST = RetryPolicy(attempts=4, integrity_attempts=3, base_delay=0.01, max_delay=0.05)
+SMALL_PARTS = Limits(jobs=4, part_size=64 << 10)
+
+
+def biggest(replica, version="1.0.1"):
+    return max(replica.data[version].values(), key=lambda f: f.size)
+
+
+def summary(stdout: str) -> dict:
+    return json.loads(stdout.splitlines()[-1])
+
+
+def test_retry_tables_are_pinned():
+    assert RETRY_TABLE == {
+        EndpointUnreachable: Action.RETRY, TransferError: Action.RETRY, ServerError: Action.RETRY,
+        SlowDown: Action.RETRY, ProtocolError: Action.RETRY, IntegrityError: Action.RETRY,
+        ObjectNotFound: Action.SKIP_FILE, AccessDenied: Action.SKIP_FILE, ObjectChanged: Action.SKIP_FILE,
+        StoreError: Action.STOP_RUN, LockHeldError: Action.STOP_RUN,
+    }
+    assert EXHAUSTED == {EndpointUnreachable: Action.STOP_RUN, StoreError: Action.STOP_RUN,
+                         MirrorError: Action.SKIP_FILE}
+
+
+def test_every_get_names_its_version_and_ranged_gets_send_if_match(sandbox, replica, tmp_path):
+    big = biggest(replica)
+    with FaultProxy(sandbox.url) as proxy:
+        m = Mirror(tmp_path / "c", endpoint_url=proxy.url)
+        m.load_manifest("1.0.1")
+        stats = m.sync(limits=SMALL_PARTS, policy=FAST)
+        assert stats.failures == []
+        gets = proxy.gets("/visual-behavior-ophys-data/visual-behavior-ophys/")
+    data_gets = [(p, h) for p, h in gets if not p.split("?")[0].endswith(".json")]
+    assert data_gets and all("versionId=" in p for p, _ in data_gets)
+    ranged = [(p, h) for p, h in data_gets if "Range" in h]
+    assert len([1 for p, _ in ranged if big.key in p]) == -(-big.size // (64 << 10))
+    assert all(h.get("If-Match", "").startswith('"') for _, h in ranged)
+
+
+def test_a_broken_stream_resumes_at_the_byte_it_reached(sandbox, replica, tmp_path):
+    big = biggest(replica)
+    rule = Rule(key=big.key, action="cut", after=40_000, times=1)
+    with FaultProxy(sandbox.url, rules=[rule]) as proxy:
+        m = Mirror(tmp_path / "c", endpoint_url=proxy.url)
+        m.load_manifest("1.0.1")
+        events = []
+        stats = m.sync(limits=Limits(jobs=2, part_size=1 << 20), policy=FAST, on_event=events.append)
+        gets = proxy.gets(big.key)
+    assert rule.hits == 1 and stats.failures == [] and stats.retries >= 1
+    assert any(e["event"] == "retry" and e["error"] == "TransferError" for e in events)
+    # the retry asked only for what was missing: a Range starting past the cut
+    resumed = [h["Range"] for _, h in gets if "Range" in h]
+    assert resumed and int(resumed[0].split("=")[1].split("-")[0]) >= 32_768
+    assert stats.bytes_done == sum(len(b) for b in expected_files(replica, "1.0.1").values())
+    assert_mirror(tmp_path / "c", replica, "1.0.1")
+
+
+def test_slowdown_is_retried(sandbox, replica, tmp_path):
+    rules = [Rule(key="behavior_sessions/", action="status", status=503, code="SlowDown", times=3)]
+    with FaultProxy(sandbox.url, rules=rules) as proxy:
+        m = Mirror(tmp_path / "c", endpoint_url=proxy.url)
+        m.load_manifest("1.0.1")
+        events = []
+        stats = m.sync(limits=SMALL_PARTS, policy=FAST, on_event=events.append)
+    assert stats.failures == [] and rules[0].hits == 3
+    assert [e["error"] for e in events if e["event"] == "retry"].count("SlowDown") == 3
+    assert_mirror(tmp_path / "c", replica, "1.0.1")
+
+
+def test_a_flipped_byte_is_caught_discarded_and_fetched_again(sandbox, replica, tmp_path):
+    f = biggest(replica)
+    rule = Rule(key=f.key, action="corrupt", times=1)
+    with FaultProxy(sandbox.url, rules=[rule]) as proxy:
+        m = Mirror(tmp_path / "c", endpoint_url=proxy.url)
+        m.load_manifest("1.0.1")
+        events = []
+        stats = m.sync(limits=Limits(jobs=2, part_size=4 << 20), policy=FAST, on_event=events.append)
+    assert rule.hits == 1 and stats.failures == []
+    assert any(e["event"] == "retry" and e["error"] == "IntegrityError" for e in events)
+    assert_mirror(tmp_path / "c", replica, "1.0.1")
+
+
+def test_a_persistent_mismatch_fails_that_file_and_the_rest_goes_on(cli, sandbox, replica):
+    f = biggest(replica)
+    rule = Rule(key=f.key, action="corrupt", times=1000)
+    with FaultProxy(sandbox.url, rules=[rule]) as proxy:
+        cli.endpoint = proxy.url
+        cli("manifests", "use", "1.0.1")
+        r = cli("--json", "sync", expect=5)
+    s = summary(r.stdout)
+    assert [x["key"] for x in s["failures"]] == [f.key]
+    assert "BLAKE2b of the downloaded bytes does not match the manifest" in s["failures"][0]["message"]
+    view = cli.cache_dir / f"{PROJECT}-1.0.1" / f.key.split("/", 1)[1]
+    assert not view.exists()
+    files = expected_files(replica, "1.0.1")
+    for rel, body in files.items():
+        if rel != str(view.relative_to(cli.cache_dir)):
+            assert (cli.cache_dir / rel).read_bytes() == body
+    assert not list(CacheLayout(cli.cache_dir).objects.glob("*/*/*.partial"))  # the bad bytes are gone
+
+
+def test_etag_verification_of_multipart_objects(sandbox, replica, tmp_path):
+    m = Mirror(tmp_path / "c", endpoint_url=sandbox.url)
+    m.load_manifest("1.0.1")
+    stats = m.sync(limits=SMALL_PARTS, verify=Verify.ALL, policy=FAST)
+    assert stats.failures == []
+    f = biggest(replica, "1.1.0")
+    rule = Rule(key=f.key, action="corrupt", times=1000)
+    with FaultProxy(sandbox.url, rules=[rule]) as proxy:
+        m = Mirror(tmp_path / "d", endpoint_url=proxy.url)
+        m.load_manifest("1.1.0")
+        stats = m.sync(limits=SMALL_PARTS, verify=Verify.ETAG, policy=FAST)
+    assert [x["key"] for x in stats.failures] == [f.key]
+    assert "ETag" in stats.failures[0]["message"] and "-" in stats.failures[0]["message"]
+
+
+def test_an_object_that_changed_fails_that_file(sandbox, replica, tmp_path):
+    f = biggest(replica)
+    rule = Rule(key=f.key, action="status", status=412, code="PreconditionFailed", times=1000)
+    with FaultProxy(sandbox.url, rules=[rule]) as proxy:
+        m = Mirror(tmp_path / "c", endpoint_url=proxy.url)
+        m.load_manifest("1.0.1")
+        stats = m.sync(limits=SMALL_PARTS, policy=FAST)
+    assert [x["error"] for x in stats.failures] == ["ObjectChanged"]
+    assert "changed on the server" in stats.failures[0]["message"]
+    assert not list(CacheLayout(tmp_path / "c").objects.glob("*/*/*.partial"))
+
+
+def test_kill_9_mid_sync_then_resume(sandbox, replica, tmp_path):
+    cache = tmp_path / "c"
+    total = sum(len(b) for b in expected_files(replica, "1.0.1").values())
+    with FaultProxy(sandbox.url, rate=2_000_000) as proxy:  # ~2 MB/s: the run takes seconds
+        env = {**os.environ, "VBO_MIRROR_CACHE_DIR": str(cache), "AWS_ENDPOINT_URL_S3": proxy.url}
+        cmd = [sys.executable, "-m", "mirror.cli", "--json", "sync", "--version", "1.0.1", "-j", "4",
+               "--part-size", "64KiB"]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            sidecars = []
+            while time.monotonic() < deadline:  # kill once resume state is on disk
+                sidecars = list(CacheLayout(cache).objects.glob("*/*/*.partial.json"))
+                if sidecars:
+                    break
+                time.sleep(0.02)
+            assert sidecars, "no partial download appeared"
+            time.sleep(0.3)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    # nothing half-written is visible under a final name
+    for rel, body in expected_files(replica, "1.0.1").items():
+        path = cache / rel
+        if path.exists():
+            assert path.read_bytes() == body
+    r = subprocess.run([sys.executable, "-m", "mirror.cli", "--json", "--cache-dir", str(cache), "--endpoint-url",
+                        sandbox.url, "sync", "--version", "1.0.1"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    s = summary(r.stdout)
+    assert s["bytes_resumed"] > 0  # partials continued from their recorded ranges
+    assert s["bytes_fetched"] + s["bytes_resumed"] <= total
+    assert s["bytes_fetched"] < total
+    assert s["files_fetched"] + s["files_linked"] + s["files_present"] == s["files"]
+    assert_mirror(cache, replica, "1.0.1")
+    assert subprocess.run([sys.executable, "-m", "mirror.cli", "--cache-dir", str(cache), "--offline", "verify"],
+                          capture_output=True, text=True).returncode == 0
+
+
+def test_cancel_mid_transfer_leaks_nothing(sandbox, replica, tmp_path):
+    from mirror.catalog import Catalog
+    from mirror.remote import Remote
+
+    m = Mirror(tmp_path / "c", endpoint_url=sandbox.url)
+    m.load_manifest("1.0.1")
+
+    async def go():
+        async with Remote(m.remote_settings()) as remote:
+            cat = Catalog(m.dataset, m.layout, remote)
+            manifests = await m._select(cat, None)
+            plan, local = await m._plan(cat, manifests)
+            started = asyncio.Event()
+
+            def on_event(e):
+                if e["event"] == "file_start":
+                    started.set()
+
+            task = asyncio.create_task(m._execute(cat, plan, local, limits=Limits(jobs=4, part_size=64 << 10),
+                                                  on_event=on_event))
+            await started.wait()
+            await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            return others
+
+    fds_before = len(os.listdir("/proc/self/fd"))
+    leftover = asyncio.run(go())
+    assert leftover == []
+    assert len(os.listdir("/proc/self/fd")) <= fds_before
+    # whatever was published is whole; the rest resumes
+    stats = m.sync(limits=SMALL_PARTS)
+    assert stats.failures == []
+    assert_mirror(tmp_path / "c", replica, "1.0.1")
+
+
+def test_a_full_disk_stops_the_run_and_loses_nothing(cli, replica, monkeypatch):
+    cli("sync", "--version", "0.1.0")
+    before = {p: p.read_bytes() for p in (cli.cache_dir / f"{PROJECT}-0.1.0").rglob("*") if p.is_file()}
+    real = os.posix_fallocate
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    r = cli("sync", "--version", "1.0.1", expect=4)
+    assert "disk full" in r.stderr and "hint:" in r.stderr
+    monkeypatch.setattr(os, "posix_fallocate", real)
+    for p, body in before.items():
+        assert p.read_bytes() == body
+    cli("sync", "--version", "1.0.1")
+    assert_mirror(cli.cache_dir, replica, "1.0.1")
+
+
+def test_not_enough_space_is_refused_up_front(cli, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10_000, 9_000, 1_000))
+    r = cli("sync", "--version", "1.0.1", expect=4)
+    assert "not enough space" in r.stderr and "1,000 are free" in r.stderr
+    assert not (cli.cache_dir / f"{PROJECT}-1.0.1").exists()

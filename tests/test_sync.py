@@ -1,0 +1,182 @@
+"""`vbo-mirror sync` end to end against moto: real bytes on disk, checked against the replica."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+from conftest import manifest_name
+
+from mirror.store.layout import CacheLayout
+from mirror.sandbox.replica import payload
+
+PROJECT = "visual-behavior-ophys"
+
+
+def expected_files(replica, version: str) -> dict[str, bytes]:
+    """view path (relative to cache_dir) → bytes, straight from the replica's generator."""
+    out = {}
+    root = f"{PROJECT}-{version}"
+    for table, body in replica.tables[version].items():
+        out[f"{root}/project_metadata/{table}.csv"] = body
+    for f in replica.data[version].values():
+        out[f"{root}/{f.key.split('/', 1)[1]}"] = payload(f.seed, f.size)
+    return out
+
+
+def assert_mirror(cache_dir, replica, version):
+    files = expected_files(replica, version)
+    for rel, body in files.items():
+        path = cache_dir / rel
+        assert path.read_bytes() == body, rel
+        assert stat.S_IMODE(path.stat().st_mode) == 0o444
+    on_disk = {str(p.relative_to(cache_dir)) for p in (cache_dir / f"{PROJECT}-{version}").rglob("*") if p.is_file()}
+    assert on_disk == set(files)
+    return files
+
+
+def test_full_sync_then_a_second_sync_fetches_nothing(cli, replica):
+    cli("manifests", "use", "1.0.1")
+    s = json.loads(cli("--json", "sync", "--part-size", "64KiB").stdout.splitlines()[-1])
+    files = assert_mirror(cli.cache_dir, replica, "1.0.1")
+    assert s["event"] == "summary" and s["failures"] == []
+    assert s["files"] == len(files) and s["files_fetched"] == len(files)
+    assert s["bytes_fetched"] == sum(len(b) for b in files.values())
+    again = json.loads(cli("--json", "sync").stdout.splitlines()[-1])
+    assert again["bytes_fetched"] == 0 and again["files_fetched"] == 0
+    assert again["files_present"] == len(files)
+    assert cli("verify").stdout.strip().endswith("ok")
+
+
+def test_version_bump_fetches_only_new_content_and_links_the_rest(cli, replica):
+    cli("sync", "--version", "0.1.0")
+    old = expected_files(replica, "0.1.0")
+    new = expected_files(replica, "1.0.1")
+    old_contents = set(old.values())
+    want = sum(len(b) for b in {b for b in new.values() if b not in old_contents})
+    plan = cli("plan", "--version", "1.0.1", json_out=True).data
+    assert plan["fetch"]["bytes"] == want
+    s = json.loads(cli("--json", "sync", "--version", "1.0.1").stdout.splitlines()[-1])
+    assert s["bytes_fetched"] == want
+    assert s["files_linked"] == sum(1 for b in new.values() if b in old_contents)
+    assert_mirror(cli.cache_dir, replica, "1.0.1")
+    # an NWB unchanged between the versions is one inode, in the store and in both views
+    f = next(iter(replica.data["0.1.0"].values()))
+    rel = f.key.split("/", 1)[1]
+    a = cli.cache_dir / f"{PROJECT}-0.1.0" / rel
+    b = cli.cache_dir / f"{PROJECT}-1.0.1" / rel
+    assert os.stat(a).st_ino == os.stat(b).st_ino and os.stat(a).st_nlink == 3
+    st = cli("status", json_out=True).data
+    assert st["bytes_on_disk"] < st["logical_bytes"]
+
+
+def test_deleted_view_is_relinked_without_fetching(cli, replica):
+    cli("sync", "--version", "1.0.0")
+    f = next(iter(replica.data["1.0.0"].values()))
+    view = cli.cache_dir / f"{PROJECT}-1.0.0" / f.key.split("/", 1)[1]
+    view.unlink()
+    plan = cli("plan", "--version", "1.0.0", json_out=True).data
+    assert plan["fetch"]["files"] == 0 and plan["link"]["files"] == 1
+    s = json.loads(cli("--json", "sync", "--version", "1.0.0").stdout.splitlines()[-1])
+    assert s["bytes_fetched"] == 0 and s["files_linked"] == 1
+    assert view.read_bytes() == payload(f.seed, f.size)
+
+
+def test_wrong_content_at_a_view_path_is_replaced(cli, replica):
+    cli("sync", "--version", "1.0.0")
+    f = list(replica.data["1.0.0"].values())[1]
+    view = cli.cache_dir / f"{PROJECT}-1.0.0" / f.key.split("/", 1)[1]
+    view.unlink()
+    view.write_bytes(b"not the file")
+    plan = cli("plan", "--version", "1.0.0", json_out=True).data
+    assert plan["replace_items"] == [str(view.relative_to(cli.cache_dir))]
+    cli("sync", "--version", "1.0.0")
+    assert view.read_bytes() == payload(f.seed, f.size)
+
+
+def test_corrupted_store_object_is_caught_by_verify_and_repaired(cli, replica):
+    cli("sync", "--version", "1.0.1")
+    f = max(replica.data["1.0.1"].values(), key=lambda x: x.size)
+    view = cli.cache_dir / f"{PROJECT}-1.0.1" / f.key.split("/", 1)[1]
+    os.chmod(view, 0o644)  # a view and its object are one inode: this damages the store
+    with open(view, "r+b") as fh:
+        fh.seek(1000)
+        fh.write(b"\x00\x01\x02")
+    r = cli("verify", expect=5)
+    assert "CORRUPT" in r.stdout and "--repair" in r.stdout
+    r = cli("verify", "--repair", json_out=True)
+    rep = r.data
+    assert rep["repaired"]["files_fetched"] == 1 and rep["repaired"]["failures"] == []
+    assert view.read_bytes() == payload(f.seed, f.size)
+    assert cli("verify").stdout.strip().endswith("ok")
+
+
+def test_fast_verify_uses_the_index_fingerprints(cli, replica):
+    cli("sync", "--version", "0.3.0")
+    assert cli("verify", "--fast", json_out=True).data["ok"] is True
+    f = next(iter(replica.data["0.3.0"].values()))
+    view = cli.cache_dir / f"{PROJECT}-0.3.0" / f.key.split("/", 1)[1]
+    os.chmod(view, 0o644)
+    with open(view, "r+b") as fh:
+        fh.write(b"X")
+    r = cli("verify", "--fast", json_out=True, expect=5)
+    assert r.exit_code == 5
+
+
+def test_get_prints_the_path_of_one_file(cli, replica):
+    cli("manifests", "use", "1.0.1")
+    bsid = replica.behavior_ids["1.0.1"][0]
+    path = cli("get", "behavior-session", str(bsid)).stdout.strip()
+    assert path.endswith(f"behavior_sessions/behavior_session_{bsid}.nwb")
+    f = next(f for f in replica.data["1.0.1"].values() if f.key.endswith(f"_{bsid}.nwb"))
+    assert open(path, "rb").read() == payload(f.seed, f.size)
+    eid = replica.experiment_ids["1.0.1"][-1]
+    d = cli("get", "ophys-experiment", str(eid), json_out=True).data
+    assert d["path"].endswith(f"behavior_ophys_experiment_{eid}.nwb") and os.path.getsize(d["path"]) > 0
+    # only those two NWBs (and the tables used to find them) were fetched
+    nwbs = [p for p in (cli.cache_dir / f"{PROJECT}-1.0.1").rglob("*.nwb")]
+    assert len(nwbs) == 2
+
+
+def test_get_for_a_session_without_its_own_file_says_why(cli, replica, sandbox):
+    from mirror.api import Mirror
+
+    m = Mirror(cli.cache_dir, endpoint_url=sandbox.url)
+    m.load_manifest("1.0.1")
+    b = m.get_behavior_session_table()
+    no_file = int(b[b["file_id"].isna()].index[0])
+    r = cli("get", "behavior-session", str(no_file), expect=2)
+    assert "has no NWB file of its own" in r.stderr
+    r = cli("get", "behavior-session", "12345", expect=2)
+    assert "behavior_session_id 12345 is not in behavior_session_table" in r.stderr
+
+
+def test_urls_name_every_file_with_its_version(cli, replica, sandbox):
+    cli("manifests", "use", "1.0.1")
+    # offline and without an endpoint: the real AWS URLs, from the manifest in cache_dir
+    lines = cli("--offline", "urls", endpoint=None).stdout.splitlines()
+    assert len(lines) == len(replica.data["1.0.1"]) + len(replica.tables["1.0.1"])
+    assert all(u.startswith("https://visual-behavior-ophys-data.s3.us-west-2.amazonaws.com/visual-behavior-ophys/")
+               and "?versionId=" in u for u in lines)
+    local = cli("urls").stdout.splitlines()
+    assert all(u.startswith(f"{sandbox.url}/visual-behavior-ophys-data/") for u in local)
+
+
+def test_a_second_sync_says_who_holds_the_lock(cli):
+    from mirror.store.lock import CacheLock
+
+    layout = CacheLayout(cli.cache_dir)
+    with CacheLock(layout.lock_path, command="vbo-mirror sync (test)"):
+        r = cli("sync", "--version", "0.1.0", expect=3)
+    assert f"{cli.cache_dir} is in use by pid {os.getpid()}" in r.stderr and "--wait" in r.stderr
+
+
+def test_sync_of_all_versions(cli, replica):
+    s = json.loads(cli("--json", "sync", "--version", "all").stdout.splitlines()[-1])
+    assert s["failures"] == []
+    unique = {b for v in replica.data for b in expected_files(replica, v).values()}
+    assert s["bytes_fetched"] == sum(len(b) for b in unique)
+    for v in replica.data:
+        assert_mirror(cli.cache_dir, replica, v)
