@@ -135,8 +135,7 @@ class Mirror:
                 if not local:
                     raise
                 warnings.warn(f"{exc}; working offline from {cat.layout.root}", OfflineWarning, stacklevel=2)
-                self.offline = True
-                cat.remote = None
+                cat.remote = None  # for this call; the next one tries the endpoint again
                 return local
         return sort_manifest_names(self.dataset, {*self._online_names, *local})
 

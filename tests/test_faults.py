@@ -158,7 +158,7 @@ def test_an_object_that_changed_fails_that_file(sandbox, replica, tmp_path):
 def test_kill_9_mid_sync_then_resume(sandbox, replica, tmp_path):
     cache = tmp_path / "c"
     total = sum(len(b) for b in expected_files(replica, "1.0.1").values())
-    with FaultProxy(sandbox.url, rate=2_000_000) as proxy:  # ~2 MB/s: the run takes seconds
+    with FaultProxy(sandbox.url, rate=1_000_000) as proxy:  # ~1 MB/s: the run takes seconds
         env = {**os.environ, "VBO_MIRROR_CACHE_DIR": str(cache), "AWS_ENDPOINT_URL_S3": proxy.url}
         cmd = [sys.executable, "-m", "mirror.cli", "--json", "sync", "--version", "1.0.1", "-j", "4",
                "--part-size", "64KiB"]
@@ -171,12 +171,11 @@ def test_kill_9_mid_sync_then_resume(sandbox, replica, tmp_path):
                 if sidecars:
                     break
                 time.sleep(0.02)
-            assert sidecars, "no partial download appeared"
-            time.sleep(0.3)
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    assert list(CacheLayout(cache).objects.glob("*/*/*.partial.json")), "killed before any resume state was saved"
     # nothing half-written is visible under a final name
     for rel, body in expected_files(replica, "1.0.1").items():
         path = cache / rel

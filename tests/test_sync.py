@@ -180,3 +180,61 @@ def test_sync_of_all_versions(cli, replica):
     assert s["bytes_fetched"] == sum(len(b) for b in unique)
     for v in replica.data:
         assert_mirror(cli.cache_dir, replica, v)
+
+
+def test_index_is_rebuilt_from_the_store(cli, replica):
+    import pyarrow.parquet as pq
+
+    cli("sync", "--version", "1.0.0")
+    layout = CacheLayout(cli.cache_dir)
+    n_objects = len(list(layout.objects.glob("*/*/*")))
+    table = pq.read_table(layout.index_path)
+    assert table.num_rows == n_objects and None not in table["xxh3"].to_pylist()
+    # a lost index: the next sync notices and reconciles it with the store, fetching nothing
+    layout.index_path.unlink()
+    lines = [json.loads(x) for x in cli("--json", "sync", "--version", "1.0.0").stdout.splitlines()]
+    assert [(e["added"], e["dropped"]) for e in lines if e["event"] == "index"] == [(n_objects, 0)]
+    assert lines[-1]["bytes_fetched"] == 0
+    assert pq.read_table(layout.index_path).num_rows == n_objects
+    # `index rebuild` reads everything back, fingerprints included, and drops a damaged object
+    victim = next(iter(layout.objects.glob("*/*/*")))
+    victim.chmod(0o644)
+    victim.write_bytes(b"damaged")
+    r = cli("index", "rebuild", json_out=True).data
+    assert r["objects"] == n_objects - 1 and r["removed_corrupt"] == [victim.name]
+    table = pq.read_table(layout.index_path)
+    assert table.num_rows == n_objects - 1 and None not in table["xxh3"].to_pylist()
+    cli("sync", "--version", "1.0.0")
+    assert_mirror(cli.cache_dir, replica, "1.0.0")
+
+
+def test_signed_requests_go_through_aiobotocore(cli, replica):
+    s = json.loads(cli("--signed", "--json", "sync", "--version", "1.0.1", "--part-size", "64KiB").stdout.splitlines()[-1])
+    assert s["failures"] == [] and s["files_fetched"] > 0
+    assert_mirror(cli.cache_dir, replica, "1.0.1")
+
+
+def test_plan_json_is_the_whole_plan(cli, replica):
+    cli("sync", "--version", "0.3.0")
+    p = cli("plan", "--version", "1.0.0", json_out=True).data
+    assert p["manifests"] == [manifest_name("1.0.0")]
+    fetched = {item["ref"]["key"] for item in p["fetch_items"]}
+    added = {replica.data["1.0.0"][f].key for f in set(replica.data["1.0.0"]) - set(replica.data["0.3.0"])}
+    assert added <= fetched
+    assert all(item["size"] > 0 and item["ref"]["version_id"] for item in p["fetch_items"])
+    assert p["fetch"]["bytes"] == sum(item["size"] for item in p["fetch_items"])
+    assert {x["view"].split("/", 1)[0] for x in p["link_items"]} == {f"{PROJECT}-1.0.0"}
+
+
+def test_stray_views_of_ours_are_removed_and_user_files_are_not(cli, replica):
+    cli("sync", "--version", "1.0.0")
+    d = cli.cache_dir / f"{PROJECT}-1.0.0"
+    some = next(d.rglob("*.nwb"))
+    stray = d / "behavior_sessions" / "behavior_session_1.nwb"
+    os.link(some, stray)  # a view of a store object that the manifest does not want
+    notes = d / "my_notes.txt"
+    notes.write_text("mine")
+    plan = cli("plan", "--version", "1.0.0", json_out=True).data
+    assert plan["remove_items"] == [str(stray.relative_to(cli.cache_dir))]
+    cli("sync", "--version", "1.0.0")
+    assert not stray.exists() and notes.read_text() == "mine"

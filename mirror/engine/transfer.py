@@ -10,6 +10,7 @@ an object that changed on the server fails this one file.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import enum
 import threading
 from concurrent.futures import Executor
@@ -136,9 +137,19 @@ class Transfer:
         self.report = report
         self.resumed_bytes = 0
         self.fetched_bytes = 0
+        self._pending: set[concurrent.futures.Future] = set()
 
     async def _thread(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        """Run blocking file work in the I/O pool. The futures are tracked: a cancelled await
+        does not stop a thread, so cleanup waits for them before it closes the descriptor they
+        write to (a closed fd number can be reused by another file)."""
+        fut = self.executor.submit(fn, *args)
+        self._pending.add(fut)
+        fut.add_done_callback(self._pending.discard)
+        return await asyncio.wrap_future(fut)
+
+    def _settle(self) -> None:
+        concurrent.futures.wait(list(self._pending))
 
     async def run(self) -> Digests:
         job = self.job
@@ -177,7 +188,8 @@ class Transfer:
                     raise inner from exc
                 raise
             finally:
-                # Closing and discarding are cleanup: they run even when cancelled.
+                # Cleanup runs even when cancelled: let in-flight writes land, then close.
+                self._settle()
                 if keep:
                     partial.close()
                 else:
