@@ -1,4 +1,5 @@
-# vbo-mirror: `make demo` runs the main job on a built-in local dataset; `make test` runs the tests.
+# vbo-mirror: `make demo` runs the main job on a built-in local dataset; `make test` runs the tests;
+# `make bench` runs the sync throughput benchmark (benchmarks/RESULTS.md).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -19,6 +20,12 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Throughput benchmark against a local SeaweedFS; prepends a run to benchmarks/RESULTS.md.
+# Pass options with BENCH_ARGS, e.g. make bench BENCH_ARGS="--jobs 8".
+bench: install
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/bench_sync.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-cache .pytest_cache

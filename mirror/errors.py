@@ -167,3 +167,7 @@ class OutdatedManifestWarning(MirrorWarning):
 
 class OfflineWarning(MirrorWarning):
     """The endpoint did not answer; vbo-mirror carries on from what cache_dir holds."""
+
+
+class LinkFallbackWarning(MirrorWarning):
+    """Views cannot be links here; they are copies and cost disk space."""

@@ -238,3 +238,28 @@ def test_stray_views_of_ours_are_removed_and_user_files_are_not(cli, replica):
     assert plan["remove_items"] == [str(stray.relative_to(cli.cache_dir))]
     cli("sync", "--version", "1.0.0")
     assert not stray.exists() and notes.read_text() == "mine"
+
+
+def test_views_fall_back_to_stamped_copies_where_links_fail(sandbox, replica, tmp_path, monkeypatch):
+    import errno
+    import warnings
+
+    from mirror.api import Mirror
+    from mirror.errors import LinkFallbackWarning
+
+    def no_links(src, dst, **kw):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+    m = Mirror(tmp_path / "c", endpoint_url=sandbox.url)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stats = m.sync("1.0.0", link_mode="hardlink")
+    assert stats.failures == []
+    fallbacks = [str(w.message) for w in caught if w.category is LinkFallbackWarning]
+    assert len(fallbacks) == 1 and "views are full copies" in fallbacks[0]  # warned once
+    files = assert_mirror(tmp_path / "c", replica, "1.0.0")
+    view = tmp_path / "c" / next(iter(files))
+    assert os.stat(view).st_nlink == 1  # a copy, not a link
+    again = m.sync("1.0.0", link_mode="hardlink")
+    assert again.files_present == len(files) and again.bytes_done == 0

@@ -13,14 +13,14 @@ import contextlib
 import enum
 import errno
 import fcntl
-import logging
+import warnings
 import os
 import shutil
 from pathlib import Path
 
+from ..errors import LinkFallbackWarning
 from .fsutil import store_error
 
-log = logging.getLogger("vbo_mirror")
 
 FICLONE = 0x40049409  # linux/fs.h
 _FALLBACK_ERRNOS = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EINVAL, errno.ENOTTY,
@@ -76,8 +76,9 @@ class Linker:
                 self.mode = mode
                 if mode is LinkMode.COPY and len(self.chain) > 1 and not self.warned:
                     self.warned = True
-                    log.warning("links are not possible under %s (%s): views are full copies and use extra disk space",
-                                dst.parent, os.strerror(last_exc.errno) if last_exc else "unsupported")
+                    reason = os.strerror(last_exc.errno) if last_exc else "unsupported"
+                    warnings.warn(f"links are not possible under {dst.parent} ({reason}): views are full copies "
+                                  "and use extra disk space", LinkFallbackWarning, stacklevel=2)
             return mode
         raise store_error(last_exc or OSError(errno.EIO, "no link mode worked"), f"linking {dst}")
 
