@@ -7,17 +7,22 @@ readable (one JSON document, or JSON lines for streams of events). Exit codes: 0
 
 from __future__ import annotations
 
-import functools
-import json
 import os
-import sys
-import warnings
-from pathlib import Path
-from typing import Any, Callable
 
-import click
+# numpy (under pyarrow) starts OpenBLAS worker threads that spin on the cores a sync needs for
+# hashing; we never do linear algebra. Set before anything imports numpy.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from .api import Mirror
+import functools  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+import click  # noqa: E402
+
+from .api import Mirror  # noqa: E402
 from .engine.policy import Limits
 from .engine.transfer import Verify
 from .config import DEFAULT_DATASET

@@ -115,7 +115,11 @@ class Engine:
         st.bytes_total = plan.fetch_bytes
         st.files_present, st.bytes_present = len(plan.present), plan.present_bytes
         self.emit({"event": "start", **plan.summary()})
-        executor = ThreadPoolExecutor(max_workers=max(4, self.limits.jobs + 2), thread_name_prefix="vbo-io")
+        # Few threads: hashing needs one core per file being hashed, writes are short, and on a
+        # small machine every extra thread only fights for the GIL (measured: 3 beat 18 by ~8%
+        # on 2 cores; see benchmarks/RESULTS.md).
+        threads = min(self.limits.jobs + 1, max(3, (os.cpu_count() or 2) + 1))
+        executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vbo-io")
         try:
             loop = asyncio.get_running_loop()
             # Content already in the store: views only (cheap, done first).

@@ -295,11 +295,12 @@ class Transfer:
 
     async def _write(self, partial: Partial, hasher: _OrderedHasher, offset: int, batch: list[bytes]) -> None:
         def work() -> None:
+            data = batch
             try:
-                pwrite_all(partial.fd, batch, offset)
+                pwrite_all(partial.fd, data, offset)
             except OSError as exc:
                 raise store_error(exc, f"writing {partial.path.name}") from exc
-            hasher.wrote(offset, batch)
+            hasher.wrote(offset, data)
 
         await self._thread(work)
         n = sum(len(b) for b in batch)

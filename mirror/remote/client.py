@@ -201,10 +201,15 @@ class Remote:
 
     async def _iter_aiohttp(self, resp: aiohttp.ClientResponse, what: str) -> AsyncIterator[bytes]:
         try:
+            # readchunk hands over the buffers as they came off the socket, without the join
+            # that read(n) does; the engine gathers them into its own write batches.
+            content = resp.content
             while True:
-                chunk = await resp.content.read(CHUNK)
+                chunk, _ = await content.readchunk()
                 if not chunk:
-                    return
+                    if content.at_eof():
+                        return
+                    continue
                 yield chunk
         except asyncio.CancelledError:
             raise
