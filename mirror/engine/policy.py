@@ -59,11 +59,13 @@ RETRY_TABLE: dict[type[MirrorError], Action] = {
 }
 
 
+def lookup(table: dict[type[MirrorError], Action], exc: MirrorError, default: Action) -> Action:
+    """The action of the most specific error class of `exc` that `table` names."""
+    return next((table[cls] for cls in type(exc).__mro__ if cls in table), default)
+
+
 def action_for(exc: MirrorError) -> Action:
-    for cls in type(exc).__mro__:
-        if cls in RETRY_TABLE:
-            return RETRY_TABLE[cls]
-    return exc.action
+    return lookup(RETRY_TABLE, exc, exc.action)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from ..store.index import IndexRecord, StateIndex
 from ..store.layout import CacheLayout
 from ..store.objects import ObjectStore
 from ..store.views import Linker
-from .policy import Limits, Pacer, RetryPolicy, action_for, call_with_retries
+from .policy import Limits, Pacer, RetryPolicy, action_for, call_with_retries, lookup
 from .transfer import Job, Reporter, Transfer, Verify, _unwrap
 
 Event = dict[str, Any]
@@ -40,10 +40,7 @@ EXHAUSTED: dict[type[MirrorError], Action] = {
 
 
 def after_retries(exc: MirrorError) -> Action:
-    for cls in type(exc).__mro__:
-        if cls in EXHAUSTED:
-            return EXHAUSTED[cls]
-    return Action.SKIP_FILE
+    return lookup(EXHAUSTED, exc, Action.SKIP_FILE)
 
 
 @dataclass

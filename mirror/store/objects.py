@@ -15,7 +15,6 @@ import errno
 import hashlib
 import json
 import os
-import secrets
 import stat
 import threading
 from dataclasses import dataclass, field
@@ -174,30 +173,13 @@ class ObjectStore:
     def put_bytes(self, file_hash: str, data: bytes) -> Path:
         """Publish a small object held in memory (a metadata table), verified first.
 
-        The temporary name is unique to this process, so a concurrent writer of the same
-        content cannot interleave with it; both renames put identical bytes in place.
+        A concurrent writer of the same content uses another temporary name; both renames
+        put identical bytes in place.
         """
         if hashlib.blake2b(data).hexdigest() != file_hash:
             raise IntegrityError(f"refusing to store content whose BLAKE2b is not {file_hash[:16]}…")
         final = self.path(file_hash)
-        tmp = final.with_name(f"{file_hash}.tmp{os.getpid()}-{secrets.token_hex(4)}")
-        try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-                os.fchmod(fd, 0o444)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
-            fsync_dir(final.parent)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise store_error(exc, f"publishing {final}") from exc
+        atomic_write(final, data, mode=0o444)
         return final
 
     def remove(self, file_hash: str) -> None:
