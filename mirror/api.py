@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import shutil
 import warnings
@@ -94,6 +95,9 @@ class Mirror:
         self.max_connections = max_connections
         self._online_names: list[str] | None = None
         self._infos: dict[tuple[str, str], ObjectInfo] = {}
+        self._listing: dict[tuple[str, str], ObjectInfo] | None = None
+        self._headed: set[tuple[str, str]] = set()
+        self._manifest_etags: dict[str, str | None] = {}
         self._tables: dict[tuple[str, str], pa.Table] = {}
         self._warned_outdated: set[str] = set()
 
@@ -118,7 +122,7 @@ class Mirror:
             if self.offline:
                 return await fn(Catalog(self.dataset, self.layout, None))
             async with Remote(self.remote_settings()) as remote:
-                return await fn(Catalog(self.dataset, self.layout, remote))
+                return await fn(Catalog(self.dataset, self.layout, remote, manifest_etags=self._manifest_etags))
 
         return run_async(main())
 
@@ -253,11 +257,22 @@ class Mirror:
         return self._run(go)
 
     async def _sizes(self, cat: Catalog, entries: list) -> dict[tuple[str, str], ObjectInfo]:
-        """Object sizes, listed once per Mirror; offline, what the local index knows."""
+        """Object sizes and ETags: the dataset prefix is listed once per Mirror (version ids
+        are immutable, so what it says stays true), with a HEAD for what the listing lacks;
+        offline, what the local index knows."""
         wanted = [e for e in entries if (e.key, e.version_id) not in self._infos]
-        if wanted and cat.remote is not None:
-            self._infos.update(await cat.object_infos(wanted))
-        elif wanted and self.layout is not None:
+        if not wanted:
+            return self._infos
+        if cat.remote is not None:
+            if self._listing is None:
+                self._listing = await cat.list_versions() or {}
+                self._infos.update(self._listing)
+            missing = [e for e in wanted if (e.key, e.version_id) not in self._infos
+                       and (e.key, e.version_id) not in self._headed]
+            if missing:
+                self._headed.update((e.key, e.version_id) for e in missing)
+                self._infos.update(await cat.head_infos(missing))
+        elif self.layout is not None:
             index = StateIndex(self.layout)
             index.load()
             for e in wanted:
@@ -478,8 +493,14 @@ class Mirror:
             path = layout.view_path(f"{m.view_dir}/{entry.relative_path}")
             plan, local = await self._plan(cat, [m], entries=[entry], strays=False)
             if plan.fetch or plan.link or plan.replace:
-                with CacheLock(layout.lock_path, wait=True, timeout=600, command="vbo-mirror get"):
+                lock = CacheLock(layout.lock_path, wait=True, timeout=600, command="vbo-mirror get")
+                await asyncio.to_thread(lock.acquire)  # waiting for a running sync must not block the loop
+                try:
+                    # Planned again under the lock: a sync that just finished may have done it all.
+                    plan, local = await self._plan(cat, [m], entries=[entry], strays=False)
                     stats = await self._execute(cat, plan, local, on_event=on_event, limits=Limits(jobs=8))
+                finally:
+                    lock.release()
                 if stats.failures:
                     f = stats.failures[0]
                     raise FileFailed(f"{entry.key}: {f['message']}")
@@ -525,6 +546,9 @@ class Mirror:
         with CacheLock(layout.lock_path, wait=wait, command="vbo-mirror verify"):
             report = verify_store(layout, manifests, fast=fast, jobs=jobs, on_event=on_event)
             if repair and (report["corrupt"] or report["views_wrong"] or report["views_missing_content"]):
+                for rel in report["views_wrong"]:  # what a sync would replace anyway
+                    with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                        os.unlink(layout.view_path(rel))
                 bad = {c["file_hash"] for c in report["corrupt"]}
                 wanted = [e for m in manifests for e in m.entries()
                           if e.file_hash in bad or f"{m.view_dir}/{e.relative_path}" in set(report["views_wrong"])]

@@ -14,8 +14,8 @@ import hashlib
 from typing import Iterable
 
 from .config import DatasetConfig
-from .engine.policy import RetryPolicy, call_with_retries
-from .errors import AccessDenied, IntegrityError, ManifestError, OfflineError, UnknownVersionError
+from .engine.policy import RetryPolicy, action_for, call_with_retries, first_error
+from .errors import Action, AccessDenied, IntegrityError, ManifestError, MirrorError, OfflineError, UnknownVersionError
 from .manifest import FileEntry, Manifest, parse_manifest
 from .remote import ObjectInfo, ObjectRef, Remote
 from .semver import Version
@@ -56,10 +56,13 @@ def resolve_name(dataset: DatasetConfig, version: str, available: list[str]) -> 
 class Catalog:
     """Manifests and metadata of one dataset; `remote` None means offline."""
 
-    def __init__(self, dataset: DatasetConfig, layout: CacheLayout | None, remote: Remote | None) -> None:
+    def __init__(self, dataset: DatasetConfig, layout: CacheLayout | None, remote: Remote | None,
+                 *, manifest_etags: dict[str, str | None] | None = None) -> None:
         self.dataset = dataset
         self.layout = layout
         self.remote = remote
+        # name → ETag from the manifest listing: a single-part ETag is the MD5 of the bytes
+        self.manifest_etags = manifest_etags if manifest_etags is not None else {}
 
     # --- manifests -------------------------------------------------------------------
 
@@ -70,7 +73,9 @@ class Catalog:
         return [i for i in infos if self.dataset.version_of(i.key.rsplit("/", 1)[-1]) is not None]
 
     async def online_names(self) -> list[str]:
-        return sort_manifest_names(self.dataset, (i.key.rsplit("/", 1)[-1] for i in await self.online_listing()))
+        listing = await self.online_listing()
+        self.manifest_etags.update({i.key.rsplit("/", 1)[-1]: i.etag for i in listing})
+        return sort_manifest_names(self.dataset, self.manifest_etags)
 
     def local_names(self) -> list[str]:
         if self.layout is None or not self.layout.root.is_dir():
@@ -88,15 +93,21 @@ class Catalog:
             return None
         return parse_manifest(data, source=str(path), dataset=self.dataset)
 
-    async def download(self, name: str, *, etag: str | None = None) -> Manifest:
-        """Fetch, validate in memory, and only then write the manifest to cache_dir."""
+    async def download(self, name: str) -> Manifest:
+        """Fetch, check against the listing's ETag, validate in memory, and only then write
+        the manifest to cache_dir."""
         remote = self._need_remote(f"download {name}")
+        etag = self.manifest_etags.get(name)
         key = self.dataset.manifest_prefix + name
-        data = await call_with_retries(lambda: remote.read_all(ObjectRef(self.dataset.bucket, key)),
-                                       policy=METADATA_RETRIES)
-        if etag and "-" not in etag and hashlib.md5(data).hexdigest() != etag:
-            raise IntegrityError(f"{name}: downloaded bytes do not match the S3 ETag {etag}",
-                                 hint="try again; if it persists the object changed while it was read")
+
+        async def fetch() -> bytes:
+            data = await remote.read_all(ObjectRef(self.dataset.bucket, key))
+            if etag and "-" not in etag and hashlib.md5(data).hexdigest() != etag:
+                raise IntegrityError(f"{name}: downloaded bytes do not match the S3 ETag {etag}",
+                                     hint="try again; if it persists the object changed while it was read")
+            return data
+
+        data = await call_with_retries(fetch, policy=METADATA_RETRIES)
         manifest = parse_manifest(data, source=f"s3://{self.dataset.bucket}/{key}", dataset=self.dataset)
         if self.layout is not None:
             atomic_write(self.layout.manifest_path(name), data)
@@ -113,29 +124,38 @@ class Catalog:
 
     # --- sizes ---------------------------------------------------------------------------
 
-    async def object_infos(self, entries: Iterable[FileEntry]) -> dict[tuple[str, str], ObjectInfo]:
-        """Size and ETag of every entry's object version: one ListObjectVersions of the
-        dataset prefix, falling back to a HEAD per file where listing is not allowed."""
+    async def list_versions(self) -> dict[tuple[str, str], ObjectInfo] | None:
+        """Every object version under the dataset prefix (one ListObjectVersions, paged), or
+        None where the bucket does not allow listing versions."""
         remote = self._need_remote("learn file sizes from S3")
-        wanted = {(e.key, e.version_id): e for e in entries}
         try:
-            listing = await call_with_retries(lambda: remote.list_versions(self.dataset.prefix), policy=METADATA_RETRIES)
-            found = {k: v for k, v in listing.items() if k in wanted}
+            return await call_with_retries(lambda: remote.list_versions(self.dataset.prefix), policy=METADATA_RETRIES)
         except AccessDenied:
-            found = {}
-        missing = [e for k, e in wanted.items() if k not in found]
-        if missing:
-            sem = asyncio.Semaphore(HEAD_CONCURRENCY)
+            return None
 
-            async def head(e: FileEntry) -> None:
-                async with sem:
-                    info = await call_with_retries(lambda: remote.head(ObjectRef(e.bucket, e.key, e.version_id)),
-                                                   policy=METADATA_RETRIES)
-                found[(e.key, e.version_id)] = info
+    async def head_infos(self, entries: Iterable[FileEntry]) -> dict[tuple[str, str], ObjectInfo]:
+        """Size and ETag by HEAD, for versions the listing did not show. A version that is
+        gone or denied is left out (its size stays unknown, and the sync fails that one file
+        with the server's own answer); only an error that stops everything is raised."""
+        remote = self._need_remote("learn file sizes from S3")
+        found: dict[tuple[str, str], ObjectInfo] = {}
+        sem = asyncio.Semaphore(HEAD_CONCURRENCY)
 
+        async def head(e: FileEntry) -> None:
+            async with sem:
+                try:
+                    found[(e.key, e.version_id)] = await call_with_retries(
+                        lambda: remote.head(ObjectRef(e.bucket, e.key, e.version_id)), policy=METADATA_RETRIES)
+                except MirrorError as exc:
+                    if action_for(exc) is not Action.SKIP_FILE:
+                        raise
+
+        try:
             async with asyncio.TaskGroup() as tg:
-                for e in missing:
+                for e in entries:
                     tg.create_task(head(e))
+        except BaseExceptionGroup as eg:
+            raise first_error(eg) from eg
         return found
 
     # --- metadata tables -----------------------------------------------------------------
@@ -185,7 +205,8 @@ class Catalog:
 
     def _need_remote(self, what: str) -> Remote:
         if self.remote is None:
-            raise OfflineError(f"cannot {what}: vbo-mirror is offline", hint="drop --offline to go online")
+            raise OfflineError(f"cannot {what}: working offline (--offline, or the endpoint did not answer)",
+                               hint="drop --offline, or check --endpoint-url and the network")
         return self.remote
 
     def _where(self) -> str:

@@ -136,6 +136,12 @@ class ObjectChanged(RemoteError):
     action = Action.SKIP_FILE
 
 
+class RequestRejected(RemoteError):
+    """A 4xx the request will get again if repeated (bad range, expired token, ...)."""
+
+    action = Action.SKIP_FILE
+
+
 class ProtocolError(RemoteError):
     """The server answered something we did not ask for (wrong Content-Range, bad length)."""
 
@@ -145,6 +151,14 @@ class IntegrityError(MirrorError):
 
     exit_code = 5
     action = Action.RETRY
+
+
+class ViewBlocked(MirrorError):
+    """Something of the user's (a directory, a file where a directory belongs) sits where a
+    view must go: that one view fails, the run goes on, nothing of theirs is touched."""
+
+    exit_code = 5
+    action = Action.SKIP_FILE
 
 
 class FileFailed(MirrorError):

@@ -50,6 +50,43 @@ def test_retry_delays_are_jittered_and_capped():
     assert len({round(pol.delay(3), 6) for _ in range(20)}) > 1
 
 
+def test_ordered_hasher_from_concurrent_writers(tmp_path):
+    """Threads write parts in random order, each calling `wrote` after its pwrite, as the
+    engine does; the digest is the whole file's, and the frontier reaches the end."""
+    import threading
+
+    data = random.Random(6).randbytes(2_000_017)
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.ftruncate(fd, len(data))  # zeros until written: nothing is right by accident
+        parts = [(s, min(s + 50_000, len(data))) for s in range(0, len(data), 50_000)]
+        random.Random(7).shuffle(parts)
+        h = _OrderedHasher(fd, MultiHasher(), done=[])
+        queue = list(parts)
+        lock = threading.Lock()
+
+        def writer():
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    s, e = queue.pop()
+                chunk = data[s:e]
+                os.pwrite(fd, chunk, s)
+                h.wrote(s, [chunk[: len(chunk) // 2], chunk[len(chunk) // 2:]])
+
+        threads = [threading.Thread(target=writer) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert h.finish() == len(data)
+        assert h.hasher.digests().blake2b == hashlib.blake2b(data).hexdigest()
+    finally:
+        os.close(fd)
+
+
 def test_ordered_hasher_gives_the_whole_file_digest_whatever_the_order(tmp_path):
     data = random.Random(3).randbytes(1_000_003)
     path = tmp_path / "f"
@@ -80,3 +117,88 @@ def test_multipart_etag_matches_s3s_rule():
     h = MultiHasher(want_etag=True)
     h.update(data)
     assert h.digests().etag == hashlib.md5(data).hexdigest()
+
+
+def test_a_stop_while_another_file_fails_ends_the_run_promptly(tmp_path):
+    """A disk error in one worker cancels the others; one whose part has just failed must
+    stop too, not record a failure and go on fetching (a fake remote makes the timing exact)."""
+    import contextlib
+
+    from mirror.engine.policy import Limits
+    from mirror.engine.runner import Engine
+    from mirror.engine.transfer import Verify
+    from mirror.errors import ObjectChanged, StoreError
+    from mirror.plan import Fetch, Plan
+    from mirror.remote.types import ObjectRef
+    from mirror.store.index import StateIndex
+    from mirror.store.layout import CacheLayout
+    from mirror.store.views import Linker
+
+    started: list[str] = []
+
+    class Remote:
+        @contextlib.asynccontextmanager
+        async def open_range(self, ref, *, start=0, end=None, if_match=None):
+            started.append(ref.key)
+            if ref.key == "disk":
+                await asyncio.sleep(0.05)
+                raise StoreError("disk full (injected)")
+            if ref.key == "changed" and start == 0:
+                await asyncio.sleep(0.04)
+                raise ObjectChanged("412 (injected)")
+            if ref.key == "changed":
+                try:
+                    await asyncio.sleep(10)
+                finally:
+                    await asyncio.shield(asyncio.sleep(0.05))  # a cleanup that takes a moment
+
+            async def body():
+                yield b"x" * ((end or 100) - start)
+
+            yield body()
+
+    def digest(i: int) -> str:
+        return hashlib.blake2b(str(i).encode()).hexdigest()
+
+    items = [Fetch(digest(0), ObjectRef("b", "changed", "v"), 256 << 10, None, ("v/a",)),
+             Fetch(digest(1), ObjectRef("b", "disk", "v"), 100, None, ("v/b",))]
+    items += [Fetch(digest(i), ObjectRef("b", f"other{i}", "v"), 100, None, (f"v/o{i}",)) for i in range(2, 30)]
+    layout = CacheLayout(tmp_path)
+    engine = Engine(layout=layout, remote=Remote(), index=StateIndex(layout), linker=Linker("copy"),
+                    limits=Limits(jobs=2, part_size=128 << 10), policy=RetryPolicy(attempts=2, base_delay=0.01),
+                    verify=Verify.NONE)
+
+    async def go():
+        with contextlib.suppress(StoreError):
+            await asyncio.wait_for(engine.run(Plan(("m",), tuple(items))), 5)
+            raise AssertionError("the disk error was not raised")
+
+    asyncio.run(go())
+    assert [k for k in started if k.startswith("other")] == []  # nothing started after the stop
+    assert engine.stats.failures == []  # the cancelled file is not reported as failed
+    assert len(os.listdir("/proc/self/fd")) < 200
+
+
+def test_state_index_round_trips_and_merges_concurrent_writers(tmp_path):
+    from mirror.store.index import IndexRecord, StateIndex
+    from mirror.store.layout import CacheLayout
+
+    layout = CacheLayout(tmp_path)
+    a, b = StateIndex(layout), StateIndex(layout)
+    a.load(), b.load()
+    a.put(IndexRecord("a" * 128, 10, "x1", "k/a", "v1", "e1", 1_700_000_000.5))
+    b.put(IndexRecord("b" * 128, 20, None, "k/b", "v2", None, 1_700_000_001.0))
+    a.commit()
+    b.commit()  # merges with what a wrote instead of overwriting it
+    c = StateIndex(layout)
+    assert c.load() is True
+    assert sorted(c.records) == ["a" * 128, "b" * 128]
+    ra = c.get("a" * 128)
+    assert (ra.size, ra.xxh3, ra.key, ra.version_id, ra.etag) == (10, "x1", "k/a", "v1", "e1")
+    assert abs(ra.verified_at - 1_700_000_000.5) < 0.01
+    assert c.get("b" * 128).xxh3 is None
+    c.drop("a" * 128)
+    c.commit()
+    d = StateIndex(layout)
+    d.load()
+    assert list(d.records) == ["b" * 128]

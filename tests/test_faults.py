@@ -23,8 +23,8 @@ from mirror.engine.policy import RETRY_TABLE, Limits, RetryPolicy
 from mirror.engine.runner import EXHAUSTED
 from mirror.engine.transfer import Verify
 from mirror.errors import (AccessDenied, Action, EndpointUnreachable, IntegrityError, LockHeldError, MirrorError,
-                           ObjectChanged, ObjectNotFound, ProtocolError, ServerError, SlowDown, StoreError,
-                           TransferError)
+                           ObjectChanged, ObjectNotFound, ProtocolError, RequestRejected, ServerError, SlowDown,
+                           StoreError, TransferError, ViewBlocked)
 from mirror.sandbox.replica import payload
 from mirror.store.layout import CacheLayout
 
@@ -45,6 +45,7 @@ def test_retry_tables_are_pinned():
         EndpointUnreachable: Action.RETRY, TransferError: Action.RETRY, ServerError: Action.RETRY,
         SlowDown: Action.RETRY, ProtocolError: Action.RETRY, IntegrityError: Action.RETRY,
         ObjectNotFound: Action.SKIP_FILE, AccessDenied: Action.SKIP_FILE, ObjectChanged: Action.SKIP_FILE,
+        RequestRejected: Action.SKIP_FILE, ViewBlocked: Action.SKIP_FILE,
         StoreError: Action.STOP_RUN, LockHeldError: Action.STOP_RUN,
     }
     assert EXHAUSTED == {EndpointUnreachable: Action.STOP_RUN, StoreError: Action.STOP_RUN,
@@ -259,3 +260,57 @@ def test_not_enough_space_is_refused_up_front(cli, monkeypatch):
     r = cli("sync", "--version", "1.0.1", expect=4)
     assert "not enough space" in r.stderr and "1,000 are free" in r.stderr
     assert not (cli.cache_dir / f"{PROJECT}-1.0.1").exists()
+
+
+def test_a_version_missing_on_the_server_fails_that_file_only(cli, sandbox, tmp_path):
+    """A manifest naming an object version the server does not have: the listing lacks it,
+    its HEAD says 404, and the sync fails that one file with the server's answer."""
+    import hashlib
+
+    from mirror.sandbox.server import admin_client, create_public_bucket
+
+    bucket, prefix = "gappy-ophys-data", "gappy/"
+    bodies = {f"{prefix}behavior_sessions/b{i}.nwb": os.urandom(5000 + i) for i in range(3)}
+
+    async def upload():
+        async with admin_client(sandbox.url) as s3:
+            await create_public_bucket(s3, bucket)
+            entries = {}
+            for i, (key, body) in enumerate(bodies.items()):
+                vid = (await s3.put_object(Bucket=bucket, Key=key, Body=body))["VersionId"]
+                entries[str(i + 1)] = {"url": f"https://{bucket}.s3.us-west-2.amazonaws.com/{key}",
+                                       "version_id": vid, "file_hash": hashlib.blake2b(body).hexdigest()}
+            entries["9"] = {"url": f"https://{bucket}.s3.us-west-2.amazonaws.com/{prefix}behavior_sessions/gone.nwb",
+                            "version_id": "no-such-version", "file_hash": "ab" * 64}
+            doc = {"project_name": "gappy", "manifest_version": "1.0.0", "metadata_file_id_column_name": "file_id",
+                   "data_pipeline": [], "metadata_files": {}, "data_files": entries}
+            await s3.put_object(Bucket=bucket, Key=f"{prefix}manifests/gappy_manifest_v1.0.0.json",
+                                Body=json.dumps(doc).encode())
+
+    asyncio.run(upload())
+    cfg = tmp_path / "gappy.toml"
+    cfg.write_text(f'''name = "gappy"
+bucket = "{bucket}"
+region = "us-west-2"
+prefix = "{prefix}"
+manifest_prefix = "{prefix}manifests/"
+manifest_pattern = '^gappy_manifest_v(?P<version>[0-9]+\\.[0-9]+\\.[0-9]+)\\.json$'
+manifest_template = "gappy_manifest_v{{version}}.json"
+''')
+    plan = cli("--dataset", str(cfg), "plan", "--version", "1.0.0", json_out=True).data
+    assert plan["fetch"]["files"] == 4 and plan["fetch"]["unknown_sizes"] == 1
+    r = cli("--dataset", str(cfg), "--json", "sync", "--version", "1.0.0", expect=5)
+    s = summary(r.stdout)
+    assert [(f["key"], f["error"]) for f in s["failures"]] == [(f"{prefix}behavior_sessions/gone.nwb", "ObjectNotFound")]
+    for i, body in enumerate(bodies.values()):
+        assert (cli.cache_dir / "gappy-1.0.0" / "behavior_sessions" / f"b{i}.nwb").read_bytes() == body
+
+
+def test_a_manifest_damaged_in_transit_is_caught_by_its_etag_and_fetched_again(sandbox, replica, tmp_path):
+    rule = Rule(key="manifests/visual-behavior-ophys_project_manifest_v1.0.1.json", action="corrupt", times=1)
+    with FaultProxy(sandbox.url, rules=[rule]) as proxy:
+        m = Mirror(tmp_path / "c", endpoint_url=proxy.url)
+        m.load_manifest("1.0.1")
+    assert rule.hits == 1
+    name = "visual-behavior-ophys_project_manifest_v1.0.1.json"
+    assert (tmp_path / "c" / name).read_bytes() == replica.manifests[name]

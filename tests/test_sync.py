@@ -122,7 +122,9 @@ def test_fast_verify_uses_the_index_fingerprints(cli, replica):
     with open(view, "r+b") as fh:
         fh.write(b"X")
     r = cli("verify", "--fast", json_out=True, expect=5)
-    assert r.exit_code == 5
+    report = json.loads(r.stdout)
+    assert report["mode"] == "fast"
+    assert [c["checked_by"] for c in report["corrupt"]] == ["xxh3"]  # found by the fingerprint, not BLAKE2b
 
 
 def test_get_prints_the_path_of_one_file(cli, replica):
@@ -240,6 +242,7 @@ def test_stray_views_of_ours_are_removed_and_user_files_are_not(cli, replica):
     assert not stray.exists() and notes.read_text() == "mine"
 
 
+@pytest.mark.filterwarnings("ignore::mirror.errors.LinkFallbackWarning")
 def test_views_fall_back_to_stamped_copies_where_links_fail(sandbox, replica, tmp_path, monkeypatch):
     import errno
     import warnings
@@ -263,3 +266,29 @@ def test_views_fall_back_to_stamped_copies_where_links_fail(sandbox, replica, tm
     assert os.stat(view).st_nlink == 1  # a copy, not a link
     again = m.sync("1.0.0", link_mode="hardlink")
     assert again.files_present == len(files) and again.bytes_done == 0
+    # a copy is its own bytes: verify reads it, and --repair makes it again from the store
+    view.chmod(0o644)
+    with open(view, "r+b") as fh:
+        fh.seek(10)
+        fh.write(b"rot")
+    os.utime(view, ns=(os.stat(view).st_atime_ns, os.stat(m.layout.object_path(
+        __import__("hashlib").blake2b(files[next(iter(files))]).hexdigest())).st_mtime_ns))  # same stamp
+    report = m.verify()
+    assert report["views_wrong"] == [next(iter(files))] and report["corrupt"] == []
+    report = m.verify(repair=True)
+    assert view.read_bytes() == files[next(iter(files))]
+    assert m.verify()["ok"] is True
+
+
+def test_a_directory_in_the_place_of_a_view_fails_that_view_only(cli, replica):
+    f = next(iter(replica.data["1.0.0"].values()))
+    blocker = cli.cache_dir / f"{PROJECT}-1.0.0" / f.key.split("/", 1)[1]
+    blocker.mkdir(parents=True)
+    (blocker / "keep.txt").write_text("mine")
+    r = cli("--json", "sync", "--version", "1.0.0", expect=5)
+    s = json.loads(r.stdout.splitlines()[-1])
+    assert [x["error"] for x in s["failures"]] == ["ViewBlocked"]
+    assert (blocker / "keep.txt").read_text() == "mine"
+    files = expected_files(replica, "1.0.0")
+    others = {rel: b for rel, b in files.items() if rel != str(blocker.relative_to(cli.cache_dir))}
+    assert all((cli.cache_dir / rel).read_bytes() == b for rel, b in others.items())

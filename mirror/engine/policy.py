@@ -18,10 +18,12 @@ from ..errors import (
     ObjectChanged,
     ObjectNotFound,
     ProtocolError,
+    RequestRejected,
     ServerError,
     SlowDown,
     StoreError,
     TransferError,
+    ViewBlocked,
 )
 
 MiB = 1 << 20
@@ -54,6 +56,8 @@ RETRY_TABLE: dict[type[MirrorError], Action] = {
     ObjectNotFound: Action.SKIP_FILE,
     AccessDenied: Action.SKIP_FILE,
     ObjectChanged: Action.SKIP_FILE,
+    RequestRejected: Action.SKIP_FILE,
+    ViewBlocked: Action.SKIP_FILE,
     StoreError: Action.STOP_RUN,
     LockHeldError: Action.STOP_RUN,
 }
@@ -124,3 +128,25 @@ async def call_with_retries(fn: Callable[[], Awaitable], *, policy: RetryPolicy,
                 raise
             await sleep(policy.delay(attempt))
     raise AssertionError("unreachable")
+
+
+def first_error(eg: BaseExceptionGroup) -> BaseException:
+    """The error to report from a TaskGroup's group: a disk error first (it stops
+    everything), else the first of ours, else the first of any kind."""
+    if not isinstance(eg, BaseExceptionGroup):
+        return eg
+    leaves: list[BaseException] = []
+
+    def walk(e: BaseException) -> None:
+        if isinstance(e, BaseExceptionGroup):
+            for x in e.exceptions:
+                walk(x)
+        else:
+            leaves.append(e)
+
+    walk(eg)
+    for kind in (StoreError, MirrorError):
+        for e in leaves:
+            if isinstance(e, kind):
+                return e
+    return leaves[0] if leaves else eg

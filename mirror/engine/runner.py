@@ -10,23 +10,23 @@ the index records what was published.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..errors import Action, EndpointUnreachable, MirrorError, OfflineError, StoreError
+from ..errors import Action, EndpointUnreachable, MirrorError, OfflineError, StoreError, ViewBlocked
 from ..hashing import Digests
 from ..plan import Fetch, Plan
 from ..remote import Remote
+from ..store.fsutil import store_error
 from ..store.index import IndexRecord, StateIndex
 from ..store.layout import CacheLayout
 from ..store.objects import ObjectStore
 from ..store.views import Linker
-from .policy import Limits, Pacer, RetryPolicy, action_for, call_with_retries, lookup
-from .transfer import Job, Reporter, Transfer, Verify, _unwrap
+from .policy import Limits, Pacer, RetryPolicy, action_for, call_with_retries, first_error, lookup
+from .transfer import Job, Reporter, Transfer, Verify
 
 Event = dict[str, Any]
 
@@ -121,7 +121,11 @@ class Engine:
             loop = asyncio.get_running_loop()
             # Content already in the store: views only (cheap, done first).
             for link in plan.link:
-                await loop.run_in_executor(executor, self._link, link.file_hash, [link.view])
+                try:
+                    await loop.run_in_executor(executor, self._link, link.file_hash, [link.view])
+                except ViewBlocked as exc:
+                    self._failed(link.view, None, exc, [link.view])
+                    continue
                 st.files_linked += 1
                 st.bytes_linked += link.size
             if plan.fetch:
@@ -130,8 +134,12 @@ class Engine:
                                        "and vbo-mirror is offline", hint="drop --offline to fetch them")
                 await self._fetch_all(plan.fetch, executor)
             for rel in plan.remove:
-                with contextlib.suppress(FileNotFoundError):
+                try:
                     os.unlink(self.layout.view_path(rel))
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    raise store_error(exc, f"removing the stray view {rel}") from exc
                 st.removed += 1
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
@@ -177,7 +185,7 @@ class Engine:
                 finally:
                     ticker.cancel()
         except BaseExceptionGroup as eg:
-            inner = _unwrap(eg)
+            inner = first_error(eg)
             raise inner from eg
 
     async def _fetch_one(self, item: Fetch, gets: asyncio.Semaphore, executor: ThreadPoolExecutor) -> None:
@@ -210,11 +218,14 @@ class Engine:
         except MirrorError as exc:
             if after_retries(exc) is Action.STOP_RUN:
                 raise
-            st.failures.append({"key": ref.key, "version_id": ref.version_id, "error": type(exc).__name__,
-                                "message": str(exc), "views": list(item.views)})
-            self.emit({"event": "file_failed", "key": ref.key, "error": type(exc).__name__, "message": str(exc)})
+            self._failed(ref.key, ref.version_id, exc, list(item.views))
         finally:
             st.in_flight.discard(ref.key)
+
+    def _failed(self, key: str, version_id: str | None, exc: MirrorError, views: list[str]) -> None:
+        self.stats.failures.append({"key": key, "version_id": version_id, "error": type(exc).__name__,
+                                    "message": str(exc), "views": views})
+        self.emit({"event": "file_failed", "key": key, "error": type(exc).__name__, "message": str(exc)})
 
     def _link(self, file_hash: str, views: list[str]) -> None:
         src = self.store.path(file_hash)

@@ -15,6 +15,7 @@ from ..errors import (
     ObjectNotFound,
     ProtocolError,
     RemoteError,
+    RequestRejected,
     ServerError,
     SlowDown,
     TransferError,
@@ -39,6 +40,8 @@ def from_status(status: int, *, what: str, code: str | None = None) -> RemoteErr
         return ServerError(f"{what}: server error HTTP {status}")
     if status == 400 and code == "InvalidArgument":
         return ObjectNotFound(f"{what}: rejected by the server (HTTP 400 {code}); is the version id valid?")
+    if 400 <= status < 500:
+        return RequestRejected(f"{what}: rejected by the server (HTTP {status}{' ' + code if code else ''})")
     return ProtocolError(f"{what}: unexpected HTTP {status}{' ' + code if code else ''}")
 
 

@@ -28,7 +28,7 @@ SCHEMA = pa.schema([
     ("key", pa.string()),
     ("version_id", pa.string()),
     ("etag", pa.string()),
-    ("verified_at", pa.timestamp("s", tz="UTC")),
+    ("verified_at", pa.timestamp("ms", tz="UTC")),  # Parquet keeps ms, not s
 ])
 
 
@@ -71,7 +71,11 @@ class StateIndex:
             table = pq.read_table(self.layout.index_path)
         except (FileNotFoundError, OSError, pa.ArrowInvalid):
             return None
-        if not table.schema.equals(SCHEMA, check_metadata=False):
+        if table.schema.names != SCHEMA.names:
+            return None
+        try:
+            table = table.cast(SCHEMA)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return None
         cols = table.to_pydict()
         return {
@@ -104,7 +108,7 @@ class StateIndex:
                 "key": [r.key for r in rows],
                 "version_id": [r.version_id for r in rows],
                 "etag": [r.etag for r in rows],
-                "verified_at": pa.array([int(r.verified_at) for r in rows], pa.timestamp("s", tz="UTC")),
+                "verified_at": pa.array([int(r.verified_at * 1000) for r in rows], pa.timestamp("ms", tz="UTC")),
             }, schema=SCHEMA)
             buf = io.BytesIO()
             pq.write_table(table, buf)

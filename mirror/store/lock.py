@@ -47,10 +47,17 @@ class CacheLock:
                         hint="wait for that run to finish, or pass --wait to queue behind it",
                     ) from None
                 time.sleep(0.2)
-        os.ftruncate(fd, 0)
+            except OSError as exc:  # e.g. a filesystem without flock
+                os.close(fd)
+                raise StoreError(f"cannot lock {self.path}: {exc.strerror}",
+                                 hint="put cache_dir on a filesystem that supports flock") from exc
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "command": self.command}
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+        except OSError:
+            pass  # who holds the lock is a courtesy; the flock itself is what excludes
         self._fd = fd
 
     @staticmethod

@@ -142,7 +142,12 @@ class ObjectStore:
                 want.done = []
                 with contextlib.suppress(FileNotFoundError):
                     sidecar.unlink()
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | (0 if state.done else os.O_TRUNC), 0o644)
+            flags = os.O_RDWR | os.O_CREAT | (0 if state.done else os.O_TRUNC)
+            try:
+                fd = os.open(path, flags, 0o644)
+            except PermissionError:  # left read-only by an older run: it is ours to write
+                os.chmod(path, 0o644)
+                fd = os.open(path, flags, 0o644)
             try:
                 if want.size > 0:
                     # Reserve the space now: a full disk is found before any transfer, not midway.
@@ -160,9 +165,11 @@ class ObjectStore:
         final = self.path(file_hash)
         try:
             os.fsync(partial.fd)
-            os.fchmod(partial.fd, 0o444)
             partial.close()
             os.replace(partial.path, final)
+            # Read-only only once it has its final name: a .partial always stays writable, so
+            # a crash here can never leave one that the next run cannot reopen.
+            os.chmod(final, 0o444)
             fsync_dir(final.parent)
             with contextlib.suppress(FileNotFoundError):
                 partial.sidecar.unlink()

@@ -97,7 +97,7 @@ def verify_store(layout: CacheLayout, manifests: list[Manifest], *, fast: bool, 
                                       rec.version_id if rec else None, rec.etag if rec else None, StateIndex.now()))
     index.commit()
     bad = {c["file_hash"] for c in corrupt}
-    views_wrong, views_missing_content = [], []
+    views_wrong, views_missing_content, copies = [], [], []
     for m in manifests:
         for e in m.entries():
             rel = f"{m.view_dir}/{e.relative_path}"
@@ -108,10 +108,25 @@ def verify_store(layout: CacheLayout, manifests: list[Manifest], *, fast: bool, 
                 views_missing_content.append(rel)
             elif not view_matches(view, store.path(e.file_hash)):
                 views_wrong.append(rel)
+            elif not _same_inode(view, store.path(e.file_hash)):
+                copies.append((rel, view, e.file_hash))  # a copy or reflink: its own bytes to check
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        checked = pool.map(lambda c: (xxh3_file(c[1]) if fast else hash_file(c[1]).blake2b), copies)
+        for (rel, _view, h), got in zip(copies, checked):
+            rec = index.get(h)
+            want = (rec.xxh3 if rec is not None else None) if fast else h
+            if want is not None and got != want:
+                views_wrong.append(rel)
+                emit({"event": "view_damaged", "view": rel})
     return {"objects": len(objects), "bytes": checked_bytes, "mode": "fast" if fast else "full",
             "corrupt": corrupt, "views_wrong": sorted(views_wrong),
             "views_missing_content": sorted(views_missing_content),
             "ok": not corrupt and not views_wrong}
+
+
+def _same_inode(a, b) -> bool:
+    sa, sb = os.stat(a), os.stat(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def rebuild_index(layout: CacheLayout, manifests: list[Manifest], *, jobs: int = 2) -> dict:

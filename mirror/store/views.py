@@ -18,7 +18,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..errors import LinkFallbackWarning
+from ..errors import LinkFallbackWarning, ViewBlocked
 from .fsutil import store_error
 
 
@@ -51,8 +51,14 @@ class Linker:
         """Make `dst` a view of `src`, replacing whatever is at `dst`, atomically."""
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise ViewBlocked(f"cannot make view {dst}: a file stands where a directory of its path belongs",
+                              hint="move that file away and sync again") from exc
         except OSError as exc:
             raise store_error(exc, f"creating {dst.parent}") from exc
+        if dst.is_dir() and not dst.is_symlink():
+            raise ViewBlocked(f"cannot make view {dst}: a directory is in its place",
+                              hint="move that directory away and sync again")
         tmp = dst.with_name(f".{dst.name}.vbo-link{os.getpid()}")
         modes = (self.mode,) if self.mode else self.chain
         last_exc: OSError | None = None
