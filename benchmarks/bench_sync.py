@@ -48,7 +48,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mirror.sandbox.replica import BUCKET, PROJECT, VERSIONS, Replica, ReplicaSpec, build_replica  # noqa: E402
+from mirror.sandbox.replica import BUCKET, VERSIONS, Replica, ReplicaSpec, build_replica  # noqa: E402
 from mirror.sandbox.server import admin_client, load_replica  # noqa: E402
 
 HOST = "127.0.0.1"

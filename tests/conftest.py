@@ -7,7 +7,6 @@ replica is kept small (moto holds every object in memory and copies them on each
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 

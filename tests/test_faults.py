@@ -14,7 +14,6 @@ import sys
 import time
 
 import pytest
-from conftest import TEST_SPEC
 from faultproxy import FaultProxy, Rule
 from test_sync import PROJECT, assert_mirror, expected_files
 
@@ -25,7 +24,6 @@ from mirror.engine.transfer import Verify
 from mirror.errors import (AccessDenied, Action, EndpointUnreachable, IntegrityError, LockHeldError, MirrorError,
                            ObjectChanged, ObjectNotFound, ProtocolError, RequestRejected, ServerError, SlowDown,
                            StoreError, TransferError, ViewBlocked)
-from mirror.sandbox.replica import payload
 from mirror.store.layout import CacheLayout
 
 FAST = RetryPolicy(attempts=4, integrity_attempts=3, base_delay=0.01, max_delay=0.05)

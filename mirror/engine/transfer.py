@@ -24,7 +24,6 @@ from ..errors import (
     ObjectChanged,
     ProtocolError,
     SlowDown,
-    StoreError,
     TransferError,
 )
 from ..hashing import Digests, MultiHasher
