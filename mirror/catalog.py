@@ -16,6 +16,7 @@ from typing import Iterable
 from .config import DatasetConfig
 from .engine.policy import RetryPolicy, action_for, call_with_retries, first_error
 from .errors import Action, AccessDenied, IntegrityError, ManifestError, MirrorError, OfflineError, UnknownVersionError
+from .hashing import xxh3_bytes
 from .manifest import FileEntry, Manifest, parse_manifest
 from .remote import ObjectInfo, ObjectRef, Remote
 from .semver import Version
@@ -186,8 +187,6 @@ class Catalog:
             if store is not None:
                 store.put_bytes(entry.file_hash, data)
                 if index is not None:
-                    from .hashing import xxh3_bytes
-
                     index.put(IndexRecord(entry.file_hash, len(data), xxh3_bytes(data), entry.key,
                                           entry.version_id, None, StateIndex.now()))
         if store is not None:

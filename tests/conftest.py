@@ -83,3 +83,16 @@ def tree_files(root: Path) -> list[str]:
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def write_dataset_config(path: Path, *, name: str, bucket: str, prefix: str) -> Path:
+    """A dataset .toml for a test bucket whose manifests are `{name}_manifest_vX.Y.Z.json`."""
+    path.write_text(f"""name = "{name}"
+bucket = "{bucket}"
+region = "us-west-2"
+prefix = "{prefix}"
+manifest_prefix = "{prefix}manifests/"
+manifest_pattern = '^{name}_manifest_v(?P<version>[0-9]+\\.[0-9]+\\.[0-9]+)\\.json$'
+manifest_template = "{name}_manifest_v{{version}}.json"
+""")
+    return path

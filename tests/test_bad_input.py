@@ -7,7 +7,7 @@ import asyncio
 import json
 
 import pytest
-from conftest import tree_files
+from conftest import tree_files, write_dataset_config
 
 from mirror.sandbox.server import admin_client, create_public_bucket
 
@@ -57,16 +57,8 @@ def hostile(sandbox, tmp_path_factory):
                 await s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}manifests/{name(v)}", Body=body)
 
     asyncio.run(upload())
-    cfg = tmp_path_factory.mktemp("ds") / "hostile.toml"
-    cfg.write_text(f'''name = "hostile"
-bucket = "{BUCKET}"
-region = "us-west-2"
-prefix = "{PREFIX}"
-manifest_prefix = "{PREFIX}manifests/"
-manifest_pattern = '^hostile_manifest_v(?P<version>[0-9]+\\.[0-9]+\\.[0-9]+)\\.json$'
-manifest_template = "hostile_manifest_v{{version}}.json"
-''')
-    return cfg
+    return write_dataset_config(tmp_path_factory.mktemp("ds") / "hostile.toml", name="hostile", bucket=BUCKET,
+                                prefix=PREFIX)
 
 
 @pytest.mark.parametrize("version", sorted(CASES))

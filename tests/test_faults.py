@@ -14,6 +14,7 @@ import sys
 import time
 
 import pytest
+from conftest import write_dataset_config
 from faultproxy import FaultProxy, Rule
 from test_sync import PROJECT, assert_mirror, expected_files
 
@@ -286,15 +287,7 @@ def test_a_version_missing_on_the_server_fails_that_file_only(cli, sandbox, tmp_
                                 Body=json.dumps(doc).encode())
 
     asyncio.run(upload())
-    cfg = tmp_path / "gappy.toml"
-    cfg.write_text(f'''name = "gappy"
-bucket = "{bucket}"
-region = "us-west-2"
-prefix = "{prefix}"
-manifest_prefix = "{prefix}manifests/"
-manifest_pattern = '^gappy_manifest_v(?P<version>[0-9]+\\.[0-9]+\\.[0-9]+)\\.json$'
-manifest_template = "gappy_manifest_v{{version}}.json"
-''')
+    cfg = write_dataset_config(tmp_path / "gappy.toml", name="gappy", bucket=bucket, prefix=prefix)
     plan = cli("--dataset", str(cfg), "plan", "--version", "1.0.0", json_out=True).data
     assert plan["fetch"]["files"] == 4 and plan["fetch"]["unknown_sizes"] == 1
     r = cli("--dataset", str(cfg), "--json", "sync", "--version", "1.0.0", expect=5)

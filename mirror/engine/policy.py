@@ -108,6 +108,11 @@ class Pacer:
         if at > now:
             await self._sleep(at - now)
 
+    def observe(self, exc: MirrorError) -> None:
+        """React to a failed request: only SlowDown changes the pace."""
+        if isinstance(exc, SlowDown):
+            self.slow_down()
+
     def slow_down(self) -> None:
         self.slowdowns += 1
         self.interval = min(self.max_interval, max(0.05, self.interval * 2))
@@ -117,16 +122,29 @@ class Pacer:
             self.interval = 0.0 if self.interval < 0.01 else self.interval * 0.9
 
 
-async def call_with_retries(fn: Callable[[], Awaitable], *, policy: RetryPolicy,
+async def call_with_retries(fn: Callable[[], Awaitable], *, policy: RetryPolicy, pacer: "Pacer | None" = None,
+                            on_retry: Callable[[MirrorError, int, float], None] | None = None,
                             sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
-    """Await `fn()` until it succeeds, retrying what the retry table calls retryable."""
+    """Await `fn()` until it succeeds, retrying what the retry table calls retryable, with
+    backoff; with a `pacer`, every attempt is paced and a SlowDown slows everyone."""
     for attempt in range(policy.attempts):
+        if pacer is not None:
+            await pacer.wait()
         try:
-            return await fn()
+            result = await fn()
         except MirrorError as exc:
+            if pacer is not None:
+                pacer.observe(exc)
             if action_for(exc) is not Action.RETRY or attempt == policy.attempts - 1:
                 raise
-            await sleep(policy.delay(attempt))
+            delay = policy.delay(attempt)
+            if on_retry is not None:
+                on_retry(exc, attempt + 1, delay)
+            await sleep(delay)
+        else:
+            if pacer is not None:
+                pacer.success()
+            return result
     raise AssertionError("unreachable")
 
 

@@ -199,7 +199,7 @@ class Engine:
             size, etag = item.size, item.etag
             if size is None:
                 async with gets:
-                    info = await call_with_retries(lambda: self.remote.head(ref), policy=self.policy)
+                    info = await call_with_retries(lambda: self.remote.head(ref), policy=self.policy, pacer=self.pacer)
                 size, etag = info.size, info.etag
                 st.bytes_total += size
             job = Job(item.file_hash, ref, size, etag)
@@ -214,7 +214,8 @@ class Engine:
             st.files_linked += len(item.views) - 1
             st.bytes_linked += size * (len(item.views) - 1)
             self.emit({"event": "file_done", "key": ref.key, "bytes": size, "resumed_bytes": transfer.resumed_bytes,
-                       "seconds": round(time.monotonic() - started, 3), "views": list(item.views)})
+                       "seconds": round(time.monotonic() - started, 3), "views": list(item.views),
+                       **({"etag_unverifiable": True} if transfer.etag_unverifiable else {})})
         except MirrorError as exc:
             if after_retries(exc) is Action.STOP_RUN:
                 raise

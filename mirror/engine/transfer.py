@@ -23,7 +23,6 @@ from ..errors import (
     MirrorError,
     ObjectChanged,
     ProtocolError,
-    SlowDown,
     TransferError,
 )
 from ..hashing import Digests, MultiHasher
@@ -31,7 +30,7 @@ from ..remote import Remote
 from ..remote.types import ObjectRef, multipart_count
 from ..store.fsutil import pwrite_all, store_error
 from ..store.objects import ObjectStore, Partial, ResumeState, merge_ranges, missing_ranges
-from .policy import Limits, Pacer, RetryPolicy, action_for
+from .policy import Limits, Pacer, RetryPolicy, action_for, call_with_retries
 
 
 class Verify(enum.Enum):
@@ -135,7 +134,6 @@ class Transfer:
         self.verify = verify
         self.report = report
         self.resumed_bytes = 0
-        self.fetched_bytes = 0
         self.etag_unverifiable = False
         self._pending: set[concurrent.futures.Future] = set()
 
@@ -224,29 +222,10 @@ class Transfer:
         if multipart_count(self.job.etag) is None:
             return None
         async with self.gets:
-            info = await self._retrying(lambda: self.remote.head(self.job.ref, part_number=1))
+            info = await call_with_retries(
+                lambda: self.remote.head(self.job.ref, part_number=1), policy=self.policy, pacer=self.pacer,
+                on_retry=lambda exc, n, delay: self.report.on_retry(self.job.ref.key, exc, n, delay))
         return info.part_size
-
-    async def _retrying(self, fn):
-        for attempt in range(self.policy.attempts):
-            await self.pacer.wait()
-            try:
-                result = await fn()
-            except MirrorError as exc:
-                self._paced(exc)
-                if action_for(exc) is not Action.RETRY or attempt + 1 == self.policy.attempts:
-                    raise
-                delay = self.policy.delay(attempt)
-                self.report.on_retry(self.job.ref.key, exc, attempt + 1, delay)
-                await asyncio.sleep(delay)
-            else:
-                self.pacer.success()
-                return result
-        raise AssertionError("unreachable")
-
-    def _paced(self, exc: MirrorError) -> None:
-        if isinstance(exc, SlowDown):
-            self.pacer.slow_down()
 
     async def _part(self, partial: Partial, hasher: _OrderedHasher, start: int, end: int) -> None:
         """Fetch [start, end) into the partial; a broken stream resumes at the byte it reached,
@@ -294,7 +273,7 @@ class Transfer:
                     raise TransferError(f"GET s3://{ref.bucket}/{ref.key}: stream ended at byte {pos} of {end}")
                 self.pacer.success()
             except MirrorError as exc:
-                self._paced(exc)
+                self.pacer.observe(exc)
                 if action_for(exc) is not Action.RETRY:
                     raise
                 failures = 1 if pos > tried_from else failures + 1
@@ -314,9 +293,7 @@ class Transfer:
                 raise store_error(exc, f"writing {partial.path.name}") from exc
 
         await self._thread(work)
-        n = sum(len(b) for b in batch)
-        self.fetched_bytes += n
-        self.report.on_bytes(n)
+        self.report.on_bytes(sum(len(b) for b in batch))
 
 
 def _disk_errors(fn, what: str):
