@@ -14,16 +14,13 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
 
-import pyarrow as pa
-
-from . import tables as tbl
 from .catalog import Catalog, resolve_name, sort_manifest_names
 from .config import DEFAULT_DATASET, DatasetConfig, load_dataset
-from .engine.policy import Limits, RetryPolicy
-from .engine.runner import Engine, Stats
-from .engine.transfer import Verify
+from .engine.policy import RetryPolicy
+from .limits import Limits
+from .engine.verify import Verify
 from .errors import (
     EndpointUnreachable,
     FileFailed,
@@ -33,16 +30,22 @@ from .errors import (
     OfflineWarning,
     OutdatedManifestWarning,
     TransferError,
+    UnknownVersionError,
 )
 from .manifest import Manifest, ManifestDiff, compare_manifests, format_diff
 from .plan import LocalState, Plan, Target, make_plan, targets_of
-from .remote import ObjectInfo, ObjectRef, Remote, RemoteSettings, Timeouts
+from .remote import ObjectInfo, ObjectRef, RemoteSettings, Timeouts
 from .store.fsutil import atomic_write
 from .store.index import StateIndex, reconcile
 from .store.layout import CacheLayout
 from .store.lock import CacheLock
 from .store.scan import scan_local
 from .store.views import Linker
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from .engine.runner import Stats
 
 T = TypeVar("T")
 
@@ -84,7 +87,7 @@ class Mirror:
         offline: bool = False,
         signed: bool = False,
         timeouts: Timeouts = Timeouts(),
-        max_connections: int = 16,
+        transport: str = "lean",
     ) -> None:
         self.dataset = load_dataset(dataset) if isinstance(dataset, str) else dataset
         self.layout = CacheLayout(cache_dir) if cache_dir is not None else None
@@ -92,13 +95,13 @@ class Mirror:
         self.offline = offline
         self.signed = signed
         self.timeouts = timeouts
-        self.max_connections = max_connections
+        self.transport = transport
         self._online_names: list[str] | None = None
         self._infos: dict[tuple[str, str], ObjectInfo] = {}
         self._listing: dict[tuple[str, str], ObjectInfo] | None = None
         self._headed: set[tuple[str, str]] = set()
         self._manifest_etags: dict[str, str | None] = {}
-        self._tables: dict[tuple[str, str], pa.Table] = {}
+        self._tables: dict[tuple[str, str], "pa.Table"] = {}
         self._warned_outdated: set[str] = set()
 
     @property
@@ -107,7 +110,7 @@ class Mirror:
 
     def remote_settings(self) -> RemoteSettings:
         return RemoteSettings(bucket=self.dataset.bucket, region=self.dataset.region, endpoint_url=self.endpoint_url,
-                              signed=self.signed, timeouts=self.timeouts, max_connections=self.max_connections)
+                              signed=self.signed, timeouts=self.timeouts, transport=self.transport)
 
     def _need_layout(self) -> CacheLayout:
         if self.layout is None:
@@ -117,11 +120,13 @@ class Mirror:
 
     # --- running async work -------------------------------------------------------------
 
-    def _run(self, fn: Callable[[Catalog], Awaitable[T]]) -> T:
+    def _run(self, fn: Callable[[Catalog], Awaitable[T]], *, limits: Limits = Limits()) -> T:
         async def main() -> T:
             if self.offline:
                 return await fn(Catalog(self.dataset, self.layout, None))
-            async with Remote(self.remote_settings()) as remote:
+            from .remote.client import Remote
+
+            async with Remote(self.remote_settings(), limits) as remote:
                 return await fn(Catalog(self.dataset, self.layout, remote, manifest_etags=self._manifest_etags))
 
         return run_async(main())
@@ -213,6 +218,13 @@ class Mirror:
         return await cat.load(await self._resolve(cat, version))
 
     async def _resolve(self, cat: Catalog, version: str) -> str:
+        if version != "latest":
+            # A version named explicitly and already in cache_dir needs no listing: manifests
+            # are immutable (a changed one would be a new version), and a no-op resync then
+            # touches no network at all.
+            local = cat.local_names()
+            with contextlib.suppress(UnknownVersionError):
+                return resolve_name(self.dataset, version, local)
         available = await self._available(cat)
         if not available and cat.remote is None:
             where = self.layout.root if self.layout else "cache_dir (none given)"
@@ -361,6 +373,8 @@ class Mirror:
         cached = self._tables.get((m.name, name))
         if cached is not None:
             return cached
+        from . import tables as tbl
+
         table = tbl.read_csv(await self._table_bytes(cat, m, name), name=f"{m.name}: {name}")
         self._tables[(m.name, name)] = table
         return table
@@ -375,6 +389,8 @@ class Mirror:
 
     def _frame(self, name: str, version: str | None):
         spec = self.dataset.tables.get(name)
+        from . import tables as tbl
+
         return tbl.to_pandas(self.get_table(name, version=version), index=spec.index if spec else None)
 
     def get_behavior_session_table(self, *, version: str | None = None):
@@ -436,7 +452,7 @@ class Mirror:
                                        policy=policy, on_event=on_event, on_start=on_start)
 
         with CacheLock(layout.lock_path, wait=wait, command="vbo-mirror sync"):
-            return self._run(go)
+            return self._run(go, limits=limits)
 
     async def _execute(self, cat: Catalog, plan: Plan, local: LocalState, *, limits: Limits = Limits(),
                        verify: Verify = Verify.MANIFEST, link_mode: str = "auto", policy: RetryPolicy | None = None,
@@ -445,13 +461,21 @@ class Mirror:
         layout = self._need_layout()
         self._check_space(plan)
         index = StateIndex(layout)
-        index.load()
-        added, dropped = reconcile(index, dict(local.objects), mtime_of=lambda h: _mtime(layout.object_path(h)))
-        if added or dropped:
-            if on_event:
-                on_event({"event": "index", "added": added, "dropped": dropped})
+        objects = dict(local.objects)
+
+        def prepare_index() -> dict:
+            index.load()
+            added, dropped = reconcile(index, objects, mtime_of=lambda h: _mtime(layout.object_path(h)))
+            return {"added": added, "dropped": dropped}
+
+        from .engine.runner import Engine
+
+        # With nothing to do the index is left alone (pyarrow need not even load), unless it is
+        # missing: then this run rebuilds it from the store.
+        busy = bool(plan.fetch or plan.link or plan.remove or plan.replace)
         engine = Engine(layout=layout, remote=cat.remote, index=index, linker=Linker(link_mode), limits=limits,
-                        policy=policy, verify=verify, on_event=on_event or (lambda e: None))
+                        policy=policy, verify=verify, on_event=on_event or (lambda e: None),
+                        prepare_index=prepare_index if busy or not layout.index_path.exists() else None)
         if on_start:
             on_start(engine.stats)
         return await engine.run(plan)
@@ -489,6 +513,8 @@ class Mirror:
 
         async def go(cat: Catalog) -> Path:
             m = await self._manifest(cat, version)
+            from . import tables as tbl
+
             entry = tbl.entry_for_id(m, await self._table(cat, m, spec.table), spec, int(item_id))
             path = layout.view_path(f"{m.view_dir}/{entry.relative_path}")
             plan, local = await self._plan(cat, [m], entries=[entry], strays=False)
@@ -498,7 +524,7 @@ class Mirror:
                 try:
                     # Planned again under the lock: a sync that just finished may have done it all.
                     plan, local = await self._plan(cat, [m], entries=[entry], strays=False)
-                    stats = await self._execute(cat, plan, local, on_event=on_event, limits=Limits(jobs=8))
+                    stats = await self._execute(cat, plan, local, on_event=on_event)
                 finally:
                     lock.release()
                 if stats.failures:

@@ -11,20 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from .config import DatasetConfig
 from .engine.policy import RetryPolicy, action_for, call_with_retries, first_error
 from .errors import Action, AccessDenied, IntegrityError, ManifestError, MirrorError, OfflineError, UnknownVersionError
 from .hashing import xxh3_bytes
 from .manifest import FileEntry, Manifest, parse_manifest
-from .remote import ObjectInfo, ObjectRef, Remote
+from .remote import ObjectInfo, ObjectRef
 from .semver import Version
 from .store.fsutil import atomic_write
 from .store.index import IndexRecord, StateIndex
 from .store.layout import CacheLayout
 from .store.objects import ObjectStore
 from .store.views import Linker
+
+if TYPE_CHECKING:
+    from .remote.client import Remote
 
 # Metadata calls retry briefly: a dead endpoint must be reported in seconds, not minutes.
 METADATA_RETRIES = RetryPolicy(attempts=3, base_delay=0.2, max_delay=2.0)

@@ -21,18 +21,22 @@ from pathlib import Path  # noqa: E402
 from typing import Any, Callable  # noqa: E402
 
 import click  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
-from .api import Mirror  # noqa: E402
-from .engine.policy import Limits
-from .engine.transfer import Verify
-from .config import DEFAULT_DATASET
-from .errors import InputError, MirrorError, MirrorWarning
-from .remote import Timeouts
+from .config import DEFAULT_DATASET  # noqa: E402
+from .engine.verify import Verify  # noqa: E402
+from .errors import InputError, MirrorError, MirrorWarning  # noqa: E402
+from .remote.settings import TRANSPORTS, Timeouts  # noqa: E402
+
+# The API (asyncio, the store, the engine, pyarrow on demand) is imported by the commands that
+# use it, so `--help` and argument errors answer at once.
+if TYPE_CHECKING:
+    from .api import Mirror
 
 
 class Ctx:
     def __init__(self, *, dataset: str, cache_dir: str | None, endpoint_url: str | None, json_out: bool,
-                 offline: bool, signed: bool, timeouts: Timeouts) -> None:
+                 offline: bool, signed: bool, timeouts: Timeouts, transport: str = "lean") -> None:
         self.dataset = dataset
         self.cache_dir = cache_dir
         self.endpoint_url = endpoint_url
@@ -40,13 +44,17 @@ class Ctx:
         self.offline = offline
         self.signed = signed
         self.timeouts = timeouts
+        self.transport = transport
         self._mirror: Mirror | None = None
 
     @property
-    def mirror(self) -> Mirror:
+    def mirror(self) -> "Mirror":
         if self._mirror is None:
+            from .api import Mirror
+
             self._mirror = Mirror(self.cache_dir, dataset=self.dataset, endpoint_url=self.endpoint_url,
-                                  offline=self.offline, signed=self.signed, timeouts=self.timeouts)
+                                  offline=self.offline, signed=self.signed, timeouts=self.timeouts,
+                                  transport=self.transport)
         return self._mirror
 
     def emit(self, data: Any, text: str | Callable[[], str] | None = None) -> None:
@@ -129,13 +137,17 @@ def human_bytes(n: int | None) -> str:
 @click.option("--connect-timeout", type=float, default=10.0, show_default=True, help="Seconds.")
 @click.option("--read-timeout", type=float, default=60.0, show_default=True,
               help="Seconds between two reads of a response.")
+@click.option("--transport", type=click.Choice(TRANSPORTS), default="lean", show_default=True,
+              help="How object bodies are fetched: lean (straight into our buffers; fastest, see "
+                   "benchmarks/RESULTS.md) or aiohttp.")
 @click.version_option(package_name="vbo-mirror")
 @click.pass_context
 def main(ctx: click.Context, dataset, cache_dir, endpoint_url, json_out, offline, signed,
-         connect_timeout, read_timeout) -> None:
+         connect_timeout, read_timeout, transport) -> None:
     """Fast, verified, resumable mirror of the Allen Institute Visual Behavior Ophys release."""
     ctx.obj = Ctx(dataset=dataset, cache_dir=cache_dir, endpoint_url=endpoint_url, json_out=json_out,
-                  offline=offline, signed=signed, timeouts=Timeouts(connect=connect_timeout, read=read_timeout))
+                  offline=offline, signed=signed, timeouts=Timeouts(connect=connect_timeout, read=read_timeout),
+                  transport=transport)
 
 
 # --- manifests -----------------------------------------------------------------------------
@@ -377,6 +389,8 @@ def _summary_text(s: dict) -> str:
 @handle_errors
 def sync_cmd(c: Ctx, version, jobs, part_size, verify, link_mode, wait) -> None:
     """Fetch, verify and link every file of a version; resumes whatever an earlier run left."""
+    from .limits import Limits
+
     try:
         limits = Limits(jobs=jobs, part_size=parse_size(part_size))
     except ValueError as exc:

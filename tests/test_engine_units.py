@@ -7,9 +7,10 @@ import asyncio
 import hashlib
 import os
 import random
+import threading
 
 from mirror.engine.policy import Pacer, RetryPolicy
-from mirror.engine.transfer import _OrderedHasher
+from mirror.engine.writer import HoldBudget, OrderedHasher
 from mirror.hashing import MultiHasher
 
 
@@ -50,57 +51,89 @@ def test_retry_delays_are_jittered_and_capped():
     assert len({round(pol.delay(3), 6) for _ in range(20)}) > 1
 
 
+def _hasher(fd, done, budget_buffers):
+    released = []
+    lock = threading.Lock()
+
+    def release(buf):
+        with lock:
+            released.append(buf)
+
+    budget = HoldBudget(budget_buffers)
+    return OrderedHasher(fd, MultiHasher(), done, budget=budget, release=release), released, budget
+
+
 def test_ordered_hasher_from_concurrent_writers(tmp_path):
-    """Threads write parts in random order, each calling `wrote` after its pwrite, as the
-    engine does; the digest is the whole file's, and the frontier reaches the end."""
-    import threading
-
+    """Threads write chunks in random order, each calling `landed` after its pwrite, as the
+    writer does; the digest is the whole file's, the frontier reaches the end, every buffer
+    is given back exactly once and the hold budget is whole again. A tight budget makes most
+    chunks go the read-back way; a roomy one keeps them in memory."""
     data = random.Random(6).randbytes(2_000_017)
-    path = tmp_path / "f"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        os.ftruncate(fd, len(data))  # zeros until written: nothing is right by accident
-        parts = [(s, min(s + 50_000, len(data))) for s in range(0, len(data), 50_000)]
-        random.Random(7).shuffle(parts)
-        h = _OrderedHasher(fd, MultiHasher(), done=[])
-        queue = list(parts)
-        lock = threading.Lock()
+    for budget_buffers in (1, 64):
+        path = tmp_path / f"f{budget_buffers}"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.ftruncate(fd, len(data))  # zeros until written: nothing is right by accident
+            chunks = [(s, min(s + 50_000, len(data))) for s in range(0, len(data), 50_000)]
+            random.Random(7).shuffle(chunks)
+            h, released, budget = _hasher(fd, [], budget_buffers)
+            queue = list(chunks)
+            lock = threading.Lock()
 
-        def writer():
-            while True:
-                with lock:
-                    if not queue:
-                        return
-                    s, e = queue.pop()
-                chunk = data[s:e]
-                os.pwrite(fd, chunk, s)
-                h.wrote(s, [chunk[: len(chunk) // 2], chunk[len(chunk) // 2:]])
+            def writer():
+                while True:
+                    with lock:
+                        if not queue:
+                            return
+                        s, e = queue.pop()
+                    buf = bytearray(data[s:e])
+                    os.pwrite(fd, buf, s)
+                    h.landed(s, buf, e - s)
 
-        threads = [threading.Thread(target=writer) for _ in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert h.finish() == len(data)
-        assert h.hasher.digests().blake2b == hashlib.blake2b(data).hexdigest()
-    finally:
-        os.close(fd)
+            threads = [threading.Thread(target=writer) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert h.finish() == len(data)
+            assert h.hasher.digests().blake2b == hashlib.blake2b(data).hexdigest()
+            assert len(released) == len(chunks) and len({id(b) for b in released}) == len(chunks)
+            assert budget.free == budget_buffers
+            if budget_buffers == 1:
+                assert h.read_back > 0
+        finally:
+            os.close(fd)
 
 
-def test_ordered_hasher_gives_the_whole_file_digest_whatever_the_order(tmp_path):
+def test_ordered_hasher_catches_up_over_a_resumed_prefix(tmp_path):
     data = random.Random(3).randbytes(1_000_003)
     path = tmp_path / "f"
     path.write_bytes(data)
     fd = os.open(path, os.O_RDONLY)
     try:
-        parts = [(s, min(s + 65_536, len(data))) for s in range(0, len(data), 65_536)]
-        random.Random(4).shuffle(parts)
-        h = _OrderedHasher(fd, MultiHasher(), done=[[0, 65_536]])  # a resumed prefix
-        for s, e in parts:
-            if s >= 65_536:
-                h.wrote(s, [data[s:e]])
+        chunks = [(s, min(s + 65_536, len(data))) for s in range(65_536, len(data), 65_536)]
+        random.Random(4).shuffle(chunks)
+        h, released, budget = _hasher(fd, [[0, 65_536]], 4)  # a resumed prefix, on disk only
+        for s, e in chunks:
+            h.landed(s, bytearray(data[s:e]), e - s)
         assert h.finish() == len(data)
         assert h.hasher.digests().blake2b == hashlib.blake2b(data).hexdigest()
+        assert len(released) == len(chunks) and budget.free == 4
+    finally:
+        os.close(fd)
+
+
+def test_ordered_hasher_drop_gives_held_buffers_back(tmp_path):
+    data = random.Random(8).randbytes(300_000)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        h, released, budget = _hasher(fd, [], 8)
+        h.landed(100_000, bytearray(data[100_000:200_000]), 100_000)  # ahead of the frontier: held
+        assert released == [] and budget.free == 7
+        h.drop()
+        assert len(released) == 1 and budget.free == 8
     finally:
         os.close(fd)
 
@@ -124,11 +157,12 @@ def test_a_stop_while_another_file_fails_ends_the_run_promptly(tmp_path):
     stop too, not record a failure and go on fetching (a fake remote makes the timing exact)."""
     import contextlib
 
-    from mirror.engine.policy import Limits
+    from mirror.limits import Limits
     from mirror.engine.runner import Engine
     from mirror.engine.transfer import Verify
     from mirror.errors import ObjectChanged, StoreError
     from mirror.plan import Fetch, Plan
+    from mirror.remote.http import BufferPool
     from mirror.remote.types import ObjectRef
     from mirror.store.index import StateIndex
     from mirror.store.layout import CacheLayout
@@ -137,8 +171,9 @@ def test_a_stop_while_another_file_fails_ends_the_run_promptly(tmp_path):
     started: list[str] = []
 
     class Remote:
-        @contextlib.asynccontextmanager
-        async def open_range(self, ref, *, start=0, end=None, if_match=None):
+        buffers = BufferPool(64 << 10, 64)
+
+        async def get_into(self, ref, sink, *, start=0, end=None, size=None, if_match=None):
             started.append(ref.key)
             if ref.key == "disk":
                 await asyncio.sleep(0.05)
@@ -151,11 +186,10 @@ def test_a_stop_while_another_file_fails_ends_the_run_promptly(tmp_path):
                     await asyncio.sleep(10)
                 finally:
                     await asyncio.shield(asyncio.sleep(0.05))  # a cleanup that takes a moment
-
-            async def body():
-                yield b"x" * ((end or 100) - start)
-
-            yield body()
+            n = (end if end is not None else size) - start
+            buf = self.buffers.take()
+            buf[:n] = b"x" * n
+            sink(buf, n)
 
     def digest(i: int) -> str:
         return hashlib.blake2b(str(i).encode()).hexdigest()

@@ -19,7 +19,8 @@ from faultproxy import FaultProxy, Rule
 from test_sync import PROJECT, assert_mirror, expected_files
 
 from mirror.api import Mirror
-from mirror.engine.policy import RETRY_TABLE, Limits, RetryPolicy
+from mirror.engine.policy import RETRY_TABLE, RetryPolicy
+from mirror.limits import Limits
 from mirror.engine.runner import EXHAUSTED
 from mirror.engine.transfer import Verify
 from mirror.errors import (AccessDenied, Action, EndpointUnreachable, IntegrityError, LockHeldError, MirrorError,

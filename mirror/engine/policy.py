@@ -1,4 +1,4 @@
-"""Limits, the retry policy and the pacer: named objects passed in, never module globals."""
+"""The retry policy and the pacer: named objects passed in, never module globals."""
 
 from __future__ import annotations
 
@@ -25,25 +25,6 @@ from ..errors import (
     TransferError,
     ViewBlocked,
 )
-
-MiB = 1 << 20
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Memory stays under about jobs x write_batch of buffers, whatever the object sizes."""
-
-    jobs: int = 16  # concurrent GETs across all files (and files in flight)
-    part_size: int = 32 * MiB  # objects larger than this are fetched as ranged parts of this size
-    write_batch: int = 2 * MiB  # bytes gathered before one write
-    checkpoint_bytes: int = 64 * MiB  # resume state is saved at least this often within a part
-
-    def __post_init__(self) -> None:
-        if self.jobs < 1:
-            raise ValueError("jobs must be at least 1")
-        if self.part_size < 64 << 10:
-            raise ValueError("part size must be at least 64 KiB")
-
 
 # What happens after each kind of error: the one place that decides. Pinned by a test.
 RETRY_TABLE: dict[type[MirrorError], Action] = {

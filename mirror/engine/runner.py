@@ -10,6 +10,7 @@ the index records what was published.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,8 +26,10 @@ from ..store.index import IndexRecord, StateIndex
 from ..store.layout import CacheLayout
 from ..store.objects import ObjectStore
 from ..store.views import Linker
-from .policy import Limits, Pacer, RetryPolicy, action_for, call_with_retries, first_error, lookup
+from ..limits import Limits
+from .policy import Pacer, RetryPolicy, action_for, call_with_retries, first_error, lookup
 from .transfer import Job, Reporter, Transfer, Verify
+from .writer import HoldBudget
 
 Event = dict[str, Any]
 
@@ -92,7 +95,12 @@ class Engine:
 
     def __init__(self, *, layout: CacheLayout, remote: Remote | None, index: StateIndex, linker: Linker,
                  limits: Limits = Limits(), policy: RetryPolicy | None = None, verify: Verify = Verify.MANIFEST,
-                 on_event: Callable[[Event], None] = lambda e: None, pacer: Pacer | None = None) -> None:
+                 on_event: Callable[[Event], None] = lambda e: None, pacer: Pacer | None = None,
+                 prepare_index: Callable[[], dict] | None = None) -> None:
+        """`prepare_index` loads the index and brings it in step with the store; it runs in a
+        thread of its own while the transfers start (reading Parquet means importing pyarrow),
+        and the engine records into the index only once it is done. None: the index is left
+        alone (a run with nothing to do)."""
         self.layout = layout
         self.store = ObjectStore(layout)
         self.remote = remote
@@ -104,7 +112,13 @@ class Engine:
         self.emit = on_event
         self.pacer = pacer or Pacer()
         self.stats = Stats()
+        self.budget = HoldBudget(limits.held_buffers)
         self._last_commit = time.monotonic()
+        self._prepare_index = prepare_index
+        self._index_ready: concurrent.futures.Future | None = None
+        self._early: list[IndexRecord] = []  # recorded before the index was ready
+        self._committing: tuple[concurrent.futures.Future, tuple] | None = None
+        self._index_pool: ThreadPoolExecutor | None = None
 
     async def run(self, plan: Plan) -> Stats:
         st = self.stats
@@ -112,11 +126,10 @@ class Engine:
         st.bytes_total = plan.fetch_bytes
         st.files_present, st.bytes_present = len(plan.present), plan.present_bytes
         self.emit({"event": "start", **plan.summary()})
-        # Few threads: hashing needs one core per file being hashed, writes are short, and on a
-        # small machine every extra thread only fights for the GIL (measured: 3 beat 18 by ~8%
-        # on 2 cores; see benchmarks/RESULTS.md).
-        threads = min(self.limits.jobs + 1, max(3, (os.cpu_count() or 2) + 1))
-        executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vbo-io")
+        executor = ThreadPoolExecutor(max_workers=self.limits.io_threads, thread_name_prefix="vbo-io")
+        self._index_pool = index_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vbo-index")
+        if self._prepare_index is not None:
+            self._index_ready = index_pool.submit(self._load_index)
         try:
             loop = asyncio.get_running_loop()
             # Content already in the store: views only (cheap, done first).
@@ -145,9 +158,9 @@ class Engine:
             executor.shutdown(wait=True, cancel_futures=True)
             st.finished = time.monotonic()
             try:
-                self.index.commit()  # synchronous on purpose: it must happen even when cancelled
-            except StoreError as exc:  # the store is the truth; a stale index is rebuilt later
-                self.emit({"event": "warning", "message": f"index not saved: {exc}"})
+                self._final_commit()  # synchronous on purpose: it must happen even when cancelled
+            finally:
+                index_pool.shutdown(wait=True)
         self.emit({"event": "summary", **st.summary()})
         return st
 
@@ -205,7 +218,7 @@ class Engine:
             job = Job(item.file_hash, ref, size, etag)
             transfer = Transfer(job, remote=self.remote, store=self.store, limits=self.limits, policy=self.policy,
                                 pacer=self.pacer, gets=gets, executor=executor, verify=self.verify,
-                                report=Reporter(self._on_bytes, self._on_retry))
+                                report=Reporter(self._on_bytes, self._on_retry), budget=self.budget)
             digests = await transfer.run()
             st.bytes_resumed += transfer.resumed_bytes
             await asyncio.get_running_loop().run_in_executor(executor, self._link, item.file_hash, list(item.views))
@@ -233,12 +246,72 @@ class Engine:
         for rel in views:
             self.linker.link(src, self.layout.view_path(rel))
 
+    # --- the state index: loaded, recorded into and committed off the event loop ---------------
+
+    def _load_index(self) -> dict:
+        """In the index thread: load and reconcile (the caller's `prepare_index`), then import
+        what the commits need, so that none of it waits on the run's critical path."""
+        from ..store.index import warm_up
+
+        info = self._prepare_index()
+        warm_up()
+        return info
+
+    def _index_loaded(self) -> bool:
+        return self._index_ready is None or self._index_ready.done()
+
     def _record(self, item: Fetch, job: Job, d: Digests) -> None:
-        self.index.put(IndexRecord(item.file_hash, job.size, d.xxh3, job.ref.key, job.ref.version_id, job.etag,
-                                   StateIndex.now()))
+        rec = IndexRecord(item.file_hash, job.size, d.xxh3, job.ref.key, job.ref.version_id, job.etag,
+                          StateIndex.now())
+        if not self._index_loaded():
+            self._early.append(rec)
+            return
+        for early in self._early:
+            self.index.put(early)
+        self._early.clear()
+        self.index.put(rec)
         if time.monotonic() - self._last_commit > self.INDEX_COMMIT_SECONDS:
             self._last_commit = time.monotonic()
+            self._commit_in_background()
+
+    def _commit_in_background(self) -> None:
+        if self._committing is not None:
+            fut, delta = self._committing
+            if not fut.done():
+                return  # one commit at a time; this one's changes go with the next
+            self._committing = None
+            if fut.exception() is not None:
+                self.index.restore_delta(delta)
+                self.emit({"event": "warning", "message": f"index not saved: {fut.exception()}"})
+        delta = self.index.take_delta()
+        if delta is not None:
+            self._committing = (self._index_pool.submit(self.index.write_delta, delta), delta)
+
+    def _final_commit(self) -> None:
+        """At the end of the run (or its cancellation): wait for the index to be ready and for
+        a commit in flight, then write every change. The store is the truth; an index that
+        cannot be saved is only a warning (it is rebuilt later)."""
+        if self._index_ready is None:
+            return
+        try:
+            info = self._index_ready.result()
+            if info.get("added") or info.get("dropped"):
+                self.emit({"event": "index", "added": info.get("added", 0), "dropped": info.get("dropped", 0)})
+        except StoreError as exc:
+            self.emit({"event": "warning", "message": f"index not read: {exc}"})
+        for early in self._early:
+            self.index.put(early)
+        self._early.clear()
+        if self._committing is not None:
+            fut, delta = self._committing
+            self._committing = None
+            concurrent.futures.wait([fut])
+            if fut.exception() is not None:
+                self.index.restore_delta(delta)
+        try:
             self.index.commit()
+        except StoreError as exc:
+            self.emit({"event": "warning", "message": f"index not saved: {exc}"})
 
     def _on_bytes(self, n: int) -> None:
         self.stats.bytes_done += n

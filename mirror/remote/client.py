@@ -1,89 +1,58 @@
-"""S3 access: listing and HEAD through aiobotocore, data GETs through aiohttp (anonymous URL +
-`?versionId=`) or aiobotocore when signing is asked for."""
+"""S3 access. Object bodies and listings travel by the lean transport (`http.py`: straight
+into our buffers) or, with `--transport aiohttp`, by aiohttp; listings are parsed by
+`listing.py`. HEAD goes through aiobotocore, created on first use (importing and configuring
+botocore costs about half a second that most runs need not pay). Signed requests are signed
+by botocore's SigV4 and sent by the same transport as anonymous ones."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass, field
-from typing import AsyncIterator
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
-import aiohttp
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
-from botocore import UNSIGNED
-
-from ..errors import ProtocolError
+from ..errors import MirrorError, ProtocolError
+from ..limits import Limits
+from . import listing
+from .http import BufferPool, HttpClient, Sink
 from .translate import from_exception, from_status
+from .settings import TRANSPORTS, RemoteSettings, Timeouts  # noqa: F401 (re-exported)
 from .types import ObjectInfo, ObjectRef, strip_etag
 
-CHUNK = 1 << 20  # bytes handed up per read: large enough to keep per-chunk overhead small
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    """Every timeout is configurable: AllenSDK's fixed ones are a known pain on slow links."""
-
-    connect: float = 10.0
-    read: float = 60.0  # between two reads of a response body
-
-
-@dataclass(frozen=True)
-class RemoteSettings:
-    bucket: str
-    region: str
-    endpoint_url: str | None = None  # overrides the host; bucket and key are kept
-    signed: bool = False
-    timeouts: Timeouts = field(default_factory=Timeouts)
-    max_connections: int = 16
-
-    @property
-    def base_url(self) -> str:
-        if self.endpoint_url:
-            return self.endpoint_url.rstrip("/")
-        return f"https://{self.bucket}.s3.{self.region}.amazonaws.com"
-
-    def object_url(self, ref: ObjectRef) -> str:
-        """The object's URL with its version. AWS gets the virtual-hosted form the manifests
-        use; a user-given endpoint keeps bucket and key, path-style, under its own host."""
-        key = quote(ref.key, safe="/~-._")
-        if self.endpoint_url:
-            url = f"{self.base_url}/{ref.bucket}/{key}"
-        else:
-            url = f"https://{ref.bucket}.s3.{self.region}.amazonaws.com/{key}"
-        if ref.version_id:
-            url += f"?versionId={quote(ref.version_id, safe='')}"
-        return url
-
-
 class Remote:
-    """One connection pool to one S3 endpoint, used as an async context manager."""
+    """One endpoint: a pool of connections for object bodies sized by `limits`, receive
+    buffers shared by every GET, and (on first use) an aiobotocore client for the rest.
+    Used as an async context manager."""
 
-    def __init__(self, settings: RemoteSettings) -> None:
+    def __init__(self, settings: RemoteSettings, limits: Limits = Limits()) -> None:
+        if settings.transport not in TRANSPORTS:
+            raise ValueError(f"unknown transport {settings.transport!r}")
         self.settings = settings
+        self.limits = limits
+        self.buffers = BufferPool(limits.receive_buffer, limits.buffers)
         self._stack = contextlib.AsyncExitStack()
-        self._http: aiohttp.ClientSession | None = None
+        self._http: HttpClient | None = None
+        self._aiohttp = None
         self._s3 = None
+        self._s3_lock: asyncio.Lock | None = None
+        self._session = None
+        self._credentials = None
 
     async def __aenter__(self) -> "Remote":
-        s = self.settings
-        connector = aiohttp.TCPConnector(limit=s.max_connections, ttl_dns_cache=300)
-        timeout = aiohttp.ClientTimeout(total=None, connect=s.timeouts.connect, sock_read=s.timeouts.read)
-        self._http = await self._stack.enter_async_context(
-            aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
-        )
-        config = AioConfig(
-            signature_version=None if s.signed else UNSIGNED,
-            connect_timeout=s.timeouts.connect,
-            read_timeout=s.timeouts.read,
-            retries={"max_attempts": 1, "mode": "standard"},  # retries are ours (engine/retry.py)
-            max_pool_connections=s.max_connections,
-            s3={"addressing_style": "path"},
-        )
-        self._s3 = await self._stack.enter_async_context(
-            get_session().create_client("s3", region_name=s.region, endpoint_url=s.endpoint_url or None, config=config)
-        )
+        s, t = self.settings, self.settings.timeouts
+        self.buffers.bind(asyncio.get_running_loop())
+        self._s3_lock = asyncio.Lock()
+        if s.transport == "lean":
+            self._http = await self._stack.enter_async_context(
+                HttpClient(max_connections=self.limits.pool_size, connect_timeout=t.connect, read_timeout=t.read))
+        else:
+            import aiohttp
+
+            connector = aiohttp.TCPConnector(limit=self.limits.pool_size, ttl_dns_cache=300)
+            # sock_connect, not connect: aiohttp's `connect` also counts the wait for a free
+            # connection of the pool, which is not the server's fault.
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect, sock_read=t.read)
+            self._aiohttp = await self._stack.enter_async_context(
+                aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False))
         return self
 
     async def __aexit__(self, *exc_info) -> None:
@@ -93,22 +62,110 @@ class Remote:
         t = self.settings.timeouts
         return from_exception(exc, what=what, url=self.settings.base_url, connect_timeout=t.connect, read_timeout=t.read)
 
-    # --- listing and metadata (aiobotocore) ----------------------------------------------
+    # --- aiobotocore, on first use ----------------------------------------------------------
+
+    def _botocore_session(self):
+        if self._session is None:
+            from aiobotocore.session import get_session
+
+            self._session = get_session()
+        return self._session
+
+    async def _client(self):
+        async with self._s3_lock:
+            if self._s3 is None:
+                from aiobotocore.config import AioConfig
+                from botocore import UNSIGNED
+
+                s, t = self.settings, self.settings.timeouts
+                config = AioConfig(
+                    signature_version=None if s.signed else UNSIGNED,
+                    connect_timeout=t.connect,
+                    read_timeout=t.read,
+                    retries={"max_attempts": 1, "mode": "standard"},  # retries are ours (engine/policy.py)
+                    max_pool_connections=self.limits.pool_size,
+                    s3={"addressing_style": "path"},
+                )
+                self._s3 = await self._stack.enter_async_context(self._botocore_session().create_client(
+                    "s3", region_name=s.region, endpoint_url=s.endpoint_url or None, config=config))
+            return self._s3
+
+    async def _sign(self, url: str, headers: dict[str, str]) -> dict[str, str]:
+        """SigV4 headers for a GET of `url` with the credentials of the environment."""
+        from botocore.auth import S3SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
+        if self._credentials is None:
+            creds = await self._botocore_session().get_credentials()
+            if creds is None:
+                from ..errors import AccessDenied
+
+                raise AccessDenied("--signed was given but no AWS credentials were found",
+                                   hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, or drop --signed")
+            self._credentials = creds
+        frozen = await self._credentials.get_frozen_credentials()
+        request = AWSRequest(method="GET", url=url, headers=dict(headers))
+        S3SigV4Auth(frozen, "s3", self.settings.region).add_auth(request)
+        return dict(request.headers.items())
+
+    # --- listing (our own requests and parser: botocore's shape-driven parser took ~0.4 ms
+    # per entry, and creating its client ~0.5 s, which a no-op resync need not pay) ---------
+
+    def _bucket_url(self, params: dict[str, str]) -> str:
+        s = self.settings
+        base = f"{s.base_url}/{s.bucket}" if s.endpoint_url else s.base_url
+        return f"{base}/?" + urlencode(sorted(params.items()), quote_via=quote, safe="~-._")
+
+    async def _document(self, url: str, what: str, *, limit: int = 64 << 20) -> bytes:
+        """GET a small document (a listing page) whole, in memory."""
+        data = bytearray()
+
+        def sink(buf: bytearray, n: int) -> None:
+            try:
+                if len(data) + n > limit:
+                    raise ProtocolError(f"{what}: answer larger than {limit} bytes")
+                data.extend(memoryview(buf)[:n])
+            finally:
+                self.buffers.give(buf)
+
+        try:
+            headers = await self._sign(url, {}) if self.settings.signed else {}
+            if self._http is not None:
+                async with self._http.get(url, headers) as exchange:
+                    r = exchange.response
+                    if r.status != 200:
+                        raise from_status(r.status, what=what, code=_error_code(await exchange.read_error_body()))
+                    if r.length is None:
+                        raise ProtocolError(f"{what}: the answer has no Content-Length",
+                                            hint="this server frames bodies another way: try --transport aiohttp")
+                    await exchange.read_into(sink, self.buffers, r.length)
+            else:
+                async with self._aiohttp.get(url, headers=headers) as resp:
+                    body = await resp.read()
+                    if resp.status != 200:
+                        raise from_status(resp.status, what=what, code=_error_code(body[:4096]))
+                    data += body
+        except asyncio.CancelledError:
+            raise
+        except MirrorError:
+            raise
+        except Exception as exc:
+            raise self._translate(exc, what) from exc
+        return bytes(data)
 
     async def list_keys(self, prefix: str) -> list[ObjectInfo]:
         """Current objects under `prefix` (ListObjectsV2)."""
         out: list[ObjectInfo] = []
         what = f"list s3://{self.settings.bucket}/{prefix}"
-        try:
-            paginator = self._s3.get_paginator("list_objects_v2")
-            async for page in paginator.paginate(Bucket=self.settings.bucket, Prefix=prefix):
-                for o in page.get("Contents", []):
-                    out.append(ObjectInfo(o["Key"], None, int(o["Size"]), strip_etag(o.get("ETag"))))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            raise self._translate(exc, what) from exc
-        return out
+        params = {"list-type": "2", "prefix": prefix, "encoding-type": "url"}
+        while True:
+            page = listing.parse(await self._document(self._bucket_url(params), what), what=what)
+            out += page.objects
+            if not page.truncated:
+                return out
+            if not page.continuation_token:
+                raise ProtocolError(f"{what}: a truncated listing without a continuation token")
+            params["continuation-token"] = page.continuation_token
 
     async def list_versions(self, prefix: str) -> dict[tuple[str, str], ObjectInfo]:
         """Every object version under `prefix`, keyed by (key, version_id).
@@ -118,17 +175,23 @@ class Remote:
         """
         out: dict[tuple[str, str], ObjectInfo] = {}
         what = f"list versions of s3://{self.settings.bucket}/{prefix}"
-        try:
-            paginator = self._s3.get_paginator("list_object_versions")
-            async for page in paginator.paginate(Bucket=self.settings.bucket, Prefix=prefix):
-                for v in page.get("Versions", []):
-                    info = ObjectInfo(v["Key"], v["VersionId"], int(v["Size"]), strip_etag(v.get("ETag")))
-                    out[(info.key, info.version_id)] = info
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            raise self._translate(exc, what) from exc
-        return out
+        params = {"versions": "", "prefix": prefix, "encoding-type": "url"}
+        while True:
+            page = listing.parse(await self._document(self._bucket_url(params), what), what=what)
+            for info in page.objects:
+                out[(info.key, info.version_id)] = info
+            if not page.truncated:
+                return out
+            if page.next_key is None:
+                raise ProtocolError(f"{what}: a truncated listing without a next key marker")
+            marker = (page.next_key, page.next_version_id or "")
+            if (params.get("key-marker"), params.get("version-id-marker", "")) == marker:
+                raise ProtocolError(f"{what}: the listing does not advance past {marker[0]!r}")
+            params["key-marker"] = page.next_key
+            if page.next_version_id:
+                params["version-id-marker"] = page.next_version_id
+            else:
+                params.pop("version-id-marker", None)
 
     async def head(self, ref: ObjectRef, *, part_number: int | None = None) -> ObjectInfo:
         """HEAD one version; with `part_number`, S3 answers the size of that part and the part
@@ -139,7 +202,7 @@ class Remote:
         if part_number is not None:
             kwargs["PartNumber"] = part_number
         try:
-            r = await self._s3.head_object(**kwargs)
+            r = await (await self._client()).head_object(**kwargs)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -150,120 +213,147 @@ class Remote:
             r.get("VersionId", ref.version_id),
             size if part_number is None else -1,
             strip_etag(r.get("ETag")),
-            parts_count=r.get("PartsCount"),
             part_size=size if part_number is not None else None,
         )
 
-    # --- data ------------------------------------------------------------------------------
+    # --- object bodies --------------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def open_range(
-        self, ref: ObjectRef, *, start: int = 0, end: int | None = None, if_match: str | None = None
-    ) -> AsyncIterator[AsyncIterator[bytes]]:
-        """Stream bytes [start, end) of one object version.
+    async def get_into(self, ref: ObjectRef, sink: Sink, *, start: int = 0, end: int | None = None,
+                       size: int | None = None, if_match: str | None = None) -> None:
+        """Stream bytes [start, end) of one object version (the whole object when neither is
+        given) into `sink`, in buffers from `self.buffers` that the sink gives back.
 
         A ranged request checks that the server answered 206 with exactly the range asked
-        for; `if_match` makes S3 refuse (412) rather than serve another object's bytes.
+        for; `if_match` makes S3 refuse (412) rather than serve another object's bytes; a
+        whole-object answer must have `size` bytes when it is known. Bytes that arrived
+        before a failure have been handed to the sink: retry from where it got to.
         """
         ranged = start > 0 or end is not None
-        headers = {}
+        headers: dict[str, str] = {}
         if ranged:
             headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
         if if_match:
             headers["If-Match"] = f'"{if_match}"'
         url = self.settings.object_url(ref)
         what = f"GET s3://{ref.bucket}/{ref.key}" + (f" [{start}-{end})" if ranged else "")
-        if self.settings.signed:
-            async with self._signed_get(ref, headers, what, ranged, start, end) as chunks:
-                yield chunks
-            return
         try:
-            resp = await self._http.get(url, headers=headers)
+            if self.settings.signed:
+                headers = await self._sign(url, headers)
+            if self._http is not None:
+                await self._get_lean(url, headers, sink, what=what, ref=ref, ranged=ranged, start=start, end=end,
+                                     size=size)
+            else:
+                await self._get_aiohttp(url, headers, sink, what=what, ref=ref, ranged=ranged, start=start, end=end,
+                                        size=size)
         except asyncio.CancelledError:
+            raise
+        except MirrorError:
             raise
         except Exception as exc:
             raise self._translate(exc, what) from exc
+
+    async def _get_lean(self, url, headers, sink, *, what, ref, ranged, start, end, size) -> None:
+        async with self._http.get(url, headers) as exchange:
+            r = exchange.response
+            if r.status not in (200, 206):
+                raise from_status(r.status, what=what, code=_error_code(await exchange.read_error_body()))
+            length = r.length
+            if length is None:
+                raise ProtocolError(f"{what}: the answer has no Content-Length",
+                                    hint="this server frames bodies another way: try --transport aiohttp")
+            _check_answer(r.status, r.headers.get("content-range"), length, r.headers.get("x-amz-version-id"),
+                          ref=ref, ranged=ranged, start=start, end=end, size=size, what=what)
+            await exchange.read_into(sink, self.buffers, length)
+
+    async def _get_aiohttp(self, url, headers, sink, *, what, ref, ranged, start, end, size) -> None:
+        resp = await self._aiohttp.get(url, headers=headers)
         try:
             if resp.status not in (200, 206):
-                code = None
+                body = b""
                 with contextlib.suppress(Exception):
                     body = await resp.content.read(4096)
-                    if b"<Code>" in body:
-                        code = body.split(b"<Code>", 1)[1].split(b"</Code>", 1)[0].decode()
-                raise from_status(resp.status, what=what, code=code)
-            _check_range(resp.status, resp.headers.get("Content-Range"), resp.headers.get("Content-Length"),
-                         ranged=ranged, start=start, end=end, what=what)
-            if ref.version_id and resp.headers.get("x-amz-version-id") not in (None, ref.version_id):
-                raise ProtocolError(f"{what}: server answered version {resp.headers['x-amz-version-id']}, not {ref.version_id}")
-            yield self._iter_aiohttp(resp, what)
+                raise from_status(resp.status, what=what, code=_error_code(body))
+            length = resp.headers.get("Content-Length")
+            _check_answer(resp.status, resp.headers.get("Content-Range"), int(length) if length else None,
+                          resp.headers.get("x-amz-version-id"), ref=ref, ranged=ranged, start=start, end=end,
+                          size=size, what=what)
+            await _copy_into_buffers(resp.content, sink, self.buffers)
         finally:
             resp.release()
 
-    async def _iter_aiohttp(self, resp: aiohttp.ClientResponse, what: str) -> AsyncIterator[bytes]:
-        try:
-            # readchunk hands over the buffers as they came off the socket, without the join
-            # that read(n) does; the engine gathers them into its own write batches.
-            content = resp.content
-            while True:
-                chunk, _ = await content.readchunk()
-                if not chunk:
-                    if content.at_eof():
-                        return
-                    continue
-                yield chunk
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            raise self._translate(exc, what) from exc
-
-    @contextlib.asynccontextmanager
-    async def _signed_get(self, ref, headers, what, ranged, start, end):
-        kwargs = {"Bucket": ref.bucket, "Key": ref.key}
-        if ref.version_id:
-            kwargs["VersionId"] = ref.version_id
-        if "Range" in headers:
-            kwargs["Range"] = headers["Range"]
-        if "If-Match" in headers:
-            kwargs["IfMatch"] = headers["If-Match"]
-        try:
-            r = await self._s3.get_object(**kwargs)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            raise self._translate(exc, what) from exc
-        status = r["ResponseMetadata"]["HTTPStatusCode"]
-        body = r["Body"]
-        try:
-            _check_range(status, r.get("ContentRange"), r.get("ContentLength"), ranged=ranged, start=start, end=end, what=what)
-
-            async def chunks():
-                try:
-                    while chunk := await body.read(CHUNK):
-                        yield chunk
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    raise self._translate(exc, what) from exc
-
-            yield chunks()
-        finally:
-            body.close()
-
     async def read_all(self, ref: ObjectRef, *, limit: int = 512 << 20) -> bytes:
         """A whole small object (a manifest, a metadata table) in memory."""
-        buf = bytearray()
-        async with self.open_range(ref) as chunks:
-            async for chunk in chunks:
-                buf += chunk
-                if len(buf) > limit:
+        data = bytearray()
+
+        def sink(buf: bytearray, n: int) -> None:
+            try:
+                if len(data) + n > limit:
                     raise ProtocolError(f"s3://{ref.bucket}/{ref.key} is larger than {limit} bytes")
-        return bytes(buf)
+                data.extend(memoryview(buf)[:n])
+            finally:
+                self.buffers.give(buf)
+
+        await self.get_into(ref, sink)
+        return bytes(data)
 
 
-def _check_range(status, content_range, content_length, *, ranged, start, end, what) -> None:
+async def _copy_into_buffers(content, sink: Sink, pool: BufferPool) -> None:
+    """aiohttp hands over its own chunks: copy them into pool buffers for the sink (the extra
+    copy is this transport's price)."""
+    loop = asyncio.get_running_loop()
+    buf: bytearray | None = None
+    fill = 0
+    try:
+        while True:
+            chunk, _ = await content.readchunk()
+            if not chunk:
+                if content.at_eof():
+                    break
+                continue
+            view = memoryview(chunk)
+            while view:
+                if buf is None:
+                    buf = pool.take()
+                    if buf is None:
+                        waiter = loop.create_future()
+                        pool.wait(waiter.set_result)
+                        try:
+                            buf = await waiter
+                        except asyncio.CancelledError:
+                            pool.cancel_wait(waiter.set_result)
+                            if waiter.done() and not waiter.cancelled():
+                                pool.give(waiter.result())
+                            raise
+                    fill = 0
+                n = min(len(view), len(buf) - fill)
+                buf[fill:fill + n] = view[:n]
+                fill += n
+                view = view[n:]
+                if fill == len(buf):
+                    out, buf = buf, None
+                    sink(out, fill)
+    finally:
+        if buf is not None:
+            if fill:
+                sink(buf, fill)  # what arrived is good; the caller resumes after it
+            else:
+                pool.give(buf)
+
+
+def _error_code(body: bytes) -> str | None:
+    if b"<Code>" in body:
+        return body.split(b"<Code>", 1)[1].split(b"</Code>", 1)[0].decode(errors="replace") or None
+    return None
+
+
+def _check_answer(status, content_range, content_length, version_id, *, ref, ranged, start, end, size, what) -> None:
+    if ref.version_id and version_id not in (None, ref.version_id):
+        raise ProtocolError(f"{what}: server answered version {version_id}, not {ref.version_id}")
     if not ranged:
         if status != 200:
             raise ProtocolError(f"{what}: expected HTTP 200, got {status}")
+        if size is not None and content_length is not None and content_length != size:
+            raise ProtocolError(f"{what}: the server sends {content_length} bytes, the object has {size}")
         return
     if status != 206 or not content_range:
         raise ProtocolError(f"{what}: expected 206 with Content-Range, got {status} {content_range!r}")
@@ -278,3 +368,4 @@ def _check_range(status, content_range, content_length, *, ranged, start, end, w
         raise ProtocolError(f"{what}: server sent range {content_range!r}, asked for {start}-{'' if end is None else end - 1}")
     if content_length is not None and int(content_length) != last - first + 1:
         raise ProtocolError(f"{what}: Content-Length {content_length} does not match Content-Range {content_range!r}")
+

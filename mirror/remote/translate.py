@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 
-import aiohttp
-import botocore.exceptions as bex
-
 from ..errors import (
     AccessDenied,
     EndpointUnreachable,
@@ -16,10 +13,12 @@ from ..errors import (
     ProtocolError,
     RemoteError,
     RequestRejected,
+    MirrorError,
     ServerError,
     SlowDown,
     TransferError,
 )
+from . import http
 
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchVersion", "NoSuchBucket", "404", "NotFound"}
 _DENIED_CODES = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
@@ -62,25 +61,53 @@ def silent(url: str, read_timeout: float, what: str) -> TransferError:
 
 
 def from_exception(exc: BaseException, *, what: str, url: str, connect_timeout: float,
-                   read_timeout: float) -> RemoteError:
-    """Translate an aiohttp / botocore / OS exception. CancelledError must never get here."""
+                   read_timeout: float) -> MirrorError:
+    """Translate a transport / botocore / OS exception. CancelledError must never get here.
+    aiohttp and botocore are imported only when one of their errors is in hand: the lean
+    transport's runs never load them for this."""
     assert not isinstance(exc, asyncio.CancelledError)
-    if isinstance(exc, RemoteError):
+    if isinstance(exc, MirrorError):
         return exc
-    if isinstance(exc, bex.ClientError):
-        err = exc.response.get("Error", {})
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        return from_status(status, what=what, code=err.get("Code"))
-    if isinstance(exc, (aiohttp.ClientConnectorError, bex.EndpointConnectionError, bex.ConnectTimeoutError)):
-        return unreachable(url, connect_timeout, exc)
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return unreachable(url, connect_timeout, "connect timed out")
-    if isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError, TimeoutError, bex.ReadTimeoutError)):
+    if isinstance(exc, http.HttpError):
+        if isinstance(exc, (http.ConnectFailed, http.ConnectTimeout)):
+            return unreachable(url, connect_timeout, exc)
+        if isinstance(exc, http.Stalled):
+            return silent(url, read_timeout, what)
+        if isinstance(exc, http.BadResponse):
+            return ProtocolError(f"{what}: {exc}")
+        return TransferError(f"{what}: transfer broke: {exc}")
+    module = type(exc).__module__ or ""
+    if module.startswith(("botocore", "aiobotocore")):
+        import botocore.exceptions as bex
+
+        if isinstance(exc, bex.ClientError):
+            err = exc.response.get("Error", {})
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            return from_status(status, what=what, code=err.get("Code"))
+        if isinstance(exc, (bex.EndpointConnectionError, bex.ConnectTimeoutError)):
+            return unreachable(url, connect_timeout, exc)
+        if isinstance(exc, bex.ReadTimeoutError):
+            return silent(url, read_timeout, what)
+        if isinstance(exc, (bex.ConnectionClosedError, bex.ResponseStreamingError)):
+            return TransferError(f"{what}: transfer broke: {type(exc).__name__}: {exc}")
+        if isinstance(exc, bex.BotoCoreError):
+            return TransferError(f"{what}: {type(exc).__name__}: {exc}")
+    if module.startswith("aiohttp"):
+        import aiohttp
+
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return unreachable(url, connect_timeout, exc)
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return unreachable(url, connect_timeout, "connect timed out")
+        if isinstance(exc, aiohttp.ServerTimeoutError):
+            return silent(url, read_timeout, what)
+        if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
+                            aiohttp.ClientResponseError)):
+            return TransferError(f"{what}: transfer broke: {type(exc).__name__}: {exc}")
+        if isinstance(exc, aiohttp.ClientError):
+            return TransferError(f"{what}: {type(exc).__name__}: {exc}")
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return silent(url, read_timeout, what)
-    if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
-                        bex.ConnectionClosedError, bex.ResponseStreamingError,
-                        ConnectionError, aiohttp.ClientResponseError)):
+    if isinstance(exc, ConnectionError):
         return TransferError(f"{what}: transfer broke: {type(exc).__name__}: {exc}")
-    if isinstance(exc, (aiohttp.ClientError, bex.BotoCoreError)):
-        return TransferError(f"{what}: {type(exc).__name__}: {exc}")
     raise exc

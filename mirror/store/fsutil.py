@@ -28,10 +28,11 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
     """Write, fsync, rename over `path`, fsync the directory: readers see old or new, never
     half. The temporary name is unique, so concurrent writers (threads or processes) of the
-    same path never share one; the last rename wins, whole."""
+    same path never share one; the last rename wins, whole. `durable=False` skips both
+    fsyncs, for state that only saves work (after a power cut it may be old or empty)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{secrets.token_hex(4)}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,11 +41,13 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        if durable:
+            fsync_dir(path.parent)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()

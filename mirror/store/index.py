@@ -10,26 +10,31 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import io
+import json
 import os
 import time
 from pathlib import Path
 from dataclasses import dataclass
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from .fsutil import atomic_write, store_error
 from .layout import CacheLayout
 
-SCHEMA = pa.schema([
-    ("file_hash", pa.string()),
-    ("size", pa.int64()),
-    ("xxh3", pa.string()),
-    ("key", pa.string()),
-    ("version_id", pa.string()),
-    ("etag", pa.string()),
-    ("verified_at", pa.timestamp("ms", tz="UTC")),  # Parquet keeps ms, not s
-])
+COLUMNS = ("file_hash", "size", "xxh3", "key", "version_id", "etag", "verified_at")
+
+
+def _schema():
+    # pyarrow is imported on first use: it costs ~0.2 s that `--help` or a no-op resync need not pay.
+    import pyarrow as pa
+
+    return pa.schema([
+        ("file_hash", pa.string()),
+        ("size", pa.int64()),
+        ("xxh3", pa.string()),
+        ("key", pa.string()),
+        ("version_id", pa.string()),
+        ("etag", pa.string()),
+        ("verified_at", pa.timestamp("ms", tz="UTC")),  # Parquet keeps ms, not s
+    ])
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,14 +72,20 @@ class StateIndex:
         return True
 
     def _read(self) -> dict[str, IndexRecord] | None:
+        if not self.layout.index_path.exists():
+            return None
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         try:
-            table = pq.read_table(self.layout.index_path)
+            # ParquetFile, not read_table: the latter imports pyarrow.dataset and pandas (~0.4 s).
+            table = pq.ParquetFile(self.layout.index_path).read()
         except (FileNotFoundError, OSError, pa.ArrowInvalid):
             return None
-        if table.schema.names != SCHEMA.names:
+        if tuple(table.schema.names) != COLUMNS:
             return None
         try:
-            table = table.cast(SCHEMA)
+            table = table.cast(_schema())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return None
         cols = table.to_pydict()
@@ -89,33 +100,53 @@ class StateIndex:
 
         `replace_all` writes `records` as the whole truth (after a rebuild from the store).
         """
-        if not (self.dirty or replace_all):
+        if replace_all:
+            self._write(None, replace_all=True)
+            self._put.clear()
+            self._dropped.clear()
             return
+        delta = self.take_delta()
+        if delta is None:
+            return
+        try:
+            self.write_delta(delta)
+        except BaseException:
+            self.restore_delta(delta)
+            raise
+
+    def take_delta(self) -> tuple[dict[str, IndexRecord], set[str]] | None:
+        """This process's changes since the last commit, handed over (on the caller's thread)
+        so that `write_delta` can run in another while new changes accumulate."""
+        if not self.dirty:
+            return None
+        delta = (self._put, self._dropped)
+        self._put, self._dropped = {}, set()
+        return delta
+
+    def restore_delta(self, delta: tuple[dict[str, IndexRecord], set[str]]) -> None:
+        """A delta whose write failed is kept for the next commit (newer changes win)."""
+        put, dropped = delta
+        for h, rec in put.items():
+            if h not in self._put and h not in self._dropped:
+                self._put[h] = rec
+        self._dropped |= {h for h in dropped if h not in self._put}
+
+    def write_delta(self, delta: tuple[dict[str, IndexRecord], set[str]]) -> None:
+        """Merge `delta` into the index on disk (any thread)."""
+        self._write(delta)
+
+    def _write(self, delta, *, replace_all: bool = False) -> None:
         self.layout.meta.mkdir(parents=True, exist_ok=True)
         with _flock(self.layout.meta / "index.lock"):
             if replace_all:
                 merged = dict(self.records)
             else:
+                put, dropped = delta
                 merged = self._read() or {}
-                for h in self._dropped:
+                for h in dropped:
                     merged.pop(h, None)
-                merged.update(self._put)
-            rows = sorted(merged.values(), key=lambda r: r.file_hash)
-            table = pa.table({
-                "file_hash": [r.file_hash for r in rows],
-                "size": [r.size for r in rows],
-                "xxh3": [r.xxh3 for r in rows],
-                "key": [r.key for r in rows],
-                "version_id": [r.version_id for r in rows],
-                "etag": [r.etag for r in rows],
-                "verified_at": pa.array([int(r.verified_at * 1000) for r in rows], pa.timestamp("ms", tz="UTC")),
-            }, schema=SCHEMA)
-            buf = io.BytesIO()
-            pq.write_table(table, buf)
-            atomic_write(self.layout.index_path, buf.getvalue())
-        self.records = merged
-        self._put.clear()
-        self._dropped.clear()
+                merged.update(put)
+            atomic_write(self.layout.index_path, _to_parquet(sorted(merged.values(), key=lambda r: r.file_hash)))
 
     def put(self, record: IndexRecord) -> None:
         self.records[record.file_hash] = record
@@ -133,6 +164,45 @@ class StateIndex:
     @staticmethod
     def now() -> float:
         return time.time()
+
+
+def _to_parquet(rows: list[IndexRecord]) -> bytes:
+    """The index file's bytes. Rows go to Arrow through pyarrow's NDJSON reader: building
+    arrays from Python lists makes pyarrow import pandas (~0.45 s per process), this does not."""
+    import pyarrow.json as pj
+    import pyarrow.parquet as pq
+
+    lines = "".join(json.dumps({"file_hash": r.file_hash, "size": r.size, "xxh3": r.xxh3, "key": r.key,
+                                "version_id": r.version_id, "etag": r.etag,
+                                "verified_at": int(r.verified_at * 1000)}, separators=(",", ":")) + "\n"
+                    for r in rows).encode()
+    schema = _schema()
+    if rows:
+        import pyarrow as pa
+
+        parsing = _schema_for_json()
+        table = pj.read_json(io.BytesIO(lines), parse_options=pj.ParseOptions(explicit_schema=parsing),
+                             read_options=pj.ReadOptions(block_size=max(1 << 20, len(lines) + 1)))
+        table = table.set_column(6, "verified_at", table.column(6).cast(pa.timestamp("ms", tz="UTC")))
+        table = table.cast(schema)
+    else:
+        table = schema.empty_table()
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
+def _schema_for_json():
+    import pyarrow as pa
+
+    return pa.schema([(f.name, pa.int64() if f.name == "verified_at" else f.type) for f in _schema()])
+
+
+def warm_up() -> None:
+    """Import what a commit needs (from a worker thread while a sync transfers): the first
+    commit then does not pay ~0.25 s of imports on the run's critical path."""
+    import pyarrow.json  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
 
 
 @contextlib.contextmanager

@@ -1,0 +1,255 @@
+"""Where received buffers go: written at their offset into a `.partial`, hashed in byte order.
+
+Each full receive buffer crosses to a worker thread once: `pwrite` puts it in the page cache
+and, if it sits at the file's hash frontier, the same buffer is hashed straight away (hashlib
+and xxhash release the GIL, so this runs beside the event loop on another core). Buffers that
+land ahead of the frontier (parts of one object arrive out of order) wait in memory, within a
+budget shared by the whole run; past that budget they are given back at once and read back
+from the page cache when the frontier reaches them. Nothing on the event loop touches bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import threading
+from typing import Callable
+
+from ..errors import MirrorError
+from ..hashing import READ_CHUNK, MultiHasher
+from ..store.fsutil import store_error
+from ..store.objects import Partial, merge_ranges
+
+Release = Callable[[bytearray], None]
+
+
+class HoldBudget:
+    """How many buffers may wait for their file's hash frontier, across the whole run. The
+    receive pool is sized with this many spare, so held buffers never starve a connection."""
+
+    def __init__(self, buffers: int) -> None:
+        self.free = buffers
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.free <= 0:
+                return False
+            self.free -= 1
+            return True
+
+    def give(self) -> None:
+        with self._lock:
+            self.free += 1
+
+
+class OrderedHasher:
+    """Feeds a `MultiHasher` the bytes of one file in order while they land out of order.
+
+    `landed` is called (from any worker thread) after a buffer's bytes were written; at most
+    one thread hashes at a time, and it alone moves the frontier. A thread that finds another
+    one hashing leaves its buffer in the window (or on disk) and returns at once.
+    """
+
+    def __init__(self, fd: int, hasher: MultiHasher, done: list[list[int]], *, budget: HoldBudget,
+                 release: Release) -> None:
+        self.fd = fd
+        self.hasher = hasher
+        self.frontier = 0
+        self._written = merge_ranges([list(r) for r in done])  # on disk (or in the window)
+        self._held: dict[int, tuple[bytearray, int]] = {}
+        self._budget = budget
+        self._release = release
+        self._lock = threading.Lock()
+        self._busy = False
+        self.read_back = 0  # bytes hashed from the page cache rather than from memory
+
+    def landed(self, offset: int, buf: bytearray, n: int) -> None:
+        with self._lock:
+            self._written = _add_range(self._written, offset, offset + n)
+            if not self._busy and offset == self.frontier:
+                self._busy = True
+                item = (offset, buf, n)
+            else:
+                if offset > self.frontier and self._budget.take():
+                    self._held[offset] = (buf, n)
+                else:
+                    self._release(buf)
+                if self._busy:
+                    return  # the hashing thread will find it
+                # Nobody hashes: the frontier may sit on bytes already on disk (a resumed
+                # prefix, or a buffer that did not fit the window): catch up from there.
+                item = self._next()
+                if item is None:
+                    return
+                self._busy = True
+        self._run(item)
+
+    def finish(self) -> int:
+        """Hash whatever is still behind the frontier (all writes have landed); the bytes
+        hashed in order."""
+        with self._lock:
+            if self._busy:
+                raise RuntimeError("finish() while a write is still hashing")
+            item = self._next()
+            if item is None:
+                return self.frontier
+            self._busy = True
+        self._run(item)
+        return self.frontier
+
+    def drop(self) -> None:
+        """Give back every held buffer (the attempt is over)."""
+        with self._lock:
+            held, self._held = self._held, {}
+        for buf, _ in held.values():
+            self._budget.give()
+            self._release(buf)
+
+    def _run(self, item: tuple[int, bytearray | None, int]) -> None:
+        """Hash `item` and whatever follows it, until the frontier reaches a gap."""
+        try:
+            while True:
+                offset, buf, n = item
+                if buf is not None:
+                    try:
+                        self.hasher.update(memoryview(buf)[:n])
+                    finally:
+                        self._release(buf)
+                else:
+                    self._hash_from_disk(offset, offset + n)
+                with self._lock:
+                    self.frontier = offset + n
+                    item = self._next()
+                    if item is None:
+                        self._busy = False
+                        return
+        except BaseException:
+            with self._lock:
+                self._busy = False
+            raise
+
+    def _next(self) -> tuple[int, bytearray | None, int] | None:
+        """Under the lock: what follows the frontier, from memory or from disk; None at a gap."""
+        f = self.frontier
+        held = self._held.pop(f, None)
+        if held is not None:
+            self._budget.give()
+            return f, held[0], held[1]
+        for s, e in self._written:
+            if s <= f < e:
+                later = [o for o in self._held if f < o < e]
+                return f, None, (min(later) if later else e) - f
+        return None
+
+    def _hash_from_disk(self, start: int, end: int) -> None:
+        buf = bytearray(min(READ_CHUNK, end - start))
+        view = memoryview(buf)
+        pos = start
+        while pos < end:
+            want = min(len(buf), end - pos)
+            got = os.preadv(self.fd, [view[:want]], pos)
+            if got <= 0:
+                raise OSError(f"unexpected end of file at {pos} (wanted up to {end})")
+            self.hasher.update(view[:got])
+            pos += got
+        self.read_back += end - start
+
+
+def _add_range(ranges: list[list[int]], start: int, end: int) -> list[list[int]]:
+    """Insert [start, end) into sorted, merged `ranges` (the common case: appending at the end
+    of a range, which merges in place)."""
+    for r in ranges:
+        if r[0] <= start <= r[1]:
+            if end > r[1]:
+                r[1] = end
+                return merge_ranges(ranges)
+            return ranges
+    return merge_ranges([*ranges, [start, end]])
+
+
+class FileWriter:
+    """One attempt at one object: the sinks of its GETs, the writes in flight, the hasher."""
+
+    def __init__(self, partial: Partial, hasher: MultiHasher, *, executor: concurrent.futures.Executor,
+                 release: Release, release_here: Release, budget: HoldBudget,
+                 on_bytes: Callable[[int], None]) -> None:
+        self.partial = partial
+        self.executor = executor
+        self.ordered = OrderedHasher(partial.fd, hasher, partial.state.done, budget=budget, release=release)
+        self._release = release  # from a worker thread
+        self._release_here = release_here  # from the event loop
+        self._on_bytes = on_bytes
+        self.pending: set[concurrent.futures.Future] = set()
+        self.error: MirrorError | None = None
+        self.closed = False
+
+    def sink(self, offset: int) -> "PartSink":
+        return PartSink(self, offset)
+
+    def _submit(self, offset: int, buf: bytearray, n: int) -> concurrent.futures.Future:
+        fut = self.executor.submit(self._land, offset, buf, n)
+        self.pending.add(fut)
+        fut.add_done_callback(self.pending.discard)
+        return fut
+
+    def _land(self, offset: int, buf: bytearray, n: int) -> None:
+        """In a worker thread: write, then hash (or hold) the buffer."""
+        try:
+            self.partial.write(offset, memoryview(buf)[:n])
+        except OSError as exc:
+            self._release(buf)
+            err = store_error(exc, f"writing {self.partial.path.name}")
+            self.error = self.error or err
+            raise err from exc
+        try:
+            self.ordered.landed(offset, buf, n)
+        except OSError as exc:
+            err = store_error(exc, f"reading back {self.partial.path.name}")
+            self.error = self.error or err
+            raise err from exc
+
+    async def wait(self, futures: list[concurrent.futures.Future]) -> None:
+        """Until these writes have landed; raises the first write error."""
+        for fut in futures:
+            if not fut.done():
+                await asyncio.wrap_future(fut)
+        for fut in futures:
+            exc = fut.exception()
+            if exc is not None:
+                raise exc
+
+    def settle(self) -> None:
+        """Block until every write in flight has landed (cleanup: the fd is closed next)."""
+        concurrent.futures.wait(list(self.pending))
+
+    def close(self) -> None:
+        """No more writes (sinks refuse from now on); held buffers go back to the pool."""
+        self.closed = True
+        self.settle()
+        self.ordered.drop()
+
+
+class PartSink:
+    """The sink of one ranged part: buffers land at consecutive offsets from `start`. `pos`
+    is where the next byte goes, so a retry asks for [pos, end)."""
+
+    __slots__ = ("writer", "pos", "futures")
+
+    def __init__(self, writer: FileWriter, start: int) -> None:
+        self.writer = writer
+        self.pos = start
+        self.futures: list[concurrent.futures.Future] = []
+
+    def __call__(self, buf: bytearray, n: int) -> None:
+        w = self.writer
+        if w.closed or w.error is not None:
+            w._release_here(buf)
+            if w.error is not None:
+                raise w.error
+            return
+        offset = self.pos
+        self.pos += n
+        self.futures.append(w._submit(offset, buf, n))
+        w._on_bytes(n)
