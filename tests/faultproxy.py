@@ -38,6 +38,10 @@ class FaultProxy:
     rate: float | None = None  # bytes per second for response bodies (None: as fast as possible)
     rules: list[Rule] = field(default_factory=list)
     requests: list[tuple[str, str, dict]] = field(default_factory=list)
+    peers: set = field(default_factory=set)  # client (host, port) of every connection seen
+    in_flight: int = 0
+    max_in_flight: int = 0  # requests being answered at once, at most
+    ssl_context: object = None  # an ssl.SSLContext: serve https
 
     def __post_init__(self) -> None:
         self._loop = asyncio.new_event_loop()
@@ -71,10 +75,10 @@ class FaultProxy:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{port}"
 
     async def _shutdown(self) -> None:
         await self._runner.cleanup()
@@ -91,6 +95,15 @@ class FaultProxy:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append((request.method, request.path_qs, dict(request.headers)))
+        self.peers.add(request.transport.get_extra_info("peername"))
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._answer(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         rule = self._match(request)
         if rule is not None and rule.action == "status":
             body = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{rule.code}</Code>"

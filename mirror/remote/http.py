@@ -19,6 +19,7 @@ import asyncio
 import collections
 import contextlib
 import mmap
+import os
 import socket
 import ssl
 from dataclasses import dataclass
@@ -438,7 +439,9 @@ class HttpClient:
         ctx = None
         if scheme == "https":
             if self._ssl is None:
-                self._ssl = ssl.create_default_context()
+                # The CA bundle botocore would use (AWS_CA_BUNDLE), else the system's (which
+                # OpenSSL lets SSL_CERT_FILE / SSL_CERT_DIR override).
+                self._ssl = ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE") or None)
             ctx = self._ssl
         try:
             _, conn = await asyncio.wait_for(
