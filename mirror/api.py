@@ -494,6 +494,32 @@ class Mirror:
             raise StoreError(f"not enough space under {layout.root}: the plan fetches {need:,} bytes, "
                              f"{free:,} are free", hint="free space, or sync fewer versions (--version)")
 
+    # --- measuring the endpoint ---------------------------------------------------------------
+
+    def bench(self, version: str | None = None, *, jobs: tuple[int, ...] = (1, 4, 16, 64),
+              part_sizes: tuple[int, ...] = (8 << 20, 32 << 20), budget: int = 1 << 30, repeat: int = 1,
+              to_disk: Path | None = None, on_cell: Callable[[Any], None] | None = None) -> list:
+        """GET throughput over a matrix of concurrency x part size on real objects of `version`
+        (the largest first, up to `budget` bytes per cell); see mirror/bench.py."""
+        from .bench import Target, choose, run_matrix
+
+        if self.offline:
+            raise OfflineError("bench measures the endpoint and cannot run --offline")
+
+        async def go(cat: Catalog) -> list:
+            m = await self._manifest(cat, version)
+            entries = list(m.data_files.values()) or list(m.metadata_files.values())
+            infos = await self._sizes(cat, entries)
+            targets = [Target(ObjectRef(e.bucket, e.key, e.version_id), info.size, info.etag)
+                       for e in entries if (info := infos.get((e.key, e.version_id))) is not None and info.size > 0]
+            if not targets:
+                raise OfflineError(f"no object of {m.name} has a known size to measure with")
+            chosen = choose(targets, budget)
+            return await run_matrix(self.remote_settings(), chosen, jobs=list(jobs), part_sizes=list(part_sizes),
+                                    repeat=repeat, to_disk=to_disk, on_cell=on_cell or (lambda c: None))
+
+        return self._run(go)
+
     # --- one file ---------------------------------------------------------------------------
 
     def get_behavior_session_path(self, behavior_session_id: int, *, version: str | None = None) -> Path:
