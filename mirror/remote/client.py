@@ -23,6 +23,8 @@ class Remote:
     buffers shared by every GET, and (on first use) an aiobotocore client for the rest.
     Used as an async context manager."""
 
+    LIST_PAGE_SIZE = 1000  # S3's maximum; tests make it small to walk many pages
+
     def __init__(self, settings: RemoteSettings, limits: Limits = Limits()) -> None:
         if settings.transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {settings.transport!r}")
@@ -157,7 +159,7 @@ class Remote:
         """Current objects under `prefix` (ListObjectsV2)."""
         out: list[ObjectInfo] = []
         what = f"list s3://{self.settings.bucket}/{prefix}"
-        params = {"list-type": "2", "prefix": prefix, "encoding-type": "url"}
+        params = {"list-type": "2", "prefix": prefix, "encoding-type": "url", "max-keys": str(self.LIST_PAGE_SIZE)}
         while True:
             page = listing.parse(await self._document(self._bucket_url(params), what), what=what)
             out += page.objects
@@ -175,7 +177,7 @@ class Remote:
         """
         out: dict[tuple[str, str], ObjectInfo] = {}
         what = f"list versions of s3://{self.settings.bucket}/{prefix}"
-        params = {"versions": "", "prefix": prefix, "encoding-type": "url"}
+        params = {"versions": "", "prefix": prefix, "encoding-type": "url", "max-keys": str(self.LIST_PAGE_SIZE)}
         while True:
             page = listing.parse(await self._document(self._bucket_url(params), what), what=what)
             for info in page.objects:

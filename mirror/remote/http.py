@@ -257,8 +257,10 @@ class _Connection(asyncio.BufferedProtocol):
         self.state = _BODY
         leftover, self._leftover = self._leftover, b""
         if len(leftover) > self._remaining:
-            self._break(BadResponse("the server sent more than the body it announced"))
-        elif self._remaining == 0:
+            # Bytes after the announced body: the body is whole, the stream is out of step.
+            leftover = leftover[:self._remaining]
+            self.keep_alive = False
+        if self._remaining == 0:
             self._finish_body()
         else:
             self._leftover_pending = leftover

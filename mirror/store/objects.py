@@ -106,12 +106,14 @@ class Partial:
         self._lock = threading.Lock()
 
     def write(self, offset: int, view: memoryview) -> None:
-        """Write `view` at `offset` (from a worker thread). A block-aligned write covers whole
-        blocks of its own, so no page it writes directly is ever dirty in the page cache."""
+        """Write `view` at `offset` (from a worker thread): its whole blocks directly, an
+        unaligned tail through the page cache. Direct writes cover whole blocks of their own,
+        so no page written directly is ever dirty in the page cache too."""
         n = len(view)
-        if self.direct and offset % DIRECT_ALIGN == 0 and n % DIRECT_ALIGN == 0:
+        aligned = n - n % DIRECT_ALIGN
+        if self.direct and offset % DIRECT_ALIGN == 0 and aligned:
             try:
-                done = os.pwritev(self.dfd, [view], offset)
+                done = os.pwritev(self.dfd, [view[:aligned]], offset)
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
@@ -119,7 +121,8 @@ class Partial:
                 done = 0
             if done == n:
                 return
-            # A short direct write ends on a block boundary: the rest goes the other way.
+            # The unaligned tail (or the rest of a short direct write) starts on a block
+            # boundary: it goes through the page cache without sharing a page with the rest.
             view, offset = view[done:], offset + done
         pwrite_all(self.fd, [view], offset)
 

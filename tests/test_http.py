@@ -1,0 +1,245 @@
+"""The lean HTTP client against a raw server on 127.0.0.1 whose answers are exact byte strings:
+keep-alive reuse, a pooled connection the server closed, stalls, malformed answers, error
+bodies however framed, and back-pressure when the receive buffers run out."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from mirror.remote.http import BadResponse, BufferPool, HttpClient, Stalled, StreamBroken
+
+
+class RawServer:
+    """Answers each request with the next scripted behaviour: bytes to send, then optionally
+    a pause, a close, or nothing more (a stall)."""
+
+    def __init__(self, script):
+        self.script = list(script)
+        self.connections = 0
+        self.requests: list[bytes] = []
+
+    async def __aenter__(self):
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc):
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader, writer):
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.requests.append(head)
+                action = self.script.pop(0)
+                await action(writer)
+                if writer.is_closing():
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def ok(body: bytes, *, close=False, extra=b""):
+    async def act(w):
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n" % (len(body), b"Connection: close\r\n" if close else b"")
+                + body + extra)
+        await w.drain()
+        if close:
+            w.close()
+    return act
+
+
+def stall_after(data: bytes):
+    async def act(w):
+        w.write(data)
+        await w.drain()
+        await asyncio.sleep(30)
+    return act
+
+
+async def fetch(client: HttpClient, url: str, pool: BufferPool, *, hold: list | None = None) -> bytes:
+    got = bytearray()
+
+    def sink(buf, n):
+        got.extend(memoryview(buf)[:n])
+        if hold is not None:
+            hold.append(buf)  # the caller gives it back later
+        else:
+            pool.give(buf)
+
+    async with client.get(url + "/obj", {}) as ex:
+        if ex.response.status != 200:
+            return b"ERROR " + await ex.read_error_body()
+        await ex.read_into(sink, pool, ex.response.length)
+    return bytes(got)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_keep_alive_reuses_one_connection_and_a_closed_one_is_replaced():
+    async def go():
+        body = bytes(range(256)) * 1000
+        async with RawServer([ok(body), ok(body), ok(body, close=True), ok(b"after")]) as srv:
+            async with HttpClient(max_connections=4, connect_timeout=2, read_timeout=5) as c:
+                pool = BufferPool(64 << 10, 4)
+                for _ in range(3):
+                    assert await fetch(c, srv.url, pool) == body
+                assert srv.connections == 1
+                assert await fetch(c, srv.url, pool) == b"after"  # the server closed: a new connection
+                assert srv.connections == 2
+    run(go())
+
+
+def test_a_pooled_connection_closed_by_the_server_while_idle_is_retried_on_a_new_one():
+    async def go():
+        async def close_now(w):
+            w.close()
+
+        async with RawServer([ok(b"first"), close_now, ok(b"second")]) as srv:
+            async with HttpClient(max_connections=2, connect_timeout=2, read_timeout=5) as c:
+                pool = BufferPool(64 << 10, 2)
+                assert await fetch(c, srv.url, pool) == b"first"
+                # the pooled connection dies before answering: tried once more on a fresh one
+                assert await fetch(c, srv.url, pool) == b"second"
+                assert srv.connections == 2
+    run(go())
+
+
+def test_a_stalled_response_ends_after_the_read_timeout_not_never():
+    async def go():
+        async with RawServer([stall_after(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 5000)]) as srv:
+            async with HttpClient(max_connections=1, connect_timeout=2, read_timeout=1.0) as c:
+                c.WATCHDOG_TICK = 0.1
+                pool = BufferPool(64 << 10, 2)
+                t0 = time.monotonic()
+                with pytest.raises(Stalled):
+                    await fetch(c, srv.url, pool)
+                assert 0.9 <= time.monotonic() - t0 < 3.0
+    run(go())
+
+
+def test_a_server_that_never_answers_is_a_stall_too():
+    async def go():
+        async with RawServer([stall_after(b"")]) as srv:
+            async with HttpClient(max_connections=1, connect_timeout=2, read_timeout=0.5) as c:
+                c.WATCHDOG_TICK = 0.1
+                with pytest.raises(Stalled):
+                    await fetch(c, srv.url, BufferPool(64 << 10, 1))
+    run(go())
+
+
+def test_malformed_answers_are_refused():
+    async def garbage(w):
+        w.write(b"SSH-2.0-OpenSSH\r\n\r\n")
+        await w.drain()
+
+    async def huge_head(w):
+        w.write(b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"a" * (70 << 10) + b"\r\n\r\n")
+        await w.drain()
+
+    async def go():
+        for act in (garbage, huge_head):
+            async with RawServer([act]) as srv:
+                async with HttpClient(max_connections=1, connect_timeout=2, read_timeout=2) as c:
+                    with pytest.raises(BadResponse):
+                        await fetch(c, srv.url, BufferPool(64 << 10, 1))
+    run(go())
+
+
+def test_bytes_beyond_the_announced_body_retire_the_connection():
+    async def go():
+        async with RawServer([ok(b"abc", extra=b"GARBAGE"), ok(b"next")]) as srv:
+            async with HttpClient(max_connections=1, connect_timeout=2, read_timeout=2) as c:
+                pool = BufferPool(64 << 10, 1)
+                assert await fetch(c, srv.url, pool) == b"abc"
+                assert await fetch(c, srv.url, pool) == b"next"
+                assert srv.connections == 2  # the out-of-step connection was not reused
+    run(go())
+
+
+def test_a_connection_cut_mid_body_hands_over_what_arrived_then_fails():
+    async def cut(w):
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"y" * 300)
+        await w.drain()
+        w.transport.abort()
+
+    async def go():
+        async with RawServer([cut]) as srv:
+            async with HttpClient(max_connections=1, connect_timeout=2, read_timeout=2) as c:
+                pool = BufferPool(64 << 10, 1)
+                got = bytearray()
+
+                def sink(buf, n):
+                    got.extend(memoryview(buf)[:n])
+                    pool.give(buf)
+
+                with pytest.raises(StreamBroken):
+                    async with c.get(srv.url + "/x", {}) as ex:
+                        await ex.read_into(sink, pool, ex.response.length)
+                assert bytes(got) == b"y" * 300
+    run(go())
+
+
+def test_error_documents_are_read_whatever_their_framing():
+    async def chunked(w):
+        doc = b"<Error><Code>SlowDown</Code></Error>"
+        w.write(b"HTTP/1.1 503 Slow Down\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(doc), doc))
+        await w.drain()
+
+    async def go():
+        async with RawServer([chunked]) as srv:
+            async with HttpClient(max_connections=1, connect_timeout=2, read_timeout=2) as c:
+                t0 = time.monotonic()
+                got = await fetch(c, srv.url, BufferPool(64 << 10, 1))
+                assert b"<Code>SlowDown</Code>" in got
+                assert time.monotonic() - t0 < 3
+    run(go())
+
+
+def test_no_free_buffer_pauses_the_socket_until_one_comes_back():
+    async def go():
+        body = bytes(range(256)) * 4096  # 1 MiB through a pool of 2 x 64 KiB buffers
+        async with RawServer([ok(body)]) as srv:
+            async with HttpClient(max_connections=1, connect_timeout=2, read_timeout=5) as c:
+                pool = BufferPool(64 << 10, 2)
+                held: list = []
+
+                async def give_back_slowly():
+                    while True:
+                        await asyncio.sleep(0.01)
+                        while held:
+                            pool.give(held.pop(0))
+
+                giver = asyncio.create_task(give_back_slowly())
+                try:
+                    got = await fetch(c, srv.url, pool, hold=held)
+                finally:
+                    giver.cancel()
+                assert got == body
+                assert pool.count == 2 and pool._made <= 2
+    run(go())
+
+
+def test_connect_failures_are_quick_and_named():
+    from mirror.remote.http import ConnectFailed
+
+    async def go():
+        import socket
+
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()  # nothing listens there now
+        async with HttpClient(max_connections=1, connect_timeout=2, read_timeout=2) as c:
+            with pytest.raises(ConnectFailed):
+                await fetch(c, f"http://127.0.0.1:{port}", BufferPool(64 << 10, 1))
+    run(go())
