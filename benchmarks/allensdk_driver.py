@@ -40,7 +40,9 @@ def main() -> int:
     warnings.simplefilter("ignore")  # OutdatedManifestWarning and friends: expected here
 
     t0 = time.perf_counter()
-    from allensdk.brain_observatory.behavior.behavior_project_cache import VisualBehaviorOphysProjectCache
+    from allensdk.brain_observatory.behavior.behavior_project_cache import (  # here, to time the import
+        VisualBehaviorOphysProjectCache,
+    )
 
     t_import = time.perf_counter()
     cache = VisualBehaviorOphysProjectCache.from_s3_cache(cache_dir=args.cache_dir)

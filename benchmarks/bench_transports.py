@@ -29,22 +29,24 @@ writer:
 The write and hash side is the product's own (mirror.store.objects.Partial.write: O_DIRECT
 when offset, length and buffer are block-aligned, else the page cache; and
 mirror.engine.writer.OrderedHasher: parts hashed in order, out-of-order buffers held within
-the product's budget or read back). Transports whose buffers Python cannot place (obstore,
-awscrt on_body: Python `bytes`/Rust buffers at arbitrary addresses) cannot use O_DIRECT
-without an extra copy, so they write through the page cache; the table says which.
+the product's budget or read back). Transports whose buffers Python cannot place (obstore's
+chunks and collected Rust buffers, awscrt's on_body `bytes`: all at malloc'd, unaligned
+addresses) cannot use O_DIRECT without one more copy, so they write through the page cache;
+the table says which.
 
 Each run is a fresh child process (imports, threads and RSS are per transport), measured with
 wait4 (user+sys CPU of all its threads); peak RSS is the child's own VmHWM. Before each run the
 previous run's files are deleted and sync(2) flushes them, so every run writes into the same
 state; a first, untimed round warms the page cache and the guest's memory and checks every
 transport's files on disk against the manifest. Transports are interleaved, each round in a
-rotated order, and the table shows medians. "sync s" is the sync(2) after the run: writeback
-that a page-cache writer left behind, which the child's own numbers do not include.
+rotated order, and the table shows medians. "sync after s" is the sync(2) after the run: the
+writeback a page-cache writer left behind, which the child's own numbers do not include.
 
-Before timing, a fault-injecting proxy checks the guarantees vbo-mirror relies on, per
-transport as used here: VersionId on every GET, If-Match on every ranged GET, a shifted
-Content-Range refused, a version substituted by the server refused (not just caught later by
-the hash). See GUARANTEE_NOTES for what each library does itself and what our wrapper adds.
+Before timing, a fault-injecting proxy (FaultProxy) checks the guarantees vbo-mirror relies
+on, per transport as driven here: VersionId on every GET, If-Match on every ranged GET, a
+shifted Content-Range refused, a version substituted by the server refused, by If-Match and,
+with If-Match stripped too, by a check of x-amz-version-id (refused, not merely caught later
+by the hash). GUARANTEE_NOTES says what each library does itself and what our wrapper adds.
 
 Library code under `bench_transports.py --child SPEC` runs in the child; `run()` and
 `to_markdown()` are what other benchmarks embed.
@@ -57,13 +59,11 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import math
 import mmap
 import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -386,12 +386,16 @@ class CrtTransport(Transport):
         headers = self.HttpHeaders([("Host", self.host), ("If-Match", f'"{obj["etag"]}"')])
         request = self.HttpRequest("GET", ctx.path_of(obj), headers)
         problems: list[str] = []
+        holder: list = []
 
         def on_headers(status_code, headers, **kwargs):
-            # The CRT does not compare the answer's version with the one asked for.
+            # The CRT does not compare the answer's version with the one asked for: stop it here
+            # rather than let it write another version's bytes.
             vid = next((v for k, v in headers if k.lower() == "x-amz-version-id"), None)
             if vid not in (None, obj["version_id"]):
                 problems.append(f"server answered version {vid}, not {obj['version_id']}")
+                if holder:
+                    holder[0].cancel()
 
         def on_body(chunk, offset, **kwargs):
             t.land(offset, chunk, len(chunk))  # the CRT delivers one object's parts in order
@@ -404,9 +408,14 @@ class CrtTransport(Transport):
         else:
             kwargs["on_body"] = on_body
         req = self.client.make_request(type=self.GET, request=request, on_headers=on_headers, **kwargs)
+        holder.append(req)
+        if problems:  # on_headers ran before make_request returned
+            req.cancel()
         try:
             await asyncio.wrap_future(req.finished_future)
         except Exception as exc:
+            if problems:
+                raise RuntimeError(f"{obj['key']}: {problems[0]}") from exc
             raise RuntimeError(f"{obj['key']}: {exc!r}") from exc
         if problems:
             raise RuntimeError(f"{obj['key']}: {problems[0]}")
@@ -534,14 +543,14 @@ async def _child_run(spec: dict) -> dict:
                     width = asyncio.Semaphore(lim.parts_per_file)  # FIFO: lowest offsets first
 
                     async def part(s: int, e: int) -> None:
-                        async with width:
-                            async with gets:
-                                await tr.part(t, s, e, ranged=size > lim.part_size)
+                        async with width, gets:
+                            await tr.part(t, s, e, ranged=size > lim.part_size)
 
                     await asyncio.gather(*(part(s, min(size, s + lim.part_size))
                                            for s in range(0, max(size, 1), lim.part_size)))
                 if tr.read_back:
                     digest = await ctx.loop.run_in_executor(ctx.io, t.read_back, tr.read_back_direct)
+                    read_back += obj["size"]
                 else:
                     digest = await ctx.loop.run_in_executor(ctx.io, t.finish)
                     read_back += t.ordered.read_back
@@ -627,16 +636,20 @@ def manifest_objects(endpoint_url: str, manifest: dict) -> list[dict]:
 
 
 def subset(objects: list[dict], max_files: int | None, max_bytes: int | None) -> list[dict]:
-    """An evenly spread, deterministic sample over the size range (so a small development
-    run still has multipart objects and small tables)."""
-    objs = sorted(objects, key=lambda o: (o["size"], o["key"]))
-    if max_files and len(objs) > max_files:
-        step = len(objs) / max_files
-        objs = [objs[int(i * step)] for i in range(max_files)]
-    if max_bytes:
-        while objs and sum(o["size"] for o in objs) > max_bytes:
-            objs.pop(len(objs) // 2 if len(objs) > 2 else -1)
-    return sorted(objs, key=lambda o: o["key"])
+    """An evenly spread, deterministic sample over the size range, so that a small development
+    run still has multipart objects as well as small tables; to fit `max_bytes` the largest
+    sizes are left out first."""
+    ordered = sorted(objects, key=lambda o: (o["size"], o["key"]))
+    cap = ordered[-1]["size"] if ordered else 0
+    while True:
+        pool = [o for o in ordered if o["size"] <= cap]
+        picked = pool
+        if max_files and len(pool) > max_files:
+            step = len(pool) / max_files
+            picked = [pool[int(i * step)] for i in range(max_files - 1)] + [pool[-1]]
+        if not max_bytes or sum(o["size"] for o in picked) <= max_bytes or len(picked) <= 1:
+            return sorted(picked, key=lambda o: o["key"])
+        cap = int(cap * 0.9)
 
 
 def _proc_cpu(pid: int | None) -> float:
@@ -650,7 +663,8 @@ def _proc_cpu(pid: int | None) -> float:
         return 0.0
 
 
-def _run_child(spec: dict, workdir: Path, *, timeout: float, server_pid: int | None, measure: bool = True) -> dict:
+def _run_child(spec: dict, workdir: Path, *, timeout: float, server_pid: int | None, measure: bool = True,
+               idle_wait: float = 20.0) -> dict:
     """One child run into an emptied output directory; the measurements and the child's own
     report, merged."""
     out = Path(spec["out"])
@@ -662,7 +676,7 @@ def _run_child(spec: dict, workdir: Path, *, timeout: float, server_pid: int | N
     result_path.unlink(missing_ok=True)
     spec_path.write_text(json.dumps({**spec, "result": str(result_path)}))
     if measure:
-        wait_for_quiet(20.0, threshold=0.3)
+        wait_for_quiet(idle_wait, threshold=0.3)
     s0, b0 = _proc_cpu(server_pid), busy_seconds()
     with open(workdir / f"stderr-{tag}.txt", "wb") as err:
         m = run_measured([sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path)],
@@ -687,8 +701,10 @@ def _run_child(spec: dict, workdir: Path, *, timeout: float, server_pid: int | N
 class FaultProxy:
     """A TCP relay in front of the server that logs each request head and can falsify it:
     `shift` moves every Range 4 KiB later (the server then answers another range, honestly
-    labelled), `drop-version` strips ?versionId= (the server then serves the current version).
-    A client that checks what it gets refuses both before writing a byte of them."""
+    labelled), `drop-version` strips ?versionId= (the server then serves the current version,
+    which If-Match refuses), `drop-version-and-if-match` strips both (only a client that compares
+    the answer's x-amz-version-id notices). A client that checks what it gets refuses each one
+    rather than hand over bytes that only the final BLAKE2b would catch."""
 
     def __init__(self, upstream: str) -> None:
         u = urlsplit(upstream)
@@ -744,8 +760,10 @@ class FaultProxy:
                     if self.mode == "shift":
                         head = re.sub(r"(?im)^(range:\s*bytes=)(\d+)-",
                                       lambda m: f"{m.group(1)}{int(m.group(2)) + 4096}-", head)
-                    elif self.mode == "drop-version":
+                    elif self.mode.startswith("drop-version"):
                         head = re.sub(r"([?&])versionId=[^ &]*&?", r"\1", head, count=1).replace("? HTTP/", " HTTP/")
+                        if self.mode == "drop-version-and-if-match":
+                            head = re.sub(r"(?im)^if-match:[^\r\n]*\r\n", "", head)
                     uw.write(head.encode("latin-1"))
                     await uw.drain()
             except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
@@ -775,12 +793,13 @@ def probe_guarantees(endpoint_url: str, objects: list[dict], transports: list[st
         log("probe: no object of more than two parts in the work; guarantees not probed")
         return {}
     obj = min(big, key=lambda o: o["size"])
+    workdir.mkdir(parents=True, exist_ok=True)
     proxy = FaultProxy(endpoint_url)
     out: dict[str, dict] = {}
     try:
         for name in transports:
             res = {}
-            for mode in ("log", "shift", "drop-version"):
+            for mode in ("log", "shift", "drop-version", "drop-version-and-if-match"):
                 proxy.mode = mode
                 proxy.requests.clear()
                 spec = {"transport": name, "endpoint": proxy.url, "objects": [obj], "jobs": jobs,
@@ -801,7 +820,7 @@ def probe_guarantees(endpoint_url: str, objects: list[dict], transports: list[st
             out[name] = res
             log(f"probe {name}: {res['gets']} GETs, versionId on all: {res['version_every_get']}, If-Match on all "
                 f"{res['ranged_gets']} ranged: {res['if_match_every_ranged']}; shifted range: {res['shift']}; "
-                f"substituted version: {res['drop-version']}")
+                f"substituted version: {res['drop-version']}; and without If-Match: {res['drop-version-and-if-match']}")
     finally:
         proxy.close()
         shutil.rmtree(workdir / "probe-out", ignore_errors=True)
@@ -819,6 +838,7 @@ def guarantees_cell(name: str, probed: dict | None) -> str:
     (ok if probed["if_match_every_ranged"] else bad).append("If-Match")
     (ok if probed["shift"] == "refused" else bad).append("Content-Range")
     (ok if probed["drop-version"] == "refused" else bad).append("version refused")
+    (ok if probed["drop-version-and-if-match"] == "refused" else bad).append("version checked")
     cell = " ".join(f"{g} ✓" for g in ok)
     if bad:
         cell += "; " + " ".join(f"{g} ✗" for g in bad)
@@ -830,9 +850,10 @@ def guarantees_cell(name: str, probed: dict | None) -> str:
 def run(endpoint_url: str, manifest_dict: dict, *, repeats: int = 3, jobs: int = 16, part_size: int = 16 * MiB,
         workdir: str | os.PathLike, transports: tuple[str, ...] | list[str] = DEFAULT_TRANSPORTS,
         max_files: int | None = None, max_bytes: int | None = None, probe: bool = True,
-        server_pid: int | None = None, timeout: float = 1800.0) -> list[dict]:
+        server_pid: int | None = None, timeout: float = 1800.0, idle_wait: float = 20.0) -> list[dict]:
     """Rows (one per transport, medians over `repeats`) for `to_markdown`; the raw runs are
-    under each row's "runs"."""
+    under each row's "runs". Each measured run first waits up to `idle_wait` seconds for the
+    rest of the machine to go quiet."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     transports = list(transports)
@@ -850,7 +871,8 @@ def run(endpoint_url: str, manifest_dict: dict, *, repeats: int = 3, jobs: int =
 
     # Untimed: warms the page cache, the guest's memory and the server; checks the files on disk.
     for name in transports:
-        r = _run_child({**base, "transport": name}, workdir, timeout=timeout, server_pid=server_pid)
+        r = _run_child({**base, "transport": name}, workdir, timeout=timeout, server_pid=server_pid,
+                           idle_wait=idle_wait)
         _raise_if_failed(name, r)
         expected = {Path(base["out"]) / f"{i:05d}": o["file_hash"] for i, o in enumerate(objects)}
         wrong = check_files(expected)
@@ -862,7 +884,8 @@ def run(endpoint_url: str, manifest_dict: dict, *, repeats: int = 3, jobs: int =
     for rnd in range(repeats):
         order = transports[rnd % len(transports):] + transports[:rnd % len(transports)]
         for name in order:
-            r = _run_child({**base, "transport": name}, workdir, timeout=timeout, server_pid=server_pid)
+            r = _run_child({**base, "transport": name}, workdir, timeout=timeout, server_pid=server_pid,
+                           idle_wait=idle_wait)
             _raise_if_failed(name, r)
             runs[name].append(r)
             log(f"round {rnd + 1}/{repeats} {name}: {r['wall_s']:.2f}s wall, {total / r['wall_s'] / 1e6:.0f} MB/s, "
@@ -874,7 +897,7 @@ def run(endpoint_url: str, manifest_dict: dict, *, repeats: int = 3, jobs: int =
     for name in transports:
         rs = runs[name]
 
-        def med(k):
+        def med(k, rs=rs):
             return statistics.median(r[k] for r in rs)
 
         wall, cpu = med("wall_s"), med("cpu_s")
@@ -902,27 +925,35 @@ def to_markdown(rows: list[dict]) -> str:
         return ""
     r0 = rows[0]
     lines = [
-        f"{r0['files']} objects, {r0['bytes'] / 1e9:.3f} GB; {r0['jobs']} GETs in flight, "
-        f"{r0['part_size'] >> 20} MiB ranged parts; medians of {r0['repeats']} runs, each a fresh process.",
+        (f"{r0['files']} objects, {r0['bytes'] / 1e9:.3f} GB; {r0['jobs']} GETs in flight, "
+         f"{r0['part_size'] >> 20} MiB ranged parts; medians of {r0['repeats']} runs, each a fresh process."),
         "",
-        "| transport | writes | wall s | MB/s | CPU s (user+sys) | CPU s/GB | peak RSS MiB | server CPU s "
-        "| sync after s | guarantees kept |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        ("| transport | writes | wall s | MB/s | CPU s (user+sys) | CPU s/GB | peak RSS MiB | server CPU s "
+         "| other CPU s | sync after s | hash read-back MB | guarantees kept |"),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['transport']} | {r['writes']} | {r['wall_s']:.2f} | {r['mb_s']:.0f} | {r['cpu_s']:.2f} "
             f"({r['user_s']:.2f}+{r['sys_s']:.2f}) | {r['cpu_s_per_gb']:.2f} | {r['peak_rss_mib']:.0f} "
-            f"| {r['server_cpu_s']:.2f} | {r['sync_s']:.2f} | {r['guarantees']} |")
+            f"| {r['server_cpu_s']:.2f} | {r['other_cpu_s']:.2f} | {r['sync_s']:.2f} | {r['read_back_mb']:.0f} "
+            f"| {r['guarantees']} |")
     lines += [
         "",
-        "- CPU is the child's user+sys (wait4, all its threads); peak RSS its own VmHWM. Server CPU is the "
-        "SeaweedFS process over the same interval. \"sync after\" is sync(2) once the child has exited: "
-        "page-cache writers leave their writeback there.",
-        "- Guarantees, per transport as driven here (fault proxy): versionId = ?versionId= on every GET; "
-        "If-Match = on every ranged GET; Content-Range = a shifted range refused; version refused = a "
-        "server that ignores versionId refused before the hash. SigV4 = can sign (not probed).",
+        ("- CPU is the child's user+sys (wait4, all its threads); peak RSS its own VmHWM. Server CPU is the "
+         "SeaweedFS process over the same interval; other CPU is the rest of the machine then (noise, "
+         "kernel writeback). \"sync after\" is sync(2) once the child has exited: page-cache writers leave "
+         "their writeback there. Hash read-back: bytes of parts that landed ahead of their file's hash "
+         "frontier beyond the product's reorder budget, hashed by reading the file again (the product's "
+         "OrderedHasher; the CRT delivers in order and has none, its file variants read everything back)."),
+        ("- Guarantees, per transport as driven here (fault proxy): versionId = ?versionId= on every GET; "
+         "If-Match = on every ranged GET; Content-Range = a shifted range refused; version refused = a "
+         "server that ignores versionId refused (by If-Match) before the hash; version checked = the same "
+         "with If-Match stripped too, so only a check of the answer's x-amz-version-id refuses it. "
+         "SigV4 = can sign (not probed)."),
     ]
+    for f in dict.fromkeys(family(r["transport"]) for r in rows):
+        lines.append(f"- {f}: {GUARANTEE_NOTES[f]}")
     return "\n".join(lines) + "\n"
 
 
@@ -953,6 +984,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-files", type=int, help="an evenly spread sample of this many objects")
     ap.add_argument("--max-bytes", type=parse_size, help="at most this many bytes of objects")
     ap.add_argument("--no-probe", action="store_true", help="skip the fault-proxy guarantee probe")
+    ap.add_argument("--idle-wait", type=float, default=20.0,
+                    help="seconds each run may wait for the machine to go quiet (default 20)")
     ap.add_argument("--server-pid", type=int, help="the server's pid, for its CPU (default: the dev server's)")
     ap.add_argument("--workdir", type=Path, help="scratch dir (default: a temp dir, removed)")
     ap.add_argument("--json", type=Path, help="also write the rows (with every run) here")
@@ -973,7 +1006,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = run(url, manifest, repeats=args.repeats, jobs=args.jobs, part_size=args.part_size, workdir=workdir,
                    transports=[t.strip() for t in args.transports.split(",") if t.strip()],
                    max_files=args.max_files, max_bytes=args.max_bytes, probe=not args.no_probe,
-                   server_pid=server_pid)
+                   server_pid=server_pid, idle_wait=args.idle_wait)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

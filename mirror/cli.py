@@ -346,7 +346,10 @@ def _plan_text(plan) -> str:
 def plan_cmd(c: Ctx, version: str | None) -> None:
     """Dry run: what a sync would fetch, link, keep and remove (--json: the whole plan)."""
     plan = c.mirror.plan(version)
-    c.emit(plan.to_dict(), lambda: _plan_text(plan))
+    if c.json:
+        c.emit(plan.to_dict())
+    else:
+        click.echo(_plan_text(plan))
 
 
 def _run_with_progress(c: Ctx, fn):

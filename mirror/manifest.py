@@ -13,14 +13,14 @@ import json
 import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from .config import DatasetConfig
 from .errors import ManifestError
 from .semver import Version
 
-HASH_RE = re.compile(r"^[0-9a-f]{128}$")
+HASH_RE = re.compile(r"[0-9a-f]{128}")  # used with fullmatch: `$` would let a trailing newline in
 _REQUIRED_KEYS = ("project_name", "manifest_version", "metadata_file_id_column_name", "metadata_files", "data_files")
 _ENTRY_KEYS = {"url", "version_id", "file_hash"}
 # Host forms S3 uses for a bucket: virtual-hosted (dot or dash region) and path style.
@@ -29,8 +29,9 @@ _PATHSTYLE = re.compile(r"^s3(?:[.-](?P<region>[a-z0-9-]+))?\.amazonaws\.com$")
 _MAX_KEY = 1024
 
 
-@dataclass(frozen=True, slots=True)
-class FileEntry:
+class FileEntry(NamedTuple):
+    """One file of a manifest (a NamedTuple: a release has thousands, a stress test a million)."""
+
     kind: str  # "metadata" or "data"
     name: str  # table name for metadata, str(file_id) for data
     url: str
@@ -55,6 +56,9 @@ class Manifest:
     metadata_files: Mapping[str, FileEntry]
     data_files: Mapping[str, FileEntry]
     raw: bytes = field(repr=False, compare=False)
+
+    def __repr__(self) -> str:  # short: see Plan.__repr__
+        return f"Manifest({self.name}: {len(self.metadata_files)} metadata files, {len(self.data_files)} data files)"
 
     @property
     def version(self) -> Version:
@@ -110,7 +114,39 @@ def check_key(key: str, *, prefix: str) -> str | None:
     return None
 
 
-def _entry(source: str, kind: str, name: str, raw: object, ds: DatasetConfig) -> FileEntry:
+# The fast path: an entry in the form every real manifest uses (a virtual-hosted https URL
+# without %-escapes, query or fragment) is validated by three regexes, which accept exactly
+# what the checks of `_entry_checked` accept for that form (a test compares the two on random
+# entries). Anything else takes the checked path, which also words the error.
+_FAST_URL = re.compile(
+    r"https://([a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])\.s3[.-][a-z0-9-]+\.amazonaws\.com/([^%?#\x00-\x20\x7f\\]{1,1024})")
+_FAST_VERSION = re.compile(r"[^\x00/\\&?# ]{1,1024}")
+_KEY_SEGMENTS = r"(?:(?!\.\.?(?:/|\Z))[^/]+/)*(?!\.\.?\Z)[^/]+"
+
+
+_NEVER = re.compile(r"(?!)")
+
+
+def _key_pattern(prefix: str) -> re.Pattern:
+    """A key under `prefix` whose every segment is non-empty and not '.' or '..': what
+    check_key accepts, for keys free of NUL and backslash. A prefix of another shape (not
+    ending in '/', or unsafe itself) sends every entry the checked way."""
+    if not prefix.endswith("/") or check_key(prefix + "x", prefix=prefix) is not None:
+        return _NEVER
+    return re.compile(re.escape(prefix) + _KEY_SEGMENTS)
+
+
+def _entry(source: str, kind: str, name: str, raw: object, ds: DatasetConfig, key_ok: re.Pattern) -> FileEntry:
+    if type(raw) is dict and len(raw) == 3:
+        url, version_id, file_hash = raw.get("url"), raw.get("version_id"), raw.get("file_hash")
+        if (type(url) is str and type(version_id) is str and type(file_hash) is str
+                and HASH_RE.fullmatch(file_hash) and _FAST_VERSION.fullmatch(version_id)
+                and (m := _FAST_URL.fullmatch(url)) and m.group(1) == ds.bucket and key_ok.fullmatch(m.group(2))):
+            return FileEntry(kind, name, url, ds.bucket, m.group(2), version_id, file_hash)
+    return _entry_checked(source, kind, name, raw, ds)
+
+
+def _entry_checked(source: str, kind: str, name: str, raw: object, ds: DatasetConfig) -> FileEntry:
     where = f"{kind}_files[{name!r}]"
     if not isinstance(raw, dict):
         raise ManifestError(source, f"{where} is not an object")
@@ -122,7 +158,7 @@ def _entry(source: str, kind: str, name: str, raw: object, ds: DatasetConfig) ->
     url, version_id, file_hash = raw["url"], raw["version_id"], raw["file_hash"]
     if not all(isinstance(v, str) for v in (url, version_id, file_hash)):
         raise ManifestError(source, f"{where}: url, version_id and file_hash must be strings")
-    if not HASH_RE.match(file_hash):
+    if not HASH_RE.fullmatch(file_hash):
         raise ManifestError(source, f"{where}: file_hash is not 128 lowercase hex characters (BLAKE2b-512)")
     if not version_id or len(version_id) > 1024 or any(c in version_id for c in "\x00/\\&?# "):
         raise ManifestError(source, f"{where}: version_id {version_id!r} is not a valid S3 version id")
@@ -167,7 +203,9 @@ def parse_manifest(data: bytes, *, source: str, dataset: DatasetConfig) -> Manif
         section = doc[f"{kind}_files"]
         if not isinstance(section, dict):
             raise ManifestError(source, f"{kind}_files must be an object")
-        sections[kind] = {str(name): _entry(source, kind, str(name), raw, dataset) for name, raw in section.items()}
+        key_ok = _key_pattern(dataset.prefix)
+        sections[kind] = {str(name): _entry(source, kind, str(name), raw, dataset, key_ok)
+                          for name, raw in section.items()}
     for name in sections["data"]:
         if not name.isdigit():
             raise ManifestError(source, f"data_files key {name!r} is not a file id (digits)")

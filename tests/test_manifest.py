@@ -171,3 +171,53 @@ def test_semver_orders_numerically_not_as_text():
     assert [str(v) for v in sorted(map(Version, names))] == ["0.2.0", "0.9.0", "0.10.0", "1.0.0-rc.1", "1.0.0"]
     assert not Version.is_valid("1.0")
     assert not Version.is_valid("01.0.0")
+
+
+def test_the_fast_entry_path_accepts_exactly_what_the_checked_path_accepts():
+    """Random entries near the edges (odd hosts, escapes, dot segments, control characters,
+    long keys, bad hashes and versions): wherever the fast path returns an entry, the
+    checked path returns the same one; wherever the checked path refuses, so does the whole."""
+    import random
+
+    from mirror.errors import ManifestError
+    from mirror.manifest import _entry, _entry_checked, _key_pattern
+
+    ds = load_dataset("visual-behavior-ophys")
+    key_ok = _key_pattern(ds.prefix)
+    rng = random.Random(11)
+    hosts = ["visual-behavior-ophys-data.s3.us-west-2.amazonaws.com", "visual-behavior-ophys-data.s3-us-west-2.amazonaws.com",
+             "visual-behavior-ophys-data.s3.amazonaws.com", "other-bucket.s3.us-west-2.amazonaws.com",
+             "VISUAL-behavior-ophys-data.s3.us-west-2.amazonaws.com", "s3.us-west-2.amazonaws.com",
+             "visual-behavior-ophys-data.s3.us-west-2.amazonaws.com:443", "evil.com"]
+    pieces = ["visual-behavior-ophys", "behavior_sessions", "a.nwb", "", ".", "..", "...", "%2e%2e", "%20x", "a b",
+              "x\ny", "x\tz", "\x00", "\\", "?q=1", "#f", "é", "+", "~", "a" * 300, "/"]
+    schemes = ["https://", "http://", "s3://", "HTTPS://", " https://"]
+    accepted = refused = 0
+    for _ in range(6000):
+        key = "/".join(rng.choice(pieces) if rng.random() < 0.3 else rng.choice(["b", "c.nwb", "d_1"])
+                       for _ in range(rng.randint(1, 5)))
+        if rng.random() < 0.6:
+            key = "visual-behavior-ophys/" + key
+        scheme = schemes[0] if rng.random() < 0.7 else rng.choice(schemes)
+        host = hosts[0] if rng.random() < 0.6 else rng.choice(hosts)
+        url = scheme + host + "/" + key if rng.random() < 0.95 else key
+        h = rng.choice(["ab" * 64] * 8 + ["AB" * 64, "ab" * 63, "ab" * 64 + "\n", "g" * 128])
+        v = rng.choice(["abc123"] * 8 + ["", "a/b", "a b", "x" * 1025, "v\n", "null"])
+        raw = {"url": url, "version_id": v, "file_hash": h}
+        try:
+            want = _entry_checked("s", "data", "1", raw, ds)
+        except ManifestError:
+            want = None
+        try:
+            got = _entry("s", "data", "1", raw, ds, key_ok)
+        except ManifestError:
+            got = None
+        assert got == want, (raw, got, want)
+        accepted += want is not None
+        refused += want is None
+    assert accepted > 200 and refused > 2000  # both sides of the line were exercised
+
+
+def test_a_hash_with_a_trailing_newline_is_refused():
+    with pytest.raises(ManifestError, match="file_hash"):
+        parse(_with_data_entry(file_hash="ab" * 64 + "\n"))

@@ -219,10 +219,11 @@ class Engine:
             transfer = Transfer(job, remote=self.remote, store=self.store, limits=self.limits, policy=self.policy,
                                 pacer=self.pacer, gets=gets, executor=executor, verify=self.verify,
                                 report=Reporter(self._on_bytes, self._on_retry), budget=self.budget)
-            digests = await transfer.run()
+            digests = await transfer.run(link=lambda: self._link(item.file_hash, list(item.views)))
             st.bytes_resumed += transfer.resumed_bytes
-            await asyncio.get_running_loop().run_in_executor(executor, self._link, item.file_hash, list(item.views))
             self._record(item, job, digests)
+            if transfer.link_error is not None:
+                raise transfer.link_error
             st.files_done += 1
             st.files_linked += len(item.views) - 1
             st.bytes_linked += size * (len(item.views) - 1)

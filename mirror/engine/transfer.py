@@ -71,6 +71,7 @@ class Transfer:
         self.resumed_bytes = 0
         self.read_back = 0
         self.etag_unverifiable = False
+        self.link_error: MirrorError | None = None
         self._pending: set[concurrent.futures.Future] = set()
 
     async def _thread(self, fn, *args):
@@ -85,7 +86,10 @@ class Transfer:
     def _settle(self) -> None:
         concurrent.futures.wait(list(self._pending))
 
-    async def run(self) -> Digests:
+    async def run(self, *, link: Callable[[], None] | None = None) -> Digests:
+        """Fetch, verify, publish; then `link` (the views) in the same worker-thread call, so a
+        small file costs few hand-offs. A view that cannot be made leaves the object published
+        and its error in `link_error`, for the caller to record the object and then fail the file."""
         job = self.job
         etag_part_size = await self._etag_part_size() if self.verify.etag else None
         last: MirrorError | None = None
@@ -104,12 +108,8 @@ class Transfer:
                         for start, end in missing_ranges(partial.state.done, job.size)
                         for s in range(start, end, self.limits.part_size)]
                 await _in_order(self.limits.parts_per_file, [lambda s=s, e=e: self._part(writer, s, e) for s, e in todo])
-                hashed = await self._thread(_disk_errors(writer.ordered.finish, f"reading back {partial.path.name}"))
-                self.read_back += writer.ordered.read_back
-                digests = writer.ordered.hasher.digests()
-                problem = self._check(digests, hashed)
+                digests, problem = await self._thread(self._complete, writer, partial, link)
                 if problem is None:
-                    await self._thread(self.store.publish, job.file_hash, partial)
                     return digests
                 keep = False
                 last = IntegrityError(f"s3://{job.ref.bucket}/{job.ref.key} (version {job.ref.version_id}): {problem}")
@@ -128,6 +128,25 @@ class Transfer:
                     partial.discard()
         assert last is not None
         raise last
+
+    def _complete(self, writer: FileWriter, partial: Partial, link: Callable[[], None] | None):
+        """In a worker thread, once every byte has landed: hash what is left, check, publish,
+        link. Returns (digests, problem); a problem means nothing was published."""
+        try:
+            hashed = writer.ordered.finish()
+        except OSError as exc:
+            raise store_error(exc, f"reading back {partial.path.name}") from exc
+        self.read_back += writer.ordered.read_back
+        digests = writer.ordered.hasher.digests()
+        problem = self._check(digests, hashed)
+        if problem is None:
+            self.store.publish(self.job.file_hash, partial)
+            if link is not None:
+                try:
+                    link()
+                except MirrorError as exc:
+                    self.link_error = exc
+        return digests, problem
 
     async def _open_partial(self) -> Partial:
         """Open the partial in the I/O pool; if we are cancelled meanwhile, the thread still
@@ -198,17 +217,8 @@ class Transfer:
                 self.report.on_retry(ref.key, exc, failures, delay)
                 await asyncio.sleep(delay)
         await writer.wait(sink.futures)
-        await self._thread(writer.partial.checkpoint, [(start, end)])
-
-
-def _disk_errors(fn, what: str):
-    def wrapped():
-        try:
-            return fn()
-        except OSError as exc:
-            raise store_error(exc, what) from exc
-
-    return wrapped
+        if not whole:  # a whole object is published right away: resume state would be thrown away
+            await self._thread(writer.partial.checkpoint, [(start, end)])
 
 
 async def _in_order(width: int, parts: list) -> None:
@@ -224,11 +234,11 @@ async def _in_order(width: int, parts: list) -> None:
             while queue and len(running) < width:
                 running.add(asyncio.ensure_future(queue.pop()()))
             done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            failed = next((t for t in done if not t.cancelled() and t.exception() is not None), None)
-            if failed is not None:
+            errors = [t.exception() for t in done if not t.cancelled() and t.exception() is not None]
+            if errors:
                 if await _stop(list(running)):
                     raise asyncio.CancelledError()
-                raise failed.exception()
+                raise errors[0]
     except asyncio.CancelledError:
         await _stop(list(running))
         raise
@@ -245,4 +255,7 @@ async def _stop(tasks: list[asyncio.Future]) -> bool:
             await asyncio.wait(tasks)
         except asyncio.CancelledError:
             cancelled = True
+    for t in tasks:  # their errors are the first one's consequence: retrieved, not reported
+        if not t.cancelled():
+            t.exception()
     return cancelled

@@ -1,19 +1,18 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class ObjectRef:
-    """One object version: every GET names its version, so a later upload cannot sneak in."""
+class ObjectRef(NamedTuple):
+    """One object version: every GET names its version, so a later upload cannot sneak in.
+    (A NamedTuple, like the planner's types: a release has one per file, made in C.)"""
 
     bucket: str
     key: str
     version_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ObjectInfo:
+class ObjectInfo(NamedTuple):
     key: str
     version_id: str | None
     size: int

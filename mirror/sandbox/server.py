@@ -124,9 +124,11 @@ async def create_public_bucket(s3, bucket: str) -> None:
     await s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
 
 
-async def load_replica(endpoint_url: str, replica: Replica, *, versions=VERSIONS) -> Replica:
+async def load_replica(endpoint_url: str, replica: Replica, *, versions=VERSIONS, pause: float = 0.0) -> Replica:
     """Create the bucket (versioned, anonymous read by policy) and upload every version in
-    release order, so the version ids in the manifests are the server's own."""
+    release order, so the version ids in the manifests are the server's own. `pause` seconds
+    between versions give each its own LastModified second: tools that can only pick versions
+    by time (rclone's --s3-version-at) can then tell them apart."""
     async with admin_client(endpoint_url) as s3:
         await create_public_bucket(s3, BUCKET)
         await s3.put_object(Bucket=BUCKET, Key=f"{PROJECT}/release_notes.txt",
@@ -149,6 +151,8 @@ async def load_replica(endpoint_url: str, replica: Replica, *, versions=VERSIONS
             name = Replica.manifest_name(version)
             await s3.put_object(Bucket=BUCKET, Key=f"{PROJECT}/manifests/{name}", Body=doc)
             replica.manifests[name] = doc
+            if pause:
+                await asyncio.sleep(pause)
     return replica
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import IntegrityError
-from .fsutil import atomic_write, fsync_dir, pwrite_all, store_error
+from .fsutil import atomic_write, pwrite_all, store_error
 from .layout import CacheLayout
 
 SIDECAR_VERSION = 1
@@ -103,6 +103,7 @@ class Partial:
         self.dfd = dfd
         self.direct = dfd >= 0
         self.resumed_bytes = resumed_bytes
+        self.checkpointed = False
         self._lock = threading.Lock()
 
     def write(self, offset: int, view: memoryview) -> None:
@@ -138,6 +139,7 @@ class Partial:
                 self.state.done = merge_ranges([*self.state.done, *([s, e] for s, e in ranges)])
                 atomic_write(self.sidecar, json.dumps({"v": SIDECAR_VERSION, **self.state.__dict__}).encode(),
                              durable=False)
+                self.checkpointed = True
             except OSError as exc:
                 raise store_error(exc, f"saving resume state of {self.path.name}") from exc
 
@@ -216,18 +218,24 @@ class ObjectStore:
         return Partial(path, state, fd, sum(e - s for s, e in state.done), dfd)
 
     def publish(self, file_hash: str, partial: Partial) -> Path:
-        """fsync, rename into place, make read-only, fsync the directory; drop the sidecar."""
+        """Make the bytes durable, then give them their final name, read-only; drop the sidecar.
+
+        The data is synced before the rename, so a name never points at bytes a crash could
+        lose. The directory is not synced: a rename lost to a crash leaves a `.partial` that
+        the next run resumes and verifies, and views already linked share the synced inode,
+        so durability of the name buys nothing worth a second fsync per file (py-spy, 3,000
+        small files: the I/O threads spent about as long in it as in the data's own sync)."""
         final = self.path(file_hash)
         try:
-            os.fsync(partial.fd)
+            os.fdatasync(partial.fd)
             partial.close()
             os.replace(partial.path, final)
             # Read-only only once it has its final name: a .partial always stays writable, so
             # a crash here can never leave one that the next run cannot reopen.
             os.chmod(final, 0o444)
-            fsync_dir(final.parent)
-            with contextlib.suppress(FileNotFoundError):
-                partial.sidecar.unlink()
+            if partial.state.done or partial.checkpointed:
+                with contextlib.suppress(FileNotFoundError):
+                    partial.sidecar.unlink()
         except OSError as exc:
             raise store_error(exc, f"publishing {final}") from exc
         return final

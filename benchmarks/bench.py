@@ -1,0 +1,717 @@
+#!/usr/bin/env python
+"""`make bench`: vbo-mirror beside s5cmd, rclone, aws-cli (and AllenSDK) on one local S3
+server, in one run, interleaved, several times each; every tool's output checked against the
+manifest's BLAKE2b by the benchmark. Writes benchmarks/RESULTS.md and benchmarks/results.png.
+
+    .venv/bin/python benchmarks/bench.py [--repeats 3] [--quick] [--allensdk] [--no-wan]
+                                         [--scenarios cold,noop,bump,small,plan,rss,transports,wan]
+
+Scenarios (each a section of RESULTS.md):
+  cold        a version of the replica (>= 2 GB, the release's mix of sizes) into an empty
+              directory: every tool, default and best flags;
+  noop        a no-op resync of a 6,000-file version (vbo-mirror; --help start-up beside it);
+  bump        1.0.1 -> 1.1.0 in one cache (every NWB replaced, one table shared: dedup);
+  small       10,000 files of ~1 MB: files per second, every tool;
+  plan        planning a synthetic 1,000,000-entry manifest: time and peak RSS;
+  rss         peak RSS with 64 connections on 3 GB objects;
+  transports  GET paths compared (benchmarks/bench_transports.py);
+  wan         the cold comparison through an emulated WAN link (benchmarks/wan.py).
+The machine's limits are measured in the same run: loopback GET rate (curl), single-core
+hash rates, disk write rates.
+
+The server is SeaweedFS (`weed mini`, pinned in pyproject's bench extra) on 127.0.0.1, on the
+same 2 cores as the clients: figures are ratios between tools in one run, not absolutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import datasets  # noqa: E402
+import limits_probe  # noqa: E402
+import tools  # noqa: E402
+from common import (Weed, busy_seconds, check_files, find_weed, gb, log, machine_info,  # noqa: E402
+                    parse_fraction, run_measured, wait_for_quiet)
+
+from mirror.sandbox.replica import VERSIONS, Replica, ReplicaSpec, build_replica  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+PNG = ROOT / "benchmarks" / "results.png"
+RUNS_MARKER = "<!-- runs: newest first; the script inserts new runs below this line -->"
+INTRO = """\
+# Benchmarks
+
+Written by `make bench` (`benchmarks/bench.py`); do not edit by hand. Each run starts a local
+SeaweedFS server on 127.0.0.1, loads a scaled-up replica of the Visual Behavior Ophys bucket
+(and synthetic datasets for the small-file, no-op, memory and planning scenarios), and runs
+vbo-mirror beside s5cmd, rclone and aws-cli (AllenSDK with `--allensdk`), interleaved, each
+several times; tables show medians. Client and server share the machine's cores, so compare
+tools by their ratios within one run. Every tool's files are checked against the manifest's
+BLAKE2b by the benchmark itself. Newest run first.
+"""
+SCENARIOS = ("cold", "noop", "bump", "small", "plan", "rss", "transports", "wan")
+
+
+# --- one measured tool run ------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    tool: str
+    variant: str
+    scenario: str
+    files: int
+    bytes: int
+    wall_s: float
+    user_s: float
+    sys_s: float
+    rss_mib: float
+    server_cpu_s: float
+    other_cpu_s: float
+    correct: int  # files whose BLAKE2b matched
+    skip: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def cpu_s(self) -> float:
+        return self.user_s + self.sys_s
+
+    @property
+    def mb_s(self) -> float:
+        return self.bytes / self.wall_s / 1e6 if self.wall_s else 0.0
+
+    @property
+    def cpu_per_gb(self) -> float:
+        return self.cpu_s / (self.bytes / 1e9) if self.bytes else 0.0
+
+
+class Server:
+    """The SeaweedFS under test, for its CPU seconds."""
+
+    def __init__(self, weed: Weed) -> None:
+        self.weed = weed
+
+    def cpu(self) -> float:
+        try:
+            return self.weed.cpu_seconds()
+        except Exception:  # noqa: BLE001 - a server that died shows as missing figures, not a crash here
+            return 0.0
+
+
+def measured(argv, *, env, cwd, server: Server | None, log_path: Path, timeout: float = 3600):
+    s0, b0 = (server.cpu() if server else 0.0), busy_seconds()
+    with open(log_path, "wb") as out:
+        m = run_measured(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
+    s = (server.cpu() if server else 0.0) - s0
+    other = max(0.0, busy_seconds() - b0 - s - m.cpu_s)
+    return m, s, other
+
+
+def run_tool(tool: str, variant: str, *, scenario: str, endpoint: str, manifest: dict, version: str,
+             work: Path, server: Server | None, dataset_toml: Path | None = None, tuning: dict | None = None,
+             prefix_argv: list[str] | None = None, idle_wait: float = 60.0) -> Run:
+    dest = work / f"dest-{tool}-{variant}"
+    shutil.rmtree(dest, ignore_errors=True)
+    cfg = work / f"cfg-{tool}-{variant}"
+    shutil.rmtree(cfg, ignore_errors=True)
+    tuning = dict(tuning or {})
+    if dataset_toml is not None:
+        tuning["dataset"] = str(dataset_toml)
+    plan = tools.plan_runs(tool, endpoint=endpoint, manifest=manifest, version=version, dest=dest,
+                           variant=variant, workdir=cfg, tuning=tuning or None)
+    total = sum(_sizes(manifest).values())
+    if plan.skip:
+        return Run(tool, variant, scenario, len(plan.expected), total, 0, 0, 0, 0, 0, 0, 0, skip=plan.skip,
+                   notes=plan.notes)
+    os.sync()
+    wait_for_quiet(idle_wait)
+    argv = [*(prefix_argv or []), *plan.argv]
+    m, server_cpu, other = measured(argv, env=plan.env, cwd=plan.cwd, server=server,
+                                    log_path=work / f"log-{scenario}-{tool}-{variant}.txt")
+    bad = check_files(plan.expected) if m.returncode == 0 else list(plan.expected)
+    run = Run(tool, variant, scenario, len(plan.expected), total, m.wall_s, m.user_s, m.sys_s, m.max_rss_mib,
+              server_cpu, other, len(plan.expected) - len(bad), notes=plan.notes)
+    if m.returncode != 0:
+        run.notes = [*run.notes, f"exit code {m.returncode}"]
+    log(f"{scenario} {tool} ({variant}): {m.wall_s:.2f}s, {run.mb_s:.0f} MB/s, CPU {run.cpu_s:.2f}s, "
+        f"RSS {m.max_rss_mib:.0f} MiB, server {server_cpu:.2f}s, {run.correct}/{run.files} correct")
+    shutil.rmtree(dest, ignore_errors=True)
+    return run
+
+
+def _sizes(manifest: dict) -> dict[str, int]:
+    return manifest.get("_sizes", {})
+
+
+def interleaved(jobs: list[tuple[str, str]], repeats: int, fn) -> list[Run]:
+    """Round-robin over (tool, variant), the order rotated each round, so drift in the
+    machine's state spreads over every tool instead of favouring one."""
+    runs = []
+    for r in range(repeats):
+        k = r % len(jobs)
+        for tool, variant in jobs[k:] + jobs[:k]:
+            runs.append(fn(tool, variant))
+    return runs
+
+
+def medians(runs: list[Run]) -> list[Run]:
+    """One row per (tool, variant): the run with the median wall time (so its CPU, RSS and
+    correctness are one real run's, not a mix)."""
+    out = []
+    seen: dict[tuple[str, str], list[Run]] = {}
+    for r in runs:
+        seen.setdefault((r.tool, r.variant), []).append(r)
+    for key, rs in seen.items():
+        ok = [r for r in rs if not r.skip]
+        if not ok:
+            out.append(rs[0])
+            continue
+        ok.sort(key=lambda r: r.wall_s)
+        med = ok[len(ok) // 2]
+        med.notes = list(dict.fromkeys([*med.notes, f"walls {', '.join(f'{r.wall_s:.2f}' for r in ok)}"]))
+        med.correct = min(r.correct for r in ok)
+        out.append(med)
+    return out
+
+
+# --- manifests with sizes -------------------------------------------------------------------------
+
+def with_sizes(manifest: dict, sizes_by_hash: dict[str, int]) -> dict:
+    doc = dict(manifest)
+    doc["_sizes"] = {e["file_hash"]: sizes_by_hash[e["file_hash"]]
+                     for sec in ("metadata_files", "data_files") for e in manifest[sec].values()}
+    return doc
+
+
+# --- markdown -------------------------------------------------------------------------------------
+
+def tool_table(rows: list[Run], *, ncores: int, baseline: str = "s5cmd") -> list[str]:
+    base = next((r for r in rows if r.tool == baseline and r.variant == "default" and not r.skip), None)
+    lines = ["| client | flags | wall s | MB/s | client CPU s (user+sys) | CPU s/GB | peak RSS MiB | server CPU s "
+             "| files correct | wall / s5cmd |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if r.skip:
+            lines.append(f"| {r.tool} | {r.variant} | skipped: {r.skip} | | | | | | | |")
+            continue
+        ratio = f"{r.wall_s / base.wall_s:.2f}" if base else "n/a"
+        lines.append(f"| {r.tool} | {r.variant} | {r.wall_s:.2f} | {r.mb_s:.0f} | {r.cpu_s:.2f} "
+                     f"({r.user_s:.2f}+{r.sys_s:.2f}) | {r.cpu_per_gb:.2f} | {r.rss_mib:.0f} | {r.server_cpu_s:.2f} "
+                     f"| {r.correct}/{r.files} | {ratio} |")
+    return lines
+
+
+def plot(rows: list[Run], path: Path, title: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = [r for r in rows if not r.skip]
+    labels = [f"{r.tool}\n{r.variant}" for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    colors = ["#2b7bba" if r.tool == "vbo-mirror" else "#999999" for r in rows]
+    a.bar(labels, [r.mb_s for r in rows], color=colors)
+    a.set_ylabel("MB/s (higher is better)")
+    b.bar(labels, [r.cpu_per_gb for r in rows], color=colors)
+    b.set_ylabel("client CPU s per GB (lower is better)")
+    for ax in (a, b):
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def write_results(path: Path, run_md: str) -> None:
+    earlier = ""
+    if path.exists():
+        text = path.read_text()
+        if RUNS_MARKER in text:
+            earlier = text.split(RUNS_MARKER, 1)[1].lstrip("\n")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(INTRO + "\n" + RUNS_MARKER + "\n\n" + run_md + ("\n" + earlier if earlier else ""))
+    os.replace(tmp, path)
+
+
+# --- loading the server (in a child: Linux carries a parent's peak RSS into its children) -------------
+
+def _load_child(url: str, spec: ReplicaSpec, synth: list[tuple[str, dict]], out: str) -> None:
+    replica = build_replica(spec)
+    t0 = time.perf_counter()
+    from mirror.sandbox.server import load_replica
+
+    # 1.1 s between versions: rclone picks versions by LastModified second (see tools.py).
+    asyncio.run(load_replica(url, replica, versions=VERSIONS, pause=1.1))
+    loaded = {"replica_s": time.perf_counter() - t0,
+              "manifests": {k: v.decode() for k, v in replica.manifests.items()}, "synthetic": {}}
+    for kind, kw in synth:
+        t0 = time.perf_counter()
+        ds = getattr(datasets, kind)(**kw)
+        asyncio.run(datasets.load(url, ds))
+        loaded["synthetic"][ds.name] = {"seconds": time.perf_counter() - t0, "manifest": ds.manifest,
+                                        "sizes": {ds.manifest["data_files"][i]["file_hash"]: size for i, size in
+                                                  zip(sorted(ds.manifest["data_files"], key=int),
+                                                      [ds.files[k] for k in sorted(ds.files)])},
+                                        "bucket": ds.bucket, "version": ds.version, "kind": kind, "kw": kw}
+    Path(out).write_text(json.dumps(loaded))
+
+
+def load_everything(url: str, spec: ReplicaSpec, synth: list[tuple[str, dict]], tmp: Path) -> dict:
+    import multiprocessing
+
+    out = tmp / "loaded.json"
+    proc = multiprocessing.get_context("spawn").Process(target=_load_child, args=(url, spec, synth, str(out)),
+                                                        name="bench-load")
+    proc.start()
+    try:
+        proc.join()
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    if proc.exitcode != 0:
+        raise RuntimeError(f"loading the server failed (exit code {proc.exitcode})")
+    return json.loads(out.read_text())
+
+
+def replica_sizes(spec: ReplicaSpec, replica: Replica) -> dict[str, int]:
+    sizes = {}
+    for version in VERSIONS:
+        doc = json.loads(replica.manifests[Replica.manifest_name(version)])
+        for name, e in doc["metadata_files"].items():
+            sizes[e["file_hash"]] = len(replica.tables[version][name])
+        for fid, e in doc["data_files"].items():
+            sizes[e["file_hash"]] = replica.data[version][int(fid)].size
+    return sizes
+
+
+# --- scenarios ------------------------------------------------------------------------------------
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+    url: str
+    server: Server
+    work: Path
+    ncores: int
+    manifests: dict[str, dict]  # replica version -> manifest with _sizes
+    synthetic: dict[str, dict]
+    configs: dict[str, Path]  # synthetic dataset name -> .toml
+    sections: list[str] = field(default_factory=list)
+    targets: list[tuple[str, str, str, bool | None]] = field(default_factory=list)  # what, target, measured, met
+    facts: dict = field(default_factory=dict)
+
+    def tool_jobs(self, *, allensdk: bool) -> list[tuple[str, str]]:
+        jobs = []
+        for tool in ("vbo-mirror", "s5cmd", "rclone", "aws") + (("allensdk",) if allensdk else ()):
+            for variant in tools.variants(tool):
+                jobs.append((tool, variant))
+        return jobs
+
+
+def scenario_cold(ctx: Context) -> None:
+    version = VERSIONS[-1]  # the newest: the one every tool can fetch exactly (aws-cli copies current objects)
+    manifest = ctx.manifests[version]
+    runs = interleaved(ctx.tool_jobs(allensdk=ctx.args.allensdk), ctx.args.repeats,
+                       lambda t, v: run_tool(t, v, scenario="cold", endpoint=ctx.url, manifest=manifest,
+                                             version=version, work=ctx.work, server=ctx.server,
+                                             idle_wait=ctx.args.idle_wait))
+    rows = medians(runs)
+    ctx.facts["cold"] = rows
+    total = sum(_sizes(manifest).values())
+    ctx.sections += [f"### Cold sync of {version} ({len(_sizes(manifest))} files, {gb(total)}) into an empty directory",
+                     "", *tool_table(rows, ncores=ctx.ncores), "",
+                     *[f"- {r.tool} ({r.variant}): {'; '.join(r.notes)}" for r in rows if r.notes], ""]
+    if plot(rows, PNG, f"cold sync of {gb(total)}: MB/s and client CPU s/GB (medians of {ctx.args.repeats})"):
+        ctx.sections += [f"![MB/s and CPU s/GB per client]({PNG.name})", ""]
+    vbo = next((r for r in rows if r.tool == "vbo-mirror" and r.variant == "default" and not r.skip), None)
+    best = min((r for r in rows if r.tool == "vbo-mirror" and not r.skip), key=lambda r: r.wall_s, default=None)
+    s5 = next((r for r in rows if r.tool == "s5cmd" and r.variant == "default" and not r.skip), None)
+    if vbo and s5:
+        b2 = ctx.facts.get("hash_rates", {}).get("blake2b (hashlib)")
+        if b2:
+            limit = s5.cpu_per_gb + 1000 / b2
+            ctx.targets.append(("client CPU per GB with BLAKE2b of every byte (default flags)",
+                                f"<= s5cmd {s5.cpu_per_gb:.2f} + BLAKE2b {1000 / b2:.2f} = {limit:.2f}",
+                                f"{vbo.cpu_per_gb:.2f}", vbo.cpu_per_gb <= limit))
+        ctx.targets.append(("cold sync wall (default flags)", f"<= 1.25 x s5cmd = {1.25 * s5.wall_s:.2f} s",
+                            f"{vbo.wall_s:.2f} s ({vbo.wall_s / s5.wall_s:.2f} x)", vbo.wall_s <= 1.25 * s5.wall_s))
+    for other in ("rclone", "aws"):
+        o = [r for r in rows if r.tool == other and not r.skip]
+        if best and o:
+            fastest = min(o, key=lambda r: r.wall_s)
+            ctx.targets.append((f"ahead of {other} (best of each)", f"< {fastest.wall_s:.2f} s",
+                                f"{best.wall_s:.2f} s", best.wall_s < fastest.wall_s))
+
+
+def _vbo(ctx: Context, *args: str, dataset: str | None = None) -> list[str]:
+    argv = [sys.executable, "-m", "mirror.cli", "--endpoint-url", ctx.url]
+    if dataset:
+        argv += ["--dataset", str(ctx.configs[dataset])]
+    return argv + list(args)
+
+
+def _measure_vbo(ctx: Context, name: str, argv: list[str]) -> tuple:
+    os.sync()
+    wait_for_quiet(ctx.args.idle_wait)
+    return measured(argv, env=tools._base_env(), cwd=ROOT, server=ctx.server, log_path=ctx.work / f"log-{name}.txt")
+
+
+def scenario_noop(ctx: Context) -> None:
+    name = "vbo-noop"
+    syn = ctx.synthetic[name]
+    cache = ctx.work / "noop-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    first, _, _ = _measure_vbo(ctx, "noop-first", _vbo(ctx, "--cache-dir", str(cache), "sync", "--version",
+                                                       syn["version"], dataset=name))
+    if first.returncode != 0:
+        raise RuntimeError(f"noop: the first sync failed; see {ctx.work / 'log-noop-first.txt'}")
+    walls, rss = [], []
+    for i in range(max(3, ctx.args.repeats)):
+        m, _, _ = _measure_vbo(ctx, f"noop-{i}", _vbo(ctx, "--cache-dir", str(cache), "sync", "--version",
+                                                      syn["version"], dataset=name))
+        walls.append(m.wall_s)
+        rss.append(m.max_rss_mib)
+    helps = []
+    for i in range(10):
+        m = run_measured([sys.executable, "-m", "mirror.cli", "--help"], cwd=ROOT)
+        helps.append(m.wall_s)
+    files = len(syn["manifest"]["data_files"])
+    noop, help_s = statistics.median(walls), statistics.median(helps)
+    ctx.targets.append((f"no-op resync of a {files:,}-file version", "< 0.5 s", f"{noop:.2f} s", noop < 0.5))
+    ctx.targets.append(("`vbo-mirror --help`", "< 0.3 s", f"{help_s:.2f} s", help_s < 0.3))
+    ctx.sections += [f"### No-op resync of a {files:,}-file version; start-up", "",
+                     f"- no-op resync: median {noop:.2f} s wall (runs: {', '.join(f'{w:.2f}' for w in walls)}), "
+                     f"peak RSS {statistics.median(rss):.0f} MiB; the first sync of it took {first.wall_s:.1f} s.",
+                     f"- `vbo-mirror --help`: median {help_s:.3f} s of 10.", ""]
+    shutil.rmtree(cache, ignore_errors=True)
+
+
+def scenario_bump(ctx: Context) -> None:
+    old, new = "1.0.1", "1.1.0"
+    results = []
+    for i in range(ctx.args.repeats):
+        cache = ctx.work / "bump-cache"
+        shutil.rmtree(cache, ignore_errors=True)
+        m0, _, _ = _measure_vbo(ctx, f"bump-old-{i}", _vbo(ctx, "--json", "--cache-dir", str(cache), "sync",
+                                                           "--version", old))
+        m1, server, _ = _measure_vbo(ctx, f"bump-{i}", _vbo(ctx, "--json", "--cache-dir", str(cache), "sync",
+                                                            "--version", new))
+        summary = json.loads((ctx.work / f"log-bump-{i}.txt").read_text().strip().splitlines()[-1])
+        results.append((m1, server, summary))
+        shutil.rmtree(cache, ignore_errors=True)
+    results.sort(key=lambda r: r[0].wall_s)
+    m, server, s = results[len(results) // 2]
+    have = set(_sizes(ctx.manifests[old]))
+    want = {h: n for h, n in _sizes(ctx.manifests[new]).items() if h not in have}
+    ok = s["bytes_fetched"] == sum(want.values())
+    ctx.targets.append(("version bump fetches only new content", f"{gb(sum(want.values()))}",
+                        f"{gb(s['bytes_fetched'])}, {s['files_linked']} linked", ok))
+    ctx.sections += [f"### Version bump {old} -> {new} in one cache (every NWB replaced)", "",
+                     f"- {m.wall_s:.2f} s wall, {s['bytes_fetched'] / m.wall_s / 1e6:.0f} MB/s, client CPU "
+                     f"{m.cpu_s:.2f} s ({m.cpu_s / (s['bytes_fetched'] / 1e9):.2f} s/GB), peak RSS "
+                     f"{m.max_rss_mib:.0f} MiB, server CPU {server:.2f} s; {s['files_fetched']} fetched, "
+                     f"{s['files_linked']} linked, {s['files_present']} present (median of {len(results)}).", ""]
+
+
+def scenario_small(ctx: Context) -> None:
+    name = "vbo-small"
+    syn = ctx.synthetic[name]
+    manifest = {**syn["manifest"], "_sizes": syn["sizes"]}
+    runs = interleaved(ctx.tool_jobs(allensdk=False), ctx.args.repeats,
+                       lambda t, v: run_tool(t, v, scenario="small", endpoint=ctx.url, manifest=manifest,
+                                             version=syn["version"], work=ctx.work, server=ctx.server,
+                                             dataset_toml=ctx.configs[name], idle_wait=ctx.args.idle_wait))
+    rows = medians(runs)
+    n = len(syn["manifest"]["data_files"])
+    lines = ["| client | flags | wall s | files/s | MB/s | client CPU s | peak RSS MiB | files correct |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if r.skip:
+            lines.append(f"| {r.tool} | {r.variant} | skipped: {r.skip} | | | | | |")
+        else:
+            lines.append(f"| {r.tool} | {r.variant} | {r.wall_s:.2f} | {r.files / r.wall_s:.0f} | {r.mb_s:.0f} "
+                         f"| {r.cpu_s:.2f} | {r.rss_mib:.0f} | {r.correct}/{r.files} |")
+    ctx.sections += [f"### {n:,} small files (~{syn['kw'].get('mean', 1 << 20) >> 20} MiB each, "
+                     f"{gb(sum(syn['sizes'].values()))})", "", *lines, ""]
+    vbo = next((r for r in rows if r.tool == "vbo-mirror" and r.variant == "default" and not r.skip), None)
+    s5 = next((r for r in rows if r.tool == "s5cmd" and r.variant == "default" and not r.skip), None)
+    if vbo and s5:
+        ctx.targets.append(("small files: files per second (default flags)", f">= s5cmd {s5.files / s5.wall_s:.0f}",
+                            f"{vbo.files / vbo.wall_s:.0f}", vbo.files / vbo.wall_s >= s5.files / s5.wall_s))
+
+
+def scenario_plan(ctx: Context) -> None:
+    n = ctx.args.plan_entries
+    cache = ctx.work / "plan-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    cache.mkdir()
+    name = "vbo-huge"
+    manifest = datasets.million_entry_manifest(cache / f"{name}_manifest_v1.0.0.json", n, name=name)
+    toml = datasets.Synthetic(name, f"{name}-data", "1.0.0", {}).write_config(ctx.work / f"{name}.toml")
+    walls, rss = [], []
+    for i in range(max(1, min(3, ctx.args.repeats))):
+        m, _, _ = _measure_vbo(ctx, f"plan-{i}", [sys.executable, "-m", "mirror.cli", "--offline", "--dataset",
+                                                  str(toml), "--cache-dir", str(cache), "--json", "plan",
+                                                  "--version", "1.0.0"])
+        if m.returncode != 0:
+            raise RuntimeError(f"plan: vbo-mirror failed; see {ctx.work / f'log-plan-{i}.txt'}")
+        walls.append(m.wall_s)
+        rss.append(m.max_rss_mib)
+    wall, peak = statistics.median(walls), statistics.median(rss)
+    ctx.targets.append((f"plan of a {n:,}-entry manifest", "< 3 s and < 1 GB RSS",
+                        f"{wall:.2f} s, {peak:.0f} MiB", wall < 3 and peak < 1024))
+    ctx.sections += [f"### Planning a synthetic {n:,}-entry manifest ({manifest.stat().st_size / 1e6:.0f} MB of JSON)",
+                     "", f"- `vbo-mirror --offline plan` on an empty cache: median {wall:.2f} s wall, peak RSS "
+                     f"{peak:.0f} MiB (runs: {', '.join(f'{w:.2f}' for w in walls)}).", ""]
+    shutil.rmtree(cache, ignore_errors=True)
+
+
+def scenario_rss(ctx: Context) -> None:
+    name = "vbo-big"
+    syn = ctx.synthetic[name]
+    cache = ctx.work / "rss-cache"
+    runs = []
+    for i in range(max(1, min(2, ctx.args.repeats))):
+        shutil.rmtree(cache, ignore_errors=True)
+        m, server, _ = _measure_vbo(ctx, f"rss-{i}", _vbo(ctx, "--json", "--cache-dir", str(cache), "sync",
+                                                          "--version", syn["version"], "-j", "64", dataset=name))
+        if m.returncode != 0:
+            raise RuntimeError(f"rss: vbo-mirror failed; see {ctx.work / f'log-rss-{i}.txt'}")
+        runs.append((m, server))
+    shutil.rmtree(cache, ignore_errors=True)
+    runs.sort(key=lambda r: r[0].max_rss_mib)
+    m, server = runs[-1]  # the worst: a ceiling is about the highest seen
+    total = sum(syn["sizes"].values())
+    ctx.targets.append(("peak RSS, 64 connections on 3 GB objects", "< 200 MB", f"{m.max_rss_mib * 1.048576:.0f} MB",
+                        m.max_rss_mib * 1.048576 < 200))
+    ctx.sections += [f"### Memory: -j 64 on {len(syn['sizes'])} objects of ~3 GB ({gb(total)})", "",
+                     f"- peak RSS {m.max_rss_mib:.0f} MiB (highest of {len(runs)}), {m.wall_s:.1f} s wall, "
+                     f"{total / m.wall_s / 1e6:.0f} MB/s, client CPU {m.cpu_s:.1f} s.", ""]
+
+
+def scenario_transports(ctx: Context) -> None:
+    import bench_transports
+
+    version = VERSIONS[-1]
+    manifest = ctx.manifests[version]
+    rows = bench_transports.run(ctx.url, {k: v for k, v in manifest.items() if k != "_sizes"},
+                                repeats=ctx.args.repeats, workdir=ctx.work / "transports",
+                                server_pid=ctx.server.weed.proc.pid if ctx.server.weed.proc else None)
+    ctx.facts["transports"] = rows
+    ctx.sections += [f"### GET paths compared on {version} (benchmarks/bench_transports.py)", "",
+                     bench_transports.to_markdown(rows), ""]
+
+
+def profile_sync(ctx: Context) -> list[str]:
+    """What bounds a cold sync: the top of `perf record` over one run (kernel and user
+    symbols, every thread), when perf is available."""
+    perf = shutil.which("perf")
+    if perf is None:
+        return ["- (perf not available: no profile)"]
+    version = VERSIONS[-1]
+    cache = ctx.work / "profile-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    data = ctx.work / "perf.data"
+    argv = [perf, "record", "-F", "499", "-g", "-o", str(data), "--", *_vbo(ctx, "--cache-dir", str(cache), "sync",
+                                                                             "--version", version)]
+    m, _, _ = _measure_vbo(ctx, "profile", argv)
+    shutil.rmtree(cache, ignore_errors=True)
+    if m.returncode != 0:
+        return [f"- (perf record failed, exit {m.returncode})"]
+    rep = subprocess.run([perf, "report", "-i", str(data), "--no-children", "--sort", "dso,sym", "--stdio", "-g", "none",
+                          "--percent-limit", "1"], capture_output=True, text=True)
+    rows = [line.strip() for line in rep.stdout.splitlines() if re.match(r"^\s+[0-9.]+%", line)][:14]
+    return ["```", *rows, "```"]
+
+
+def render(ctx: Context, *, when: dt.datetime, weed_version: str, machine: dict, load: dict, limits: dict,
+           profile: list[str]) -> str:
+    a = ctx.args
+    lines = [f"## {when:%Y-%m-%d %H:%M} UTC{' (quick)' if a.quick else ''}", "",
+             f"- Machine: {machine['nproc']} cores ({machine['cpu'] or 'unknown CPU'}), {machine['ram_gib']} GiB RAM, "
+             f"Linux {machine['kernel']}, Python {machine['python']}; work directory on {machine['fs']}.",
+             f"- Server: SeaweedFS {weed_version} (`weed mini` on 127.0.0.1, the same cores as the clients); "
+             f"replica loaded in {load.get('replica_s', 0):.0f} s"
+             + "".join(f", {n} in {s['seconds']:.0f} s" for n, s in load.get("synthetic", {}).items()) + ".",
+             "- Tools: " + ", ".join(f"{t} {tools.tool_version(t) or 'not installed'}"
+                                       for t in ("s5cmd", "rclone", "aws") + (("allensdk",) if a.allensdk else ()))
+             + f"; vbo-mirror {_vbo_version()} (this commit).",
+             f"- {a.repeats} runs of each, interleaved (order rotated each round); tables show the run with the "
+             "median wall time. Before each run: sync(2), and a wait for the machine to be quiet.",
+             "- Client CPU is user+sys of the tool's process tree (wait4); peak RSS is ru_maxrss; server CPU is the "
+             "`weed` process over the same interval.", ""]
+    lines += ["### The machine's limits, measured in this run", ""]
+    for k, v in limits.items():
+        lines.append(f"- {k}: {v}")
+    lines.append("")
+    if ctx.targets:
+        lines += ["### Targets (issue 6)", "", "| what | target | measured | met |", "|---|---|---|---|"]
+        for what, target, got, met in ctx.targets:
+            lines.append(f"| {what} | {target} | {got} | {'yes' if met else 'no' if met is not None else 'n/a'} |")
+        lines.append("")
+    lines += ctx.sections
+    if profile:
+        lines += ["### Where a default cold sync spends its CPU (perf, all threads, >= 1%)", "", *profile, ""]
+    return "\n".join(lines) + "\n"
+
+
+def _vbo_version() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        rev = ""
+    return rev or "?"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true",
+                    help="smaller datasets and 1 run each: a check that everything works, not figures to keep")
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated from {', '.join(SCENARIOS)}")
+    ap.add_argument("--allensdk", action="store_true", help="also run AllenSDK 2.16.2 (own venv; slow to install)")
+    ap.add_argument("--no-wan", action="store_true", help="skip the emulated WAN (needs root and iptables)")
+    ap.add_argument("--scale", type=parse_fraction, default=Fraction(1, 25),
+                    help="replica NWB sizes relative to the real ones (default 1/25: ~2 GB per v1.x version)")
+    ap.add_argument("--small-files", type=int, default=10_000)
+    ap.add_argument("--plan-entries", type=int, default=1_000_000)
+    ap.add_argument("--big-size", default="3GiB", help="size of each of the 2 objects of the memory scenario")
+    ap.add_argument("--idle-wait", type=float, default=60.0, help="max seconds to wait for a quiet machine per run")
+    ap.add_argument("--work-dir", type=Path, default=ROOT / "benchmarks" / "work")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (server data, logs)")
+    args = ap.parse_args(argv)
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = set(scenarios) - set(SCENARIOS)
+    if unknown:
+        ap.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    if args.no_wan and "wan" in scenarios:
+        scenarios.remove("wan")
+    if args.quick:
+        args.repeats = 1
+        args.small_files = min(args.small_files, 1_000)
+        args.plan_entries = min(args.plan_entries, 100_000)
+        args.big_size = "256MiB"
+    from common import parse_size
+
+    big_size = parse_size(args.big_size)
+
+    def _raise(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _raise)
+    signal.signal(signal.SIGHUP, _raise)
+
+    if args.allensdk and tools.tool_path("allensdk") is None:
+        tools.install_allensdk()
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-", dir=args.work_dir))
+    when = dt.datetime.now(dt.timezone.utc)
+    machine = machine_info(tmp)
+    weed = Weed(find_weed(None), tmp / "weed")
+    weed.dir.mkdir()
+    synth: list[tuple[str, dict]] = []
+    if "noop" in scenarios:
+        synth.append(("small_files", {"n": 6_000, "mean": 16 << 10, "name": "vbo-noop"}))
+    if "small" in scenarios:
+        synth.append(("small_files", {"n": args.small_files, "name": "vbo-small"}))
+    if "rss" in scenarios:
+        synth.append(("big_files", {"n": 2, "size": big_size}))
+    spec = ReplicaSpec(scale=float(args.scale), behavior_sessions=100, ophys_sessions=15, experiments_per_session=2,
+                       added_behavior_sessions=20, added_ophys_sessions=3, part_size=8 << 20,
+                       multipart_threshold=16 << 20)
+    try:
+        weed_version = weed.version()
+        log(f"starting SeaweedFS {weed_version}")
+        weed.start()
+        t0 = time.perf_counter()
+        loaded = load_everything(weed.url, spec, synth, tmp)
+        log(f"server loaded in {time.perf_counter() - t0:.0f} s")
+        replica = build_replica(spec)
+        replica.manifests = {k: v.encode() for k, v in loaded["manifests"].items()}
+        sizes = replica_sizes(spec, replica)
+        manifests = {v: with_sizes(json.loads(replica.manifests[Replica.manifest_name(v)]), sizes) for v in VERSIONS}
+        configs = {}
+        for name, syn in loaded["synthetic"].items():
+            ds = datasets.Synthetic(name, syn["bucket"], syn["version"], {})
+            configs[name] = ds.write_config(tmp / f"{name}.toml")
+        ctx = Context(args, weed.url, Server(weed), tmp, machine["nproc"], manifests, loaded["synthetic"], configs)
+
+        log("measuring the machine's limits")
+        limits: dict[str, str] = {}
+        rates = limits_probe.hash_rates()
+        ctx.facts["hash_rates"] = rates
+        limits["single-core hash rates"] = ", ".join(f"{k} {v:.0f} MB/s" for k, v in rates.items())
+        limits["disk (1 GiB, 4 MiB writes)"] = ", ".join(f"{k} {v:.0f} MB/s"
+                                                         for k, v in limits_probe.disk_rates(tmp).items())
+        biggest = max((e for e in manifests[VERSIONS[-1]]["data_files"].values()),
+                      key=lambda e: manifests[VERSIONS[-1]]["_sizes"][e["file_hash"]])
+        key = biggest["url"].split(".amazonaws.com/", 1)[1]
+        curl = limits_probe.curl_rate(f"{weed.url}/{spec_bucket()}/{key}?versionId={biggest['version_id']}")
+        limits["loopback GET, one curl connection to /dev/null"] = f"{curl:.0f} MB/s" if curl else "n/a"
+        warm = limits_probe.warm_guest_memory(tmp, 6 << 30)
+        limits["memory warm-up before the runs"] = (f"6 GiB written and deleted in {warm:.1f} s (on this VM the first "
+                                                    "touch of guest memory costs several CPU s per GB)")
+        for name in scenarios:
+            if name == "wan":
+                continue
+            log(f"scenario {name}")
+            globals()[f"scenario_{name}"](ctx)
+        if "wan" in scenarios:
+            log("scenario wan")
+            scenario_wan(ctx)
+        profile = profile_sync(ctx) if "cold" in scenarios else []
+    except KeyboardInterrupt:
+        log("interrupted; stopping SeaweedFS")
+        return 130
+    finally:
+        weed.stop()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            log(f"kept {tmp}")
+    md = render(ctx, when=when, weed_version=weed_version, machine=machine, load=loaded, limits=limits,
+                profile=profile)
+    write_results(args.out, md)
+    print(md)
+    log(f"wrote {args.out}")
+    return 0
+
+
+def spec_bucket() -> str:
+    from mirror.sandbox.replica import BUCKET
+
+    return BUCKET
+
+
+def scenario_wan(ctx: Context) -> None:
+    ctx.sections += ["### WAN", "", "- (not run: the emulated link is being built)", ""]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
