@@ -461,10 +461,13 @@ class Mirror:
         layout = self._need_layout()
         self._check_space(plan)
         index = StateIndex(layout)
-        objects = dict(local.objects)
 
         def prepare_index() -> dict:
+            # The whole store (the plan looked only at what it wants), walked in the index thread.
+            from .store.objects import ObjectStore
+
             index.load()
+            objects = {h: size for h, size, _ in ObjectStore(layout).iter_objects()}
             added, dropped = reconcile(index, objects, mtime_of=lambda h: _mtime(layout.object_path(h)))
             return {"added": added, "dropped": dropped}
 

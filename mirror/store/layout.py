@@ -30,12 +30,18 @@ class CacheLayout:
         self.root = Path(root).expanduser().absolute()
         self.meta = self.root / META
         self.objects = self.meta / "objects-v1" / "blake2b"
+        self._objects = str(self.objects)
         self.index_path = self.meta / "index-v1.parquet"
         self.lock_path = self.meta / "lock"
         self.last_used = self.root / LAST_USED
 
     def object_path(self, file_hash: str) -> Path:
-        return self.objects / file_hash[:2] / file_hash[2:4] / file_hash
+        return Path(self.object_file(file_hash))
+
+    def object_file(self, file_hash: str) -> str:
+        """The object's path as a string: scans do thousands of these, and pathlib's joins
+        cost more than the stat they lead to."""
+        return f"{self._objects}/{file_hash[:2]}/{file_hash[2:4]}/{file_hash}"
 
     def partial_path(self, file_hash: str) -> Path:
         return self.object_path(file_hash).with_name(file_hash + ".partial")

@@ -13,6 +13,7 @@ resync stats only the store.
 from __future__ import annotations
 
 import os
+import stat
 from typing import Iterable
 
 from ..plan import LocalState, Target
@@ -49,14 +50,24 @@ def _walk(layout: CacheLayout, top: str) -> dict[str, tuple[int, int]]:
 def scan_local(layout: CacheLayout, targets: Iterable[Target], *, stray_dirs: Iterable[str] = ()) -> LocalState:
     """`stray_dirs`: version directories (relative to cache_dir) in which files that are
     views of store objects but wanted by no target are reported for removal. Files that are
-    not views of ours (a user's notes, say) are never touched."""
+    not views of ours (a user's notes, say) are never touched.
+
+    `objects` holds the store objects the targets want (found by their names: one stat each,
+    instead of a walk of the store's fan-out directories, which took a no-op resync of 6,000
+    files 0.15 s); the whole store is walked only when a version directory holds files no
+    target wants."""
     store = ObjectStore(layout)
     objects: dict[str, int] = {}
     inode_of: dict[str, tuple[int, int]] = {}
-    for h, size, ino in store.iter_objects():
-        objects[h] = size
-        inode_of[h] = ino
     targets = list(targets)
+    for h in {t.entry.file_hash for t in targets}:
+        try:
+            st = os.stat(layout.object_file(h), follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if stat.S_ISREG(st.st_mode):
+            objects[h] = st.st_size
+            inode_of[h] = (st.st_dev, st.st_ino)
     tops = {t.view.split("/", 1)[0] for t in targets} | set(stray_dirs)
     existing: dict[str, tuple[int, int]] = {}
     for top in tops:
@@ -73,11 +84,11 @@ def scan_local(layout: CacheLayout, targets: Iterable[Target], *, stray_dirs: It
             views[t.view] = h  # a hard link (same inode), or a stamped copy where links are not possible
         else:
             views[t.view] = None
-    inodes = set(inode_of.values())
     extra: set[str] = set()
-    for d in stray_dirs:
-        prefix = d.rstrip("/") + "/"
-        for rel, ino in existing.items():
-            if rel.startswith(prefix) and rel not in wanted and ino in inodes:
-                extra.add(rel)
+    prefixes = tuple(d.rstrip("/") + "/" for d in stray_dirs)
+    unwanted = [(rel, ino) for rel, ino in existing.items() if rel.startswith(prefixes) and rel not in wanted] \
+        if prefixes else []
+    if unwanted:
+        inodes = {ino for _, _, ino in store.iter_objects()}
+        extra = {rel for rel, ino in unwanted if ino in inodes}
     return LocalState(objects=objects, views=views, extra_files=frozenset(extra))
