@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import datasets  # noqa: E402
 import limits_probe  # noqa: E402
 import tools  # noqa: E402
-from common import (Weed, busy_seconds, check_files, find_weed, gb, log, machine_info,  # noqa: E402
+from common import (Spawner, Weed, busy_seconds, check_files, find_weed, gb, log, machine_info,  # noqa: E402
                     parse_fraction, run_measured, wait_for_quiet)
 
 from mirror.sandbox.replica import VERSIONS, Replica, ReplicaSpec, build_replica  # noqa: E402
@@ -116,10 +116,16 @@ class Server:
             return 0.0
 
 
+SPAWNER: Spawner | None = None  # started first thing in main(), while this process is small
+
+
 def measured(argv, *, env, cwd, server: Server | None, log_path: Path, timeout: float = 3600):
     s0, b0 = (server.cpu() if server else 0.0), busy_seconds()
-    with open(log_path, "wb") as out:
-        m = run_measured(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
+    if SPAWNER is not None:
+        m = SPAWNER.run(argv, env=env, cwd=cwd, out=log_path, timeout=timeout)
+    else:
+        with open(log_path, "wb") as out:
+            m = run_measured(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
     s = (server.cpu() if server else 0.0) - s0
     other = max(0.0, busy_seconds() - b0 - s - m.cpu_s)
     return m, s, other
@@ -562,8 +568,10 @@ def render(ctx: Context, *, when: dt.datetime, weed_version: str, machine: dict,
              + f"; vbo-mirror {_vbo_version()} (this commit).",
              f"- {a.repeats} runs of each, interleaved (order rotated each round); tables show the run with the "
              "median wall time. Before each run: sync(2), and a wait for the machine to be quiet.",
-             "- Client CPU is user+sys of the tool's process tree (wait4); peak RSS is ru_maxrss; server CPU is the "
-             "`weed` process over the same interval.", ""]
+             "- Client CPU is user+sys of the tool's process tree (wait4); peak RSS is ru_maxrss, each tool started "
+             f"by a small helper process so no figure includes the benchmark's own memory (floor: "
+             f"{SPAWNER.floor_mib:.0f} MiB, what `true` reports); server CPU is the `weed` process over the same "
+             "interval.", ""]
     lines += ["### The machine's limits, measured in this run", ""]
     for k, v in limits.items():
         lines.append(f"- {k}: {v}")
@@ -606,6 +614,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--keep", action="store_true", help="keep the work directory (server data, logs)")
     args = ap.parse_args(argv)
+    global SPAWNER
+    SPAWNER = Spawner()
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
@@ -691,6 +701,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         weed.stop()
+        SPAWNER.close()
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
         else:

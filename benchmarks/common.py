@@ -317,3 +317,46 @@ def check_files(expected: dict[Path, str], *, jobs: int = 2) -> list[str]:
 
     with ThreadPoolExecutor(jobs) as pool:
         return [b for b in pool.map(bad, expected.items()) if b]
+
+
+class Spawner:
+    """Runs measured children from a small helper process (benchmarks/spawner.py), so their
+    peak RSS does not start at this process's size. Start it early, while this process is
+    still small; `floor_mib` is the helper's own RSS, below which no figure can read."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-S", str(Path(__file__).with_name("spawner.py"))],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        # The floor: what the smallest program reports when started this way.
+        self.floor_mib = self.run(["true"], out=Path(os.devnull)).max_rss_mib
+
+    def run(self, argv: list[str], *, env: dict | None = None, cwd: Path | str | None = None, out: Path,
+            timeout: float = 3600) -> Measured:
+        import select
+
+        req = {"argv": [str(a) for a in argv], "env": dict(env if env is not None else os.environ),
+               "cwd": str(cwd) if cwd else None, "out": str(out)}
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        started = json.loads(self.proc.stdout.readline())
+        if "error" in started:
+            raise RuntimeError(f"cannot start {argv[0]}: {started['error']}")
+        pid = started["pid"]
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.stdout.readline()
+            raise TimeoutError(f"{argv[0]} did not finish within {timeout:g}s")
+        r = json.loads(self.proc.stdout.readline())
+        return Measured(r["rc"], r["wall_s"], r["user_s"], r["sys_s"], r["max_rss_kib"] / 1024)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
