@@ -133,7 +133,9 @@ def measured(argv, *, env, cwd, server: Server | None, log_path: Path, timeout: 
 
 def run_tool(tool: str, variant: str, *, scenario: str, endpoint: str, manifest: dict, version: str,
              work: Path, server: Server | None, dataset_toml: Path | None = None, tuning: dict | None = None,
-             prefix_argv: list[str] | None = None, idle_wait: float = 60.0) -> Run:
+             prefix_argv: list[str] | None = None, idle_wait: float = 60.0, planning=None) -> Run:
+    """`prefix_argv` and `planning` (a context manager) put the run and the tools' own
+    listings in a network namespace (the WAN scenario)."""
     dest = work / f"dest-{tool}-{variant}"
     shutil.rmtree(dest, ignore_errors=True)
     cfg = work / f"cfg-{tool}-{variant}"
@@ -141,8 +143,11 @@ def run_tool(tool: str, variant: str, *, scenario: str, endpoint: str, manifest:
     tuning = dict(tuning or {})
     if dataset_toml is not None:
         tuning["dataset"] = str(dataset_toml)
-    plan = tools.plan_runs(tool, endpoint=endpoint, manifest=manifest, version=version, dest=dest,
-                           variant=variant, workdir=cfg, tuning=tuning or None)
+    import contextlib
+
+    with planning() if planning else contextlib.nullcontext():
+        plan = tools.plan_runs(tool, endpoint=endpoint, manifest=manifest, version=version, dest=dest,
+                               variant=variant, workdir=cfg, tuning=tuning or None)
     total = sum(_sizes(manifest).values())
     if plan.skip:
         return Run(tool, variant, scenario, len(plan.expected), total, 0, 0, 0, 0, 0, 0, 0, skip=plan.skip,
@@ -264,13 +269,14 @@ def write_results(path: Path, run_md: str) -> None:
 
 # --- loading the server (in a child: Linux carries a parent's peak RSS into its children) -------------
 
-def _load_child(url: str, spec: ReplicaSpec, synth: list[tuple[str, dict]], out: str) -> None:
+def _load_child(url: str, spec: ReplicaSpec, synth: list[tuple[str, dict]], out: str,
+                versions: tuple[str, ...] = VERSIONS) -> None:
     replica = build_replica(spec)
     t0 = time.perf_counter()
     from mirror.sandbox.server import load_replica
 
     # 1.1 s between versions: rclone picks versions by LastModified second (see tools.py).
-    asyncio.run(load_replica(url, replica, versions=VERSIONS, pause=1.1))
+    asyncio.run(load_replica(url, replica, versions=versions, pause=1.1))
     loaded = {"replica_s": time.perf_counter() - t0,
               "manifests": {k: v.decode() for k, v in replica.manifests.items()}, "synthetic": {}}
     for kind, kw in synth:
@@ -285,11 +291,12 @@ def _load_child(url: str, spec: ReplicaSpec, synth: list[tuple[str, dict]], out:
     Path(out).write_text(json.dumps(loaded))
 
 
-def load_everything(url: str, spec: ReplicaSpec, synth: list[tuple[str, dict]], tmp: Path) -> dict:
+def load_everything(url: str, spec: ReplicaSpec, synth: list[tuple[str, dict]], tmp: Path, *,
+                    versions: tuple[str, ...] = VERSIONS) -> dict:
     import multiprocessing
 
     out = tmp / "loaded.json"
-    proc = multiprocessing.get_context("spawn").Process(target=_load_child, args=(url, spec, synth, str(out)),
+    proc = multiprocessing.get_context("spawn").Process(target=_load_child, args=(url, spec, synth, str(out), versions),
                                                         name="bench-load")
     proc.start()
     try:
@@ -303,9 +310,9 @@ def load_everything(url: str, spec: ReplicaSpec, synth: list[tuple[str, dict]], 
     return json.loads(out.read_text())
 
 
-def replica_sizes(spec: ReplicaSpec, replica: Replica) -> dict[str, int]:
+def replica_sizes(spec: ReplicaSpec, replica: Replica, *, versions: tuple[str, ...] = VERSIONS) -> dict[str, int]:
     sizes = {}
-    for version in VERSIONS:
+    for version in versions:
         doc = json.loads(replica.manifests[Replica.manifest_name(version)])
         for name, e in doc["metadata_files"].items():
             sizes[e["file_hash"]] = len(replica.tables[version][name])
@@ -603,7 +610,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="smaller datasets and 1 run each: a check that everything works, not figures to keep")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated from {', '.join(SCENARIOS)}")
     ap.add_argument("--allensdk", action="store_true", help="also run AllenSDK 2.16.2 (own venv; slow to install)")
-    ap.add_argument("--no-wan", action="store_true", help="skip the emulated WAN (needs root and iptables)")
+    ap.add_argument("--no-wan", action="store_true", help="skip the emulated WAN (needs root, iproute2 and iptables)")
+    ap.add_argument("--wan-mbit", type=float, default=500.0, help="WAN link cap (default 500 Mbit/s)")
+    ap.add_argument("--wan-rtt-ms", type=float, default=30.0, help="WAN round trip added (default 30 ms)")
     ap.add_argument("--scale", type=parse_fraction, default=Fraction(1, 25),
                     help="replica NWB sizes relative to the real ones (default 1/25: ~2 GB per v1.x version)")
     ap.add_argument("--small-files", type=int, default=10_000)
@@ -671,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
             ds = datasets.Synthetic(name, syn["bucket"], syn["version"], {})
             configs[name] = ds.write_config(tmp / f"{name}.toml")
         ctx = Context(args, weed.url, Server(weed), tmp, machine["nproc"], manifests, loaded["synthetic"], configs)
+        ctx.facts["spec"] = spec
 
         log("measuring the machine's limits")
         limits: dict[str, str] = {}
@@ -721,7 +731,68 @@ def spec_bucket() -> str:
 
 
 def scenario_wan(ctx: Context) -> None:
-    ctx.sections += ["### WAN", "", "- (not run: the emulated link is being built)", ""]
+    """The cold comparison through an emulated WAN link (benchmarks/wan.py): the server in a
+    namespace of its own behind a router that adds the RTT and caps the rate, the tools in a
+    client namespace with a ~1 MiB receive window."""
+    import multiprocessing.resource_tracker
+
+    from wan import WanLink, WanWeed
+
+    a = ctx.args
+    version = VERSIONS[-1]
+    multiprocessing.resource_tracker.ensure_running()  # before any thread enters a namespace
+    with WanLink(rtt_ms=a.wan_rtt_ms, rate_mbit=a.wan_mbit, rcvbuf=1 << 20) as link:
+        wdir = ctx.work / "wan"
+        wdir.mkdir(exist_ok=True)
+        weed = WanWeed(link, find_weed(None), wdir / "weed")
+        weed.dir.mkdir(exist_ok=True)
+        weed.start()
+        try:
+            with link.inside(link.server_ns):
+                loaded = load_everything(weed.url, ctx.facts["spec"], [], wdir, versions=(version,))
+            replica = build_replica(ctx.facts["spec"])
+            replica.manifests = {k: v.encode() for k, v in loaded["manifests"].items()}
+            manifest = with_sizes(json.loads(replica.manifests[Replica.manifest_name(version)]),
+                                  replica_sizes(ctx.facts["spec"], replica, versions=(version,)))
+            info = link.info()
+            runs = interleaved(ctx.tool_jobs(allensdk=False), a.repeats,
+                               lambda t, v: run_tool(t, v, scenario="wan", endpoint=weed.url, manifest=manifest,
+                                                     version=version, work=ctx.work, server=Server(weed),
+                                                     prefix_argv=link.client_argv([]),
+                                                     planning=lambda: link.inside(link.client_ns),
+                                                     idle_wait=a.idle_wait))
+            link.check()
+            delay_cpu = link.delay_cpu_seconds()
+        finally:
+            weed.stop()
+    rows = medians(runs)
+    cap = a.wan_mbit * 1e6 / 8 / 1e6  # MB/s at layer 2
+    total = sum(_sizes(manifest).values())
+    lines = ["| client | flags | wall s | MB/s | % of the cap | client CPU s | peak RSS MiB | files correct |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if r.skip:
+            lines.append(f"| {r.tool} | {r.variant} | skipped: {r.skip} | | | | | |")
+        else:
+            lines.append(f"| {r.tool} | {r.variant} | {r.wall_s:.2f} | {r.mb_s:.1f} | {100 * r.mb_s / cap:.0f}% "
+                         f"| {r.cpu_s:.2f} | {r.rss_mib:.0f} | {r.correct}/{r.files} |")
+    ctx.sections += [f"### Through an emulated WAN: {a.wan_rtt_ms:g} ms RTT, {a.wan_mbit:g} Mbit/s cap "
+                     f"({cap:.1f} MB/s at layer 2), ~1 MiB receive window; {version}, {gb(total)}", "",
+                     *lines, "",
+                     f"- Link: {json.dumps(info)}; the delay program used {delay_cpu:.1f} CPU s over the scenario "
+                     "(benchmarks/wan.py says how the link is built).",
+                     "- MB/s is bytes / the whole run's wall time (start-up, listing and TCP slow start included).", ""]
+    best_vbo = min((r for r in rows if r.tool == "vbo-mirror" and not r.skip), key=lambda r: r.wall_s, default=None)
+    vbo = next((r for r in rows if r.tool == "vbo-mirror" and r.variant == "default" and not r.skip), None)
+    if vbo:
+        ctx.targets.append(("WAN: share of the link cap (default flags)", ">= 95%", f"{100 * vbo.mb_s / cap:.0f}%",
+                            vbo.mb_s >= 0.95 * cap))
+    for other in ("s5cmd", "rclone"):
+        o = [r for r in rows if r.tool == other and not r.skip]
+        if best_vbo and o:
+            fastest = min(o, key=lambda r: r.wall_s)
+            ctx.targets.append((f"WAN: ahead of {other} at its best flags", f"< {fastest.wall_s:.2f} s",
+                                f"{best_vbo.wall_s:.2f} s", best_vbo.wall_s < fastest.wall_s))
 
 
 if __name__ == "__main__":

@@ -12,26 +12,29 @@ started it dies (PR_SET_PDEATHSIG, plus a getppid() check against --parent-pid f
 before prctl and as a fallback), or after --max-seconds; before going it accepts whatever it
 still holds. It never adds or removes rules: the caller owns those, in a namespace of its own.
 
-Why it speaks netlink itself rather than through PyPI NetfilterQueue: CPU. That binding makes
-one Python callback, one recv and one verdict system call per packet, and cannot set
-NFQA_CFG_F_GSO (without it the kernel cuts GSO packets into MTU-sized ones before queueing).
-Here every packet gets the same delay, so the queue is FIFO in packet-id order (the kernel
-numbers a queue's packets consecutively): the packets read in one wake-up form a group with one
-release time, one NFQNL_MSG_VERDICT_BATCH ("accept every id up to N") lets a whole group go,
-and only the last message of each recvmmsg(2) batch is parsed. It needs no C compiler and no
-libnetfilter-queue either. Measured on the 2-core benchmark VM with 8 streams through a
-500 Mbit/s link, the NetfilterQueue loop used 24% of a core, this one 12-15%.
+Why it speaks netlink itself rather than through PyPI NetfilterQueue: that binding needs a C
+compiler, libnetfilter-queue-dev and Python headers to build, makes one Python callback and one
+verdict system call per packet, wakes up for every arrival, and cannot set NFQA_CFG_F_GSO
+(without it the kernel cuts GSO packets into MTU-sized ones before queueing). Here every packet
+gets the same delay, so the queue is FIFO in packet-id order (the kernel numbers a queue's
+packets consecutively): the packets read in one wake-up form a group with one release time, one
+NFQNL_MSG_VERDICT_BATCH ("accept every id up to N") lets a whole group go, and only the last
+message of each recvmmsg(2) batch is parsed. On the 2-core benchmark VM both cost about the same
+at 500 Mbit/s (0.06-0.12 CPU s/s with one stream, 0.13-0.23 with eight, run against run, the
+spread being the machine's other load), because what dominates is not Python but the kernel:
+the wake-ups themselves (~50-150 us each on that VM) and the forwarding work each verdict sets
+off, which is charged to whoever gives the verdict. What this design adds is a bound on
+wake-ups whatever the packet rate, and no build dependencies.
 
-What remains is mostly wake-ups (~100 us of CPU each on that VM, whatever they do), so they are
-rationed: release times lie on a grid of --tick-ms, and while packets keep coming they are read
-on the same grid, so one wake-up reads a tick's arrivals and releases the group that came in one
-delay earlier (at most ~1/tick wake-ups per second, 500 at the default 2 ms). A packet read
-right after a quiet spell woke the program is stamped with that moment; packets read at a grid
-point are stamped halfway back to the previous read. Each group is released at the grid point
-nearest stamp + delay, so a packet is held delay +- tick/2 (mean error ~0, plus the machine's
-scheduling latency). Under SCHED_FIFO (--rt-priority, on by default when allowed) busy
-benchmarked tools cannot stretch the delay; between ticks the program sleeps, so it cannot
-starve them either.
+Wake-ups are rationed: release times lie on a grid of --tick-ms, and while packets keep coming
+they are read on the same grid, so one wake-up reads a tick's arrivals and releases the group
+that came in one delay earlier (about 1/tick wake-ups per second under load, 500 at the default
+2 ms; measured 500-600). A packet read right after a quiet spell woke the program is stamped
+with that moment; packets read at a grid point are stamped halfway back to the previous read.
+Each group is released at the grid point nearest stamp + delay, so a packet is held
+delay +- tick/2 (mean error ~0, plus the machine's scheduling latency). Under SCHED_FIFO
+(--rt-priority, on by default when allowed) busy benchmarked tools cannot stretch the delay;
+between ticks the program sleeps, so it cannot starve them either.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ netem. Needs root, iproute2 (`ip`, `tc`) and iptables; nothing outside the stand
         weed = WanWeed(link, find_weed(None), workdir).start()   # inside the server namespace
         with link.inside(link.server_ns):
             load_in_child(weed.url, spec, replica, tmp)          # loads with no link in between
-        m = run_measured(link.client_argv(["s5cmd", "--endpoint-url", weed.url, ...]))
+        m = spawner.run(link.client_argv(["s5cmd", "--endpoint-url", weed.url, ...]), out=log_path)
         link.check()                                             # raises if the delay program died
         weed.stop()
 
@@ -28,8 +28,9 @@ shows up as odd errors rather than as a LAN-speed result).
   socket; a full qdisc returns an error to it instead of losing a packet), so the server would
   never meet a bottleneck the way it does on a real path. The router's tbf queue drops packets
   like any remote bottleneck, and the server finds out from the ACKs, one RTT later.
-- Client namespace: the tools, started with `ip netns exec` (client_argv) or from a thread
-  inside it (inside()). Its net.ipv4.tcp_rmem max = rcvbuf gives every tool the same window:
+- Client namespace: the tools, started with `ip netns exec` (client_argv; ip execs the tool in
+  place, so run_measured or Spawner.run still measure the tool itself: ip adds ~1.5 ms of wall
+  time and nothing to peak RSS) or from a thread inside it (inside()). Its net.ipv4.tcp_rmem max = rcvbuf gives every tool the same window:
   autotuning stops there, and with 9000-byte frames the kernel advertises ~95% of it (950-990 kB
   for 1 MiB). That binds every socket that leaves its buffer to autotuning, which the tools
   compared all do (vbo-mirror sets only TCP_NODELAY; Go's and Python's HTTP stacks set no
@@ -45,7 +46,9 @@ RTT/2 each way, and that direction carries only requests and ACKs, ~1 ACK per 18
 The rule has no --queue-bypass: if the delay program dies the link drops packets (the run
 stalls and fails) instead of quietly becoming a LAN; check() tells. Packets are released on a
 2 ms grid (tick_ms), so single round trips vary by about +-1 ms around the mean; the program's
-wake-ups, not the packets, are what cost CPU on this VM (~100 us each), hence the grid.
+wake-ups, not the packets, are what cost CPU on this VM (~50-150 us each), hence the grid.
+A handshake through the idle link measures ~31 ms: the ~1 ms over is this VM's wake-up latency
+(info() records it as measured_rtt_ms).
 
 Bandwidth: tbf on both router egresses (uploads get the same cap), rate_mbit counted at layer 2,
 a 128 KiB burst (more than one 64 KiB GSO packet, so tbf never has to cut one up) and a queue of
@@ -53,10 +56,10 @@ queue_ms (10 ms: 625 kB at 500 Mbit/s). Why 500 Mbit/s (62.5 MB/s) by default: o
 with a ~1 MiB window over 30 ms gets at most ~33 MB/s (measured 28-29 MB/s with curl), so a
 tool needs at least two connections, in practice three or more, to fill the link, which is what
 the comparison is about; 1 GB takes ~17 s and 2 GB ~33 s at the cap; and the delay program stays
-near a tenth of one core while the link is full (0.11-0.15 CPU s per s at 8 streams, measured
-with the machine busy; that includes the kernel work its verdicts set off, i.e. forwarding the
-released ACKs and the server's TCP sending in reply). At 800 Mbit/s this 2-core machine ran out
-of CPU (tools, server, delay program) before the link filled (690-710 Mbit/s).
+at 0.13-0.23 CPU s per second while the link is full (0.06-0.12 with one stream; the spread is
+the machine's other load), and that includes the kernel work its verdicts set off: forwarding
+the released ACKs, and the server's TCP sending data in reply. At 800 Mbit/s this 2-core
+machine ran out of CPU (tools, server, delay program) before the link filled (690-710 Mbit/s).
 
 MTU 9000 on every veth, for CPU: the server's TCP sends 2-segment GSO packets, and the client
 ACKs each, so a 9000-byte MTU means ~6x fewer ACKs to delay than 1500. To keep slow start

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Iterator, Mapping, NamedTuple
 from urllib.parse import unquote, urlsplit
@@ -55,7 +55,6 @@ class Manifest:
     data_pipeline: tuple[Mapping[str, str], ...]
     metadata_files: Mapping[str, FileEntry]
     data_files: Mapping[str, FileEntry]
-    raw: bytes = field(repr=False, compare=False)
 
     def __repr__(self) -> str:  # short: see Plan.__repr__
         return f"Manifest({self.name}: {len(self.metadata_files)} metadata files, {len(self.data_files)} data files)"
@@ -223,7 +222,6 @@ def parse_manifest(data: bytes, *, source: str, dataset: DatasetConfig) -> Manif
         data_pipeline=tuple(MappingProxyType(dict(p)) for p in pipeline),
         metadata_files=MappingProxyType(sections["metadata"]),
         data_files=MappingProxyType(sections["data"]),
-        raw=bytes(data),
     )
 
 
