@@ -138,6 +138,27 @@ def test_ordered_hasher_drop_gives_held_buffers_back(tmp_path):
         os.close(fd)
 
 
+def test_blake2b_backends_give_hashlibs_digest_whatever_the_chunking(monkeypatch):
+    import mirror.hashing as hashing
+
+    rng = random.Random(9)
+    for sodium in (True, False):
+        if not sodium:
+            monkeypatch.setattr(hashing, "_SODIUM", None)
+        elif hashing._SODIUM is None:
+            continue  # PyNaCl absent: only the fallback to check
+        for n in (0, 1, 127, 128, 129, 4097, 3 << 20):
+            data = rng.randbytes(n)
+            h = hashing.blake2b_512()
+            assert isinstance(h, hashing.SodiumBlake2b) == sodium
+            pos = 0
+            while pos < n:
+                k = rng.randint(1, 400_000)
+                h.update(memoryview(data)[pos:pos + k])
+                pos += k
+            assert h.hexdigest() == hashlib.blake2b(data).hexdigest() == h.hexdigest()
+
+
 def test_multipart_etag_matches_s3s_rule():
     data = random.Random(5).randbytes(300_000)
     part = 100_000
@@ -201,6 +222,10 @@ def test_a_stop_while_another_file_fails_ends_the_run_promptly(tmp_path):
     engine = Engine(layout=layout, remote=Remote(), index=StateIndex(layout), linker=Linker("copy"),
                     limits=Limits(jobs=2, part_size=128 << 10), policy=RetryPolicy(attempts=2, base_delay=0.01),
                     verify=Verify.NONE)
+    # Both parts of "changed" in flight at once, as at the tail of a run (while files wait for a
+    # worker the engine runs one part per object): the case where a part fails while the
+    # run's stop arrives.
+    engine._part_width = lambda: 2
 
     async def go():
         with contextlib.suppress(StoreError):
@@ -236,3 +261,48 @@ def test_state_index_round_trips_and_merges_concurrent_writers(tmp_path):
     d = StateIndex(layout)
     d.load()
     assert list(d.records) == ["b" * 128]
+
+
+def test_parts_of_one_object_go_one_at_a_time_while_files_wait_and_spread_at_the_tail(tmp_path):
+    """While files still wait for a worker, each object has one ranged GET in flight (parts
+    landing out of order would overflow the reorder window); once all have started, the last
+    objects use up to parts_per_file connections each."""
+    from mirror.engine.runner import Engine
+    from mirror.engine.transfer import Verify
+    from mirror.limits import Limits
+    from mirror.plan import Fetch, Plan
+    from mirror.remote.http import BufferPool
+    from mirror.remote.types import ObjectRef
+    from mirror.store.index import StateIndex
+    from mirror.store.layout import CacheLayout
+    from mirror.store.views import Linker
+
+    in_flight: dict[str, int] = {}
+    peak_while_waiting: dict[str, int] = {}
+    peak_at_tail: dict[str, int] = {}
+    engine = None
+
+    class Remote:
+        buffers = BufferPool(64 << 10, 256)
+
+        async def get_into(self, ref, sink, *, start=0, end=None, size=None, if_match=None):
+            in_flight[ref.key] = in_flight.get(ref.key, 0) + 1
+            peaks = peak_while_waiting if engine._waiting > 0 else peak_at_tail
+            peaks[ref.key] = max(peaks.get(ref.key, 0), in_flight[ref.key])
+            await asyncio.sleep(0.01)
+            in_flight[ref.key] -= 1
+            n = (end if end is not None else size) - start
+            buf = self.buffers.take()
+            buf[:n] = b"x" * n
+            sink(buf, n)
+
+    size = 4 * (64 << 10)  # four parts each
+    items = tuple(Fetch(hashlib.blake2b(str(i).encode()).hexdigest(), ObjectRef("b", f"k{i}", "v"), size, None,
+                        (f"v/f{i}",)) for i in range(8))
+    layout = CacheLayout(tmp_path)
+    engine = Engine(layout=layout, remote=Remote(), index=StateIndex(layout), linker=Linker("copy"),
+                    limits=Limits(jobs=4, part_size=64 << 10, parts_per_file=4), verify=Verify.NONE)
+    stats = asyncio.run(engine.run(Plan(("m",), items)))
+    assert stats.files_done == 8 and stats.failures == []
+    assert peak_while_waiting and max(peak_while_waiting.values()) == 1
+    assert max(peak_at_tail.values()) > 1

@@ -55,6 +55,7 @@ class Stats:
     files_done: int = 0
     bytes_done: int = 0  # fetched over the network by this run
     bytes_resumed: int = 0  # already on disk in partials from an earlier run
+    bytes_read_back: int = 0  # hashed from disk: parts that landed ahead of the reorder window
     files_linked: int = 0
     bytes_linked: int = 0
     files_present: int = 0
@@ -77,6 +78,7 @@ class Stats:
             "files_fetched": self.files_done,
             "bytes_fetched": self.bytes_done,
             "bytes_resumed": self.bytes_resumed,
+            "bytes_read_back": self.bytes_read_back,
             "files_linked": self.files_linked,
             "bytes_linked": self.bytes_linked,
             "files_present": self.files_present,
@@ -119,6 +121,7 @@ class Engine:
         self._early: list[IndexRecord] = []  # recorded before the index was ready
         self._committing: tuple[concurrent.futures.Future, tuple] | None = None
         self._index_pool: ThreadPoolExecutor | None = None
+        self._waiting = 0  # files not yet taken by a worker
 
     async def run(self, plan: Plan) -> Stats:
         st = self.stats
@@ -175,8 +178,11 @@ class Engine:
             for _ in range(workers):
                 await queue.put(None)
 
+        self._waiting = len(items)
+
         async def work() -> None:
             while (item := await queue.get()) is not None:
+                self._waiting -= 1
                 await self._fetch_one(item, gets, executor)
 
         async def tick() -> None:
@@ -218,9 +224,11 @@ class Engine:
             job = Job(item.file_hash, ref, size, etag)
             transfer = Transfer(job, remote=self.remote, store=self.store, limits=self.limits, policy=self.policy,
                                 pacer=self.pacer, gets=gets, executor=executor, verify=self.verify,
-                                report=Reporter(self._on_bytes, self._on_retry), budget=self.budget)
+                                report=Reporter(self._on_bytes, self._on_retry), budget=self.budget,
+                                width=self._part_width)
             digests = await transfer.run(link=lambda: self._link(item.file_hash, list(item.views)))
             st.bytes_resumed += transfer.resumed_bytes
+            st.bytes_read_back += transfer.read_back
             self._record(item, job, digests)
             if transfer.link_error is not None:
                 raise transfer.link_error
@@ -236,6 +244,12 @@ class Engine:
             self._failed(ref.key, ref.version_id, exc, list(item.views))
         finally:
             st.in_flight.discard(ref.key)
+
+    def _part_width(self) -> int:
+        """Ranged parts of one object in flight: one while files still wait for a worker,
+        parts_per_file once every file has started (the tail, where a few large objects
+        would otherwise each go down one connection)."""
+        return self.limits.parts_per_file if self._waiting <= 0 else 1
 
     def _failed(self, key: str, version_id: str | None, exc: MirrorError, views: list[str]) -> None:
         self.stats.failures.append({"key": key, "version_id": version_id, "error": type(exc).__name__,

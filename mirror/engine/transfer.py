@@ -56,7 +56,7 @@ class Transfer:
 
     def __init__(self, job: Job, *, remote: Remote, store: ObjectStore, limits: Limits, policy: RetryPolicy,
                  pacer: Pacer, gets: asyncio.Semaphore, executor: Executor, verify: Verify,
-                 report: Reporter, budget: HoldBudget) -> None:
+                 report: Reporter, budget: HoldBudget, width: Callable[[], int] | None = None) -> None:
         self.job = job
         self.remote = remote
         self.store = store
@@ -68,6 +68,10 @@ class Transfer:
         self.verify = verify
         self.report = report
         self.budget = budget
+        # Parts of this object in flight at once, asked again as each part ends: one while other
+        # files wait for a worker (their GETs keep the connections busy, and parts of one object
+        # landing out of order would overflow the reorder window), more at the tail of a run.
+        self.width = width or (lambda: limits.parts_per_file)
         self.resumed_bytes = 0
         self.read_back = 0
         self.etag_unverifiable = False
@@ -107,7 +111,7 @@ class Transfer:
                 todo = [(s, min(end, s + self.limits.part_size))
                         for start, end in missing_ranges(partial.state.done, job.size)
                         for s in range(start, end, self.limits.part_size)]
-                await _in_order(self.limits.parts_per_file, [lambda s=s, e=e: self._part(writer, s, e) for s, e in todo])
+                await _in_order(self.width, [lambda s=s, e=e: self._part(writer, s, e) for s, e in todo])
                 digests, problem = await self._thread(self._complete, writer, partial, link)
                 if problem is None:
                     return digests
@@ -221,9 +225,9 @@ class Transfer:
             await self._thread(writer.partial.checkpoint, [(start, end)])
 
 
-async def _in_order(width: int, parts: list) -> None:
-    """Run the parts of one object, at most `width` at once and lowest offsets first (so the
-    hash frontier follows close behind); the first failure stops the others and is raised.
+async def _in_order(width: Callable[[], int], parts: list) -> None:
+    """Run the parts of one object, at most `width()` at once and lowest offsets first (so
+    the hash frontier follows close behind); the first failure stops the others and is raised.
     Unlike a TaskGroup on Python 3.11, a cancellation of the caller is never turned into (or
     lost behind) a part's error: cancelled, the caller stops the parts, waits for them, and
     re-raises the cancellation itself."""
@@ -231,7 +235,8 @@ async def _in_order(width: int, parts: list) -> None:
     running: set[asyncio.Task] = set()
     try:
         while queue or running:
-            while queue and len(running) < width:
+            limit = max(1, width())
+            while queue and len(running) < limit:
                 running.add(asyncio.ensure_future(queue.pop()()))
             done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             errors = [t.exception() for t in done if not t.cancelled() and t.exception() is not None]
