@@ -34,7 +34,7 @@ from .errors import (
 )
 from .manifest import Manifest, ManifestDiff, compare_manifests, format_diff
 from .plan import LocalState, Plan, Target, make_plan, targets_of
-from .remote import ObjectInfo, ObjectRef, RemoteSettings, Timeouts
+from .remote import ObjectInfo, ObjectRef, OnDemand, RemoteSettings, Timeouts
 from .store.fsutil import atomic_write
 from .store.index import StateIndex, reconcile
 from .store.layout import CacheLayout
@@ -124,10 +124,11 @@ class Mirror:
         async def main() -> T:
             if self.offline:
                 return await fn(Catalog(self.dataset, self.layout, None))
-            from .remote.client import Remote
-
-            async with Remote(self.remote_settings(), limits) as remote:
+            remote = OnDemand(self.remote_settings(), limits)
+            try:
                 return await fn(Catalog(self.dataset, self.layout, remote, manifest_etags=self._manifest_etags))
+            finally:
+                await remote.aclose()
 
         return run_async(main())
 

@@ -34,7 +34,7 @@ def _sodium():
     return ffi, lib, state_bytes
 
 
-_SODIUM = _sodium()
+_SODIUM = False  # not looked up yet: on first use (a no-op resync never hashes)
 
 
 class SodiumBlake2b:
@@ -43,7 +43,7 @@ class SodiumBlake2b:
     __slots__ = ("_state", "_hex")
 
     def __init__(self) -> None:
-        ffi, lib, state_bytes = _SODIUM
+        ffi, lib, state_bytes = _sodium_or_none()
         self._state = ffi.new("unsigned char[]", state_bytes)
         self._hex: str | None = None
         zeros = ffi.new("unsigned char[]", 16)  # salt and personalization all zero: plain BLAKE2b
@@ -65,9 +65,16 @@ class SodiumBlake2b:
         return self._hex
 
 
+def _sodium_or_none():
+    global _SODIUM
+    if _SODIUM is False:
+        _SODIUM = _sodium()
+    return _SODIUM
+
+
 def blake2b_512():
     """A BLAKE2b-512 hasher: libsodium's where available, else hashlib's."""
-    return SodiumBlake2b() if _SODIUM is not None else hashlib.blake2b()
+    return SodiumBlake2b() if _sodium_or_none() is not None else hashlib.blake2b()
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,10 @@ import json
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from .engine.runner import Stats
+if TYPE_CHECKING:
+    from .engine.runner import Stats
 
 
 def json_lines(stream=None) -> Callable[[dict], None]:

@@ -15,12 +15,11 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import Action, EndpointUnreachable, MirrorError, OfflineError, StoreError, ViewBlocked
 from ..hashing import Digests
 from ..plan import Fetch, Plan
-from ..remote import Remote
 from ..store.fsutil import store_error
 from ..store.index import IndexRecord, StateIndex
 from ..store.layout import CacheLayout
@@ -30,6 +29,9 @@ from ..limits import Limits
 from .policy import Pacer, RetryPolicy, action_for, call_with_retries, first_error, lookup
 from .transfer import Job, Reporter, Transfer, Verify
 from .writer import HoldBudget
+
+if TYPE_CHECKING:
+    from ..remote.client import Remote
 
 Event = dict[str, Any]
 

@@ -14,7 +14,7 @@ import concurrent.futures
 import functools
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import (
     Action,
@@ -25,13 +25,15 @@ from ..errors import (
 )
 from ..hashing import Digests, MultiHasher
 from ..limits import Limits
-from ..remote import Remote
 from ..remote.types import ObjectRef, multipart_count
 from ..store.fsutil import store_error
 from ..store.objects import ObjectStore, Partial, ResumeState, missing_ranges
 from .policy import Pacer, RetryPolicy, action_for, call_with_retries
 from .verify import Verify
 from .writer import FileWriter, HoldBudget
+
+if TYPE_CHECKING:
+    from ..remote.client import Remote
 
 
 @dataclass

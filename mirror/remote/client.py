@@ -40,12 +40,20 @@ class Remote:
         self._credentials = None
 
     async def __aenter__(self) -> "Remote":
+        self.open()
+        return self
+
+    def open(self) -> None:
+        """Set up inside the running loop (nothing here awaits: it may also be done on first
+        use, see remote.OnDemand)."""
         s, t = self.settings, self.settings.timeouts
         self.buffers.bind(asyncio.get_running_loop())
         self._s3_lock = asyncio.Lock()
         if s.transport == "lean":
-            self._http = await self._stack.enter_async_context(
-                HttpClient(max_connections=self.limits.pool_size, connect_timeout=t.connect, read_timeout=t.read))
+            self._http = HttpClient(max_connections=self.limits.pool_size, connect_timeout=t.connect,
+                                    read_timeout=t.read)
+            self._http.start()
+            self._stack.push_async_callback(self._http.close)
         else:
             import aiohttp
 
@@ -53,11 +61,13 @@ class Remote:
             # sock_connect, not connect: aiohttp's `connect` also counts the wait for a free
             # connection of the pool, which is not the server's fault.
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect, sock_read=t.read)
-            self._aiohttp = await self._stack.enter_async_context(
-                aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False))
-        return self
+            self._aiohttp = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
+            self._stack.push_async_callback(self._aiohttp.close)
 
     async def __aexit__(self, *exc_info) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
         await self._stack.aclose()
 
     def _translate(self, exc: BaseException, what: str):

@@ -392,12 +392,19 @@ class HttpClient:
         self.opened = 0  # connections opened, for tests and stats
 
     async def __aenter__(self) -> "HttpClient":
+        self.start()
+        return self
+
+    def start(self) -> None:
+        """Bind to the running loop and start the watchdog (needs no await)."""
         self.loop = asyncio.get_running_loop()
         self._slots = asyncio.Semaphore(self.max_connections)
         self._timer = self.loop.call_later(self.WATCHDOG_TICK, self._watch)
-        return self
 
     async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
