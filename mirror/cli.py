@@ -635,5 +635,32 @@ def sandbox_status_cmd(c: Ctx) -> None:
            f"sandbox running at {state['endpoint_url']} (pid {state['pid']})" if state else "no sandbox is running")
 
 
+def entry() -> None:
+    """The `vbo-mirror` command. After the command has run and its output is flushed, the
+    process ends without the interpreter's teardown: freeing every object of a 6,000-file
+    plan one by one took ~60 ms, an eighth of a no-op resync. Nothing is lost by it: every
+    file vbo-mirror writes is written and closed explicitly, and its threads are joined."""
+    try:
+        code = main(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("Aborted!", err=True)
+        code = 1
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        raise  # a bug: let Python print the traceback and exit the usual way
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            code = code or 1
+    os._exit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    entry()
