@@ -21,11 +21,16 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
-# Throughput benchmark against a local SeaweedFS; prepends a run to benchmarks/RESULTS.md.
-# Pass options with BENCH_ARGS, e.g. make bench BENCH_ARGS="--jobs 8".
+# The benchmark: vbo-mirror beside s5cmd, rclone, aws-cli (and AllenSDK with --allensdk) on a
+# local SeaweedFS, plus the scenarios of issue 6; writes benchmarks/RESULTS.md and results.png.
+# Needs root for the emulated WAN (network namespaces); BENCH_ARGS="--no-wan" skips it,
+# BENCH_ARGS="--quick" checks that everything runs (small data, one run each).
+BENCH_DEBS := rclone iptables iproute2 curl linux-perf
 bench: install
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
-	$(BIN)/python benchmarks/bench_sync.py $(BENCH_ARGS)
+	@for c in rclone iptables ip curl perf; do command -v $$c >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(BENCH_DEBS); fi
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-cache .pytest_cache

@@ -681,6 +681,9 @@ def main(argv: list[str] | None = None) -> int:
             configs[name] = ds.write_config(tmp / f"{name}.toml")
         ctx = Context(args, weed.url, Server(weed), tmp, machine["nproc"], manifests, loaded["synthetic"], configs)
         ctx.facts["spec"] = spec
+        ctx.facts["wan_spec"] = spec if not args.quick else ReplicaSpec(
+            scale=1 / 100, behavior_sessions=100, ophys_sessions=15, experiments_per_session=2,
+            added_behavior_sessions=20, added_ophys_sessions=3, part_size=8 << 20, multipart_threshold=16 << 20)
 
         log("measuring the machine's limits")
         limits: dict[str, str] = {}
@@ -749,11 +752,11 @@ def scenario_wan(ctx: Context) -> None:
         weed.start()
         try:
             with link.inside(link.server_ns):
-                loaded = load_everything(weed.url, ctx.facts["spec"], [], wdir, versions=(version,))
-            replica = build_replica(ctx.facts["spec"])
+                loaded = load_everything(weed.url, ctx.facts["wan_spec"], [], wdir, versions=(version,))
+            replica = build_replica(ctx.facts["wan_spec"])
             replica.manifests = {k: v.encode() for k, v in loaded["manifests"].items()}
             manifest = with_sizes(json.loads(replica.manifests[Replica.manifest_name(version)]),
-                                  replica_sizes(ctx.facts["spec"], replica, versions=(version,)))
+                                  replica_sizes(ctx.facts["wan_spec"], replica, versions=(version,)))
             info = link.info()
             runs = interleaved(ctx.tool_jobs(allensdk=False), a.repeats,
                                lambda t, v: run_tool(t, v, scenario="wan", endpoint=weed.url, manifest=manifest,
