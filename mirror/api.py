@@ -30,9 +30,12 @@ from .errors import (
     OfflineWarning,
     OutdatedManifestWarning,
     TransferError,
+    AccessDenied,
+    ObjectNotFound,
     UnknownVersionError,
 )
 from .manifest import Manifest, ManifestDiff, compare_manifests, format_diff
+from .semver import Version
 from .plan import LocalState, Plan, Target, make_plan, targets_of
 from .remote import ObjectInfo, ObjectRef, OnDemand, RemoteSettings, Timeouts
 from .store.fsutil import atomic_write
@@ -226,6 +229,16 @@ class Mirror:
             local = cat.local_names()
             with contextlib.suppress(UnknownVersionError):
                 return resolve_name(self.dataset, version, local)
+            # Not in cache_dir: fetch it by its name straight away (one round trip, not a
+            # listing first); a name the bucket lacks falls through to the listing, whose
+            # error lists the versions there are.
+            name = self.dataset.manifest_name(str(Version(version))) if Version.is_valid(version) else (
+                version if self.dataset.version_of(version) is not None else None)
+            if name is not None and cat.remote is not None:
+                # 404, or the 403 S3 gives for a missing key to whom may not list the bucket
+                with contextlib.suppress(ObjectNotFound, AccessDenied):
+                    await cat.load(name)
+                    return name
         available = await self._available(cat)
         if not available and cat.remote is None:
             where = self.layout.root if self.layout else "cache_dir (none given)"

@@ -19,6 +19,7 @@ from .errors import Action, AccessDenied, IntegrityError, ManifestError, MirrorE
 from .hashing import xxh3_bytes
 from .manifest import FileEntry, Manifest, parse_manifest
 from .remote import ObjectInfo, ObjectRef
+from .remote.types import strip_etag
 from .semver import Version
 from .store.fsutil import atomic_write
 from .store.index import IndexRecord, StateIndex
@@ -67,6 +68,7 @@ class Catalog:
         self.remote = remote
         # name → ETag from the manifest listing: a single-part ETag is the MD5 of the bytes
         self.manifest_etags = manifest_etags if manifest_etags is not None else {}
+        self._parsed: dict[str, Manifest] = {}  # downloaded in this call, already validated
 
     # --- manifests -------------------------------------------------------------------
 
@@ -98,14 +100,15 @@ class Catalog:
         return parse_manifest(data, source=str(path), dataset=self.dataset)
 
     async def download(self, name: str) -> Manifest:
-        """Fetch, check against the listing's ETag, validate in memory, and only then write
-        the manifest to cache_dir."""
+        """Fetch, check against the S3 ETag (the listing's, else the answer's own), validate
+        in memory, and only then write the manifest to cache_dir."""
         remote = self._need_remote(f"download {name}")
-        etag = self.manifest_etags.get(name)
         key = self.dataset.manifest_prefix + name
 
         async def fetch() -> bytes:
-            data = await remote.read_all(ObjectRef(self.dataset.bucket, key))
+            seen: dict = {}
+            data = await remote.read_all(ObjectRef(self.dataset.bucket, key), seen=seen)
+            etag = self.manifest_etags.get(name) or strip_etag(seen.get("etag"))
             if etag and "-" not in etag and hashlib.md5(data).hexdigest() != etag:
                 raise IntegrityError(f"{name}: downloaded bytes do not match the S3 ETag {etag}",
                                      hint="try again; if it persists the object changed while it was read")
@@ -115,9 +118,12 @@ class Catalog:
         manifest = parse_manifest(data, source=f"s3://{self.dataset.bucket}/{key}", dataset=self.dataset)
         if self.layout is not None:
             atomic_write(self.layout.manifest_path(name), data)
+        self._parsed[name] = manifest
         return manifest
 
     async def load(self, name: str) -> Manifest:
+        if name in self._parsed:
+            return self._parsed[name]
         local = self.read_local(name)
         if local is not None:
             return local

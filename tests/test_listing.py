@@ -78,3 +78,16 @@ def test_listing_pages_are_checked():
                 good.replace(b"<Key>a%20b</Key>", b"")):
         with pytest.raises(ProtocolError):
             listing.parse(bad, what="t")
+
+
+def test_an_explicit_version_is_fetched_by_name_without_listing_the_manifests(sandbox, replica, tmp_path, cli):
+    with FaultProxy(sandbox.url) as proxy:
+        m = Mirror(tmp_path / "c", endpoint_url=proxy.url)
+        plan = m.plan("1.0.1")
+        manifest_lists = [p for p, _ in proxy.gets() if "list-type=2" in p]
+        manifest_gets = [p for p, _ in proxy.gets("/manifests/")]
+    assert manifest_lists == [] and len(manifest_gets) == 1
+    assert plan.manifests == ("visual-behavior-ophys_project_manifest_v1.0.1.json",)
+    # a version the bucket lacks still gets the list of those it has
+    r = cli("plan", "--version", "9.9.9", expect=2)
+    assert "unknown dataset version" in r.stderr and "1.0.1" in r.stderr

@@ -231,14 +231,15 @@ class Remote:
     # --- object bodies --------------------------------------------------------------------------
 
     async def get_into(self, ref: ObjectRef, sink: Sink, *, start: int = 0, end: int | None = None,
-                       size: int | None = None, if_match: str | None = None) -> None:
+                       size: int | None = None, if_match: str | None = None, seen: dict | None = None) -> None:
         """Stream bytes [start, end) of one object version (the whole object when neither is
         given) into `sink`, in buffers from `self.buffers` that the sink gives back.
 
         A ranged request checks that the server answered 206 with exactly the range asked
         for; `if_match` makes S3 refuse (412) rather than serve another object's bytes; a
         whole-object answer must have `size` bytes when it is known. Bytes that arrived
-        before a failure have been handed to the sink: retry from where it got to.
+        before a failure have been handed to the sink: retry from where it got to. `seen`, if
+        given, receives the answer's headers (lower-case names).
         """
         ranged = start > 0 or end is not None
         headers: dict[str, str] = {}
@@ -253,10 +254,10 @@ class Remote:
                 headers = await self._sign(url, headers)
             if self._http is not None:
                 await self._get_lean(url, headers, sink, what=what, ref=ref, ranged=ranged, start=start, end=end,
-                                     size=size)
+                                     size=size, seen=seen)
             else:
                 await self._get_aiohttp(url, headers, sink, what=what, ref=ref, ranged=ranged, start=start, end=end,
-                                        size=size)
+                                        size=size, seen=seen)
         except asyncio.CancelledError:
             raise
         except MirrorError:
@@ -264,9 +265,11 @@ class Remote:
         except Exception as exc:
             raise self._translate(exc, what) from exc
 
-    async def _get_lean(self, url, headers, sink, *, what, ref, ranged, start, end, size) -> None:
+    async def _get_lean(self, url, headers, sink, *, what, ref, ranged, start, end, size, seen) -> None:
         async with self._http.get(url, headers) as exchange:
             r = exchange.response
+            if seen is not None:
+                seen.update(r.headers)
             if r.status not in (200, 206):
                 raise from_status(r.status, what=what, code=_error_code(await exchange.read_error_body()))
             length = r.length
@@ -277,9 +280,11 @@ class Remote:
                           ref=ref, ranged=ranged, start=start, end=end, size=size, what=what)
             await exchange.read_into(sink, self.buffers, length)
 
-    async def _get_aiohttp(self, url, headers, sink, *, what, ref, ranged, start, end, size) -> None:
+    async def _get_aiohttp(self, url, headers, sink, *, what, ref, ranged, start, end, size, seen) -> None:
         resp = await self._aiohttp.get(url, headers=headers)
         try:
+            if seen is not None:
+                seen.update((k.lower(), v) for k, v in resp.headers.items())
             if resp.status not in (200, 206):
                 body = b""
                 with contextlib.suppress(Exception):
@@ -293,8 +298,8 @@ class Remote:
         finally:
             resp.release()
 
-    async def read_all(self, ref: ObjectRef, *, limit: int = 512 << 20) -> bytes:
-        """A whole small object (a manifest, a metadata table) in memory."""
+    async def read_all(self, ref: ObjectRef, *, limit: int = 512 << 20, seen: dict | None = None) -> bytes:
+        """A whole small object (a manifest, a metadata table) in memory; `seen` as in get_into."""
         data = bytearray()
 
         def sink(buf: bytearray, n: int) -> None:
@@ -305,7 +310,7 @@ class Remote:
             finally:
                 self.buffers.give(buf)
 
-        await self.get_into(ref, sink)
+        await self.get_into(ref, sink, seen=seen)
         return bytes(data)
 
 
