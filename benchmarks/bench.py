@@ -488,7 +488,7 @@ def scenario_plan(ctx: Context) -> None:
     walls, rss = [], []
     for i in range(max(1, min(3, ctx.args.repeats))):
         m, _, _ = _measure_vbo(ctx, f"plan-{i}", [sys.executable, "-m", "mirror.cli", "--offline", "--dataset",
-                                                  str(toml), "--cache-dir", str(cache), "--json", "plan",
+                                                  str(toml), "--cache-dir", str(cache), "plan",
                                                   "--version", "1.0.0"])
         if m.returncode != 0:
             raise RuntimeError(f"plan: vbo-mirror failed; see {ctx.work / f'log-plan-{i}.txt'}")

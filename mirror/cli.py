@@ -346,8 +346,8 @@ def _plan_text(plan) -> str:
 def plan_cmd(c: Ctx, version: str | None) -> None:
     """Dry run: what a sync would fetch, link, keep and remove (--json: the whole plan)."""
     plan = c.mirror.plan(version)
-    if c.json:
-        c.emit(plan.to_dict())
+    if c.json:  # one line, no indentation: a plan can hold a million items
+        click.echo(json.dumps(plan.to_dict(), separators=(",", ":")))
     else:
         click.echo(_plan_text(plan))
 
@@ -654,12 +654,15 @@ def entry() -> None:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:
         raise  # a bug: let Python print the traceback and exit the usual way
+    code = code if isinstance(code, int) else 0
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        sys.exit(code)  # a profiler or debugger is watching: let it write its results
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):
             code = code or 1
-    os._exit(code if isinstance(code, int) else 0)
+    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
