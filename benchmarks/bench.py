@@ -117,6 +117,7 @@ class Server:
 
 
 SPAWNER: Spawner | None = None  # started first thing in main(), while this process is small
+RUN_TIMEOUT = 900.0  # one tool run; a tool that takes longer is reported, not waited for
 
 
 def measured(argv, *, env, cwd, server: Server | None, log_path: Path, timeout: float = 3600):
@@ -155,8 +156,14 @@ def run_tool(tool: str, variant: str, *, scenario: str, endpoint: str, manifest:
     os.sync()
     wait_for_quiet(idle_wait)
     argv = [*(prefix_argv or []), *plan.argv]
-    m, server_cpu, other = measured(argv, env=plan.env, cwd=plan.cwd, server=server,
-                                    log_path=work / f"log-{scenario}-{tool}-{variant}.txt")
+    try:
+        m, server_cpu, other = measured(argv, env=plan.env, cwd=plan.cwd, server=server, timeout=RUN_TIMEOUT,
+                                        log_path=work / f"log-{scenario}-{tool}-{variant}.txt")
+    except TimeoutError:
+        shutil.rmtree(dest, ignore_errors=True)
+        log(f"{scenario} {tool} ({variant}): did not finish within {RUN_TIMEOUT:g} s")
+        return Run(tool, variant, scenario, len(plan.expected), total, 0, 0, 0, 0, 0, 0, 0,
+                   skip=f"did not finish within {RUN_TIMEOUT:g} s", notes=plan.notes)
     bad = check_files(plan.expected) if m.returncode == 0 else list(plan.expected)
     run = Run(tool, variant, scenario, len(plan.expected), total, m.wall_s, m.user_s, m.sys_s, m.max_rss_mib,
               server_cpu, other, len(plan.expected) - len(bad), notes=plan.notes)
