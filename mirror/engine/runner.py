@@ -314,7 +314,7 @@ class Engine:
             info = self._index_ready.result()
             if info.get("added") or info.get("dropped"):
                 self.emit({"event": "index", "added": info.get("added", 0), "dropped": info.get("dropped", 0)})
-        except StoreError as exc:
+        except Exception as exc:  # noqa: BLE001 - the index is a summary: a sync never fails over it
             self.emit({"event": "warning", "message": f"index not read: {exc}"})
         for early in self._early:
             self.index.put(early)
@@ -327,7 +327,7 @@ class Engine:
                 self.index.restore_delta(delta)
         try:
             self.index.commit()
-        except StoreError as exc:
+        except Exception as exc:  # noqa: BLE001 - the store is the truth; a stale index is rebuilt later
             self.emit({"event": "warning", "message": f"index not saved: {exc}"})
 
     def _on_bytes(self, n: int) -> None:

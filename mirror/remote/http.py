@@ -288,7 +288,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._buf = buf
         self._fill = 0
         pending = self._leftover_pending
-        if pending:
+        if pending:  # body bytes that came with the headers (never more than a buffer holds)
             self._leftover_pending = b""
             n = len(pending)
             buf[:n] = pending
@@ -296,9 +296,9 @@ class _Connection(asyncio.BufferedProtocol):
             self._remaining -= n
             if self._remaining == 0 or n == len(buf):
                 self._hand_off()
-                return
-        self.client._progress(self)  # time spent waiting for a buffer is not a stall
-        self.transport.resume_reading()
+        if self.state == _BODY and not self.waiting_for_buffer:
+            self.client._progress(self)  # time spent waiting for a buffer is not a stall
+            self.transport.resume_reading()
 
     def _hand_off(self) -> None:
         buf, n = self._buf, self._fill
