@@ -36,6 +36,7 @@ from .errors import (
 )
 from .manifest import Manifest, ManifestDiff, compare_manifests, format_diff
 from .semver import Version
+from .gcpause import gc_paused
 from .plan import LocalState, Plan, Target, make_plan, targets_of
 from .remote import ObjectInfo, ObjectRef, OnDemand, RemoteSettings, Timeouts
 from .store.fsutil import atomic_write
@@ -433,15 +434,16 @@ class Mirror:
     async def _plan(self, cat: Catalog, manifests: list[Manifest], *, entries: list | None = None,
                     strays: bool = True) -> tuple[Plan, LocalState]:
         layout = self._need_layout()
-        targets: list[Target] = []
-        chosen = set(entries) if entries is not None else None
-        for m in manifests:
-            targets += targets_of(m, [e for e in m.entries() if e in chosen] if chosen is not None else None)
-        dirs = [m.view_dir for m in manifests] if strays else []
-        local = await asyncio.to_thread(scan_local, layout, targets, stray_dirs=dirs)
-        need = [t.entry for t in targets if t.entry.file_hash not in local.objects]
-        infos = await self._sizes(cat, need) if need else {}
-        return make_plan(targets, local, infos, manifests=[m.name for m in manifests]), local
+        with gc_paused():  # several objects per entry, none in a cycle: see mirror/gcpause.py
+            targets: list[Target] = []
+            chosen = set(entries) if entries is not None else None
+            for m in manifests:
+                targets += targets_of(m, [e for e in m.entries() if e in chosen] if chosen is not None else None)
+            dirs = [m.view_dir for m in manifests] if strays else []
+            local = await asyncio.to_thread(scan_local, layout, targets, stray_dirs=dirs)
+            need = [t.entry for t in targets if t.entry.file_hash not in local.objects]
+            infos = await self._sizes(cat, need) if need else {}
+            return make_plan(targets, local, infos, manifests=[m.name for m in manifests]), local
 
     def plan(self, version: str | None = None) -> Plan:
         """A dry run: what a sync of `version` ('all', 'latest', a version; default the

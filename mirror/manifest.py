@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 from .config import DatasetConfig
 from .errors import ManifestError
+from .gcpause import gc_paused
 from .semver import Version
 
 HASH_RE = re.compile(r"[0-9a-f]{128}")  # used with fullmatch: `$` would let a trailing newline in
@@ -174,6 +175,11 @@ def _entry_checked(source: str, kind: str, name: str, raw: object, ds: DatasetCo
 
 def parse_manifest(data: bytes, *, source: str, dataset: DatasetConfig) -> Manifest:
     """Validate `data` completely and return the model; raise ManifestError on the first problem."""
+    with gc_paused():
+        return _parse_manifest(data, source=source, dataset=dataset)
+
+
+def _parse_manifest(data: bytes, *, source: str, dataset: DatasetConfig) -> Manifest:
     try:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -306,3 +306,42 @@ def test_parts_of_one_object_go_one_at_a_time_while_files_wait_and_spread_at_the
     assert stats.files_done == 8 and stats.failures == []
     assert peak_while_waiting and max(peak_while_waiting.values()) == 1
     assert max(peak_at_tail.values()) > 1
+
+
+def test_gc_pause_nests_and_restores_the_collector_state():
+    import gc
+
+    from mirror.gcpause import gc_paused
+
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the outer pause still holds
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # a collector disabled by the caller stays disabled
+    finally:
+        gc.enable()
+
+
+def test_scan_finds_objects_only_in_fan_out_directories_that_exist(tmp_path):
+    from mirror.manifest import FileEntry
+    from mirror.plan import Target
+    from mirror.store.layout import CacheLayout
+    from mirror.store.scan import scan_local
+
+    layout = CacheLayout(tmp_path)
+    present, absent, other = "ab" * 64, "abcd" + "0" * 124, "ff" * 64
+    path = layout.object_file(present)
+    os.makedirs(os.path.dirname(path))
+    with open(path, "wb") as f:
+        f.write(b"x" * 7)
+    targets = [Target(f"v/{h}", FileEntry("data", str(i), "u", "b", f"p/{h}", "v", h))
+               for i, h in enumerate((present, absent, other))]
+    local = scan_local(layout, targets)
+    assert local.objects == {present: 7}  # the same ab/ directory, another cd/: not found; ff/: not listed

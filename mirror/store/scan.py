@@ -47,6 +47,32 @@ def _walk(layout: CacheLayout, top: str) -> dict[str, tuple[int, int]]:
     return out
 
 
+class _FanOut:
+    """Which `ab/cd` fan-out directories of the store exist, listed lazily (one scandir of the
+    root, one of each first-level directory asked about)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.first = self._names(root)
+        self.second: dict[str, set[str]] = {}
+
+    @staticmethod
+    def _names(path: str) -> set[str]:
+        try:
+            with os.scandir(path) as it:
+                return {e.name for e in it if e.is_dir(follow_symlinks=False)}
+        except (FileNotFoundError, NotADirectoryError):
+            return set()
+
+    def exists(self, file_hash: str) -> bool:
+        a = file_hash[:2]
+        if a not in self.first:
+            return False
+        if (names := self.second.get(a)) is None:
+            names = self.second[a] = self._names(f"{self.root}/{a}")
+        return file_hash[2:4] in names
+
+
 def scan_local(layout: CacheLayout, targets: Iterable[Target], *, stray_dirs: Iterable[str] = ()) -> LocalState:
     """`stray_dirs`: version directories (relative to cache_dir) in which files that are
     views of store objects but wanted by no target are reported for removal. Files that are
@@ -60,7 +86,10 @@ def scan_local(layout: CacheLayout, targets: Iterable[Target], *, stray_dirs: It
     objects: dict[str, int] = {}
     inode_of: dict[str, tuple[int, int]] = {}
     targets = list(targets)
+    leaves = _FanOut(str(layout.objects))
     for h in {t.entry.file_hash for t in targets}:
+        if not leaves.exists(h):
+            continue  # a stat of a name in a missing fan-out directory: skipped (1,000,000 of them took 4 s)
         try:
             st = os.stat(layout.object_file(h), follow_symlinks=False)
         except (FileNotFoundError, NotADirectoryError):
