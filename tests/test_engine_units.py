@@ -344,4 +344,7 @@ def test_scan_finds_objects_only_in_fan_out_directories_that_exist(tmp_path):
     targets = [Target(f"v/{h}", FileEntry("data", str(i), "u", "b", f"p/{h}", "v", h))
                for i, h in enumerate((present, absent, other))]
     local = scan_local(layout, targets)
-    assert local.objects == {present: 7}  # the same ab/ directory, another cd/: not found; ff/: not listed
+    assert local.objects == {present: 7}
+    many = targets + [Target(f"v/{i}", FileEntry("data", str(i), "u", "b", f"p/{i}", "v", f"{i:0128x}"))
+                      for i in range(20_001)]  # past the threshold: the fan-out listing is used
+    assert scan_local(layout, many).objects == {present: 7}  # the same ab/ directory, another cd/: not found; ff/: not listed
