@@ -270,7 +270,7 @@ class RemoteTransport(Transport):
         self.remote.buffers.give_threadsafe(buf)
 
     async def part(self, t: Target, start: int, end: int, ranged: bool) -> None:
-        from mirror.remote.types import ObjectRef
+        from mirror.model import ObjectRef
 
         futures = []
         pos = start

@@ -23,7 +23,6 @@ from .limits import Limits
 from .engine.verify import Verify
 from .errors import (
     EndpointUnreachable,
-    FileFailed,
     StoreError,
     InputError,
     OfflineError,
@@ -573,8 +572,7 @@ class Mirror:
                 finally:
                     lock.release()
                 if stats.failures:
-                    f = stats.failures[0]
-                    raise FileFailed(f"{entry.key}: {f['message']}")
+                    raise stats.failures[0].error  # its own type: ObjectNotFound, IntegrityError, ...
             return path
 
         return self._run(go)
@@ -630,7 +628,7 @@ class Mirror:
 
                 stats = self._run(go)
                 report["repaired"] = {"files_fetched": stats.files_done, "views_linked": stats.files_linked,
-                                      "failures": stats.failures}
+                                      "failures": [f.to_dict() for f in stats.failures]}
                 report["ok"] = not stats.failures
         return report
 

@@ -23,7 +23,7 @@ from typing import Callable
 
 from .limits import Limits
 from .remote.settings import RemoteSettings
-from .remote.types import ObjectRef
+from .model import ObjectRef
 from .store.objects import DIRECT_ALIGN, open_direct
 
 

@@ -14,12 +14,11 @@ import hashlib
 from typing import TYPE_CHECKING, Iterable
 
 from .config import DatasetConfig
-from .engine.policy import RetryPolicy, action_for, call_with_retries, first_error
+from .engine.policy import RetryPolicy, call_with_retries, first_error
 from .errors import Action, AccessDenied, IntegrityError, ManifestError, MirrorError, OfflineError, UnknownVersionError
 from .hashing import xxh3_bytes
 from .manifest import FileEntry, Manifest, parse_manifest
-from .remote import ObjectInfo, ObjectRef
-from .remote.types import strip_etag
+from .model import ObjectInfo, ObjectRef, strip_etag
 from .semver import Version
 from .store.fsutil import atomic_write
 from .store.index import IndexRecord, StateIndex
@@ -157,7 +156,7 @@ class Catalog:
                     found[(e.key, e.version_id)] = await call_with_retries(
                         lambda: remote.head(ObjectRef(e.bucket, e.key, e.version_id)), policy=METADATA_RETRIES)
                 except MirrorError as exc:
-                    if action_for(exc) is not Action.SKIP_FILE:
+                    if exc.outcome is Action.STOP_RUN:
                         raise
 
         try:

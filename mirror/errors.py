@@ -1,12 +1,16 @@
-"""One small hierarchy of errors, each carrying what the caller should do next.
+"""One small hierarchy of errors; each kind carries its own decisions.
 
 Errors are classified by *what happens next* (rclone's habit), never by matching message
-text: `Action.RETRY` means the same request may succeed if tried again, `Action.SKIP_FILE`
-means this one file has failed but the run goes on, `Action.STOP_RUN` means nothing else
-can succeed either (the disk is full, the cache is locked, the input is bad).
+text. Two class attributes say it, and nothing else decides:
 
-Every library error (aiohttp, botocore, OSError) is translated once, at the boundary where
-it is raised (`raise OurError(...) from exc`), so no code above `remote/` and `store/`
+- `retry`: the same request may succeed if tried again (with backoff), so it is;
+- `outcome`: what the run does once the error is final (not retryable, or its retries ran
+  out): `Action.SKIP_FILE` fails this one file and the run goes on; `Action.STOP_RUN` stops
+  everything, because nothing else can succeed either (the disk is full, the endpoint is
+  dead, the input is bad).
+
+Every library error (the HTTP client, botocore, OSError) is translated once, at the boundary
+where it is raised (`raise OurError(...) from exc`), so no code above `remote/` and `store/`
 knows which library produced it.
 """
 
@@ -16,7 +20,8 @@ import enum
 
 
 class Action(enum.Enum):
-    RETRY = "retry"
+    """What the run does with an error that is final."""
+
     SKIP_FILE = "skip-file"
     STOP_RUN = "stop-run"
 
@@ -29,7 +34,8 @@ class MirrorError(Exception):
     """
 
     exit_code = 1
-    action = Action.STOP_RUN
+    retry = False
+    outcome = Action.STOP_RUN
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -103,11 +109,15 @@ class RemoteError(MirrorError):
     """Base of everything the S3 / HTTP boundary raises."""
 
     exit_code = 3
-    action = Action.RETRY
+    retry = True
+    outcome = Action.SKIP_FILE
 
 
 class EndpointUnreachable(RemoteError):
-    """No answer at all: connection refused, DNS failure, connect timeout."""
+    """No answer at all: connection refused, DNS failure, connect timeout. Retried; once the
+    retries run out no other file can succeed either, so the run stops."""
+
+    outcome = Action.STOP_RUN
 
 
 class TransferError(RemoteError):
@@ -123,23 +133,23 @@ class SlowDown(RemoteError):
 
 
 class ObjectNotFound(RemoteError):
-    action = Action.SKIP_FILE
+    retry = False
 
 
 class AccessDenied(RemoteError):
-    action = Action.SKIP_FILE
+    retry = False
 
 
 class ObjectChanged(RemoteError):
     """412 on If-Match, or a changed ETag: the bytes we hold belong to another object."""
 
-    action = Action.SKIP_FILE
+    retry = False
 
 
 class RequestRejected(RemoteError):
     """A 4xx the request will get again if repeated (bad range, expired token, ...)."""
 
-    action = Action.SKIP_FILE
+    retry = False
 
 
 class ProtocolError(RemoteError):
@@ -150,7 +160,8 @@ class IntegrityError(MirrorError):
     """Downloaded bytes do not match the manifest hash or the S3 ETag."""
 
     exit_code = 5
-    action = Action.RETRY
+    retry = True
+    outcome = Action.SKIP_FILE
 
 
 class ViewBlocked(MirrorError):
@@ -158,14 +169,7 @@ class ViewBlocked(MirrorError):
     view must go: that one view fails, the run goes on, nothing of theirs is touched."""
 
     exit_code = 5
-    action = Action.SKIP_FILE
-
-
-class FileFailed(MirrorError):
-    """One file could not be mirrored after every retry; the run goes on without it."""
-
-    exit_code = 5
-    action = Action.SKIP_FILE
+    outcome = Action.SKIP_FILE
 
 
 # --- warnings: things the user should know that do not stop anything -----------------------

@@ -8,11 +8,11 @@ across versions and keys.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Mapping, NamedTuple
 
 from .manifest import FileEntry, Manifest
-from .remote.types import ObjectInfo, ObjectRef
+from .model import ObjectInfo, ObjectRef
 
 
 class Target(NamedTuple):
@@ -52,7 +52,6 @@ class Plan:
     present_bytes: int = 0
     replace: tuple[str, ...] = ()  # views whose content is wrong: removed, then linked
     remove: tuple[str, ...] = ()  # files in the version dirs that no manifest wants
-    problems: tuple[str, ...] = field(default=())
 
     def __repr__(self) -> str:
         # Short on purpose: asyncio's Runner reprs the task holding a run's result when it

@@ -9,7 +9,6 @@ have ophys data) have no file of their own.
 from __future__ import annotations
 
 import io
-from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -42,19 +41,6 @@ def to_pandas(table: pa.Table, *, index: str | None):
     if index and index in df.columns:
         df = df.set_index(index)
     return df
-
-
-def file_ids(table: pa.Table, *, id_column: str, ids: Iterable[int] | None = None) -> dict[int, int]:
-    """id → file_id for the rows that have a file of their own (optionally only `ids`)."""
-    if "file_id" not in table.column_names:
-        raise InputError(f"the table has no file_id column (columns: {', '.join(table.column_names)})")
-    if id_column not in table.column_names:
-        raise InputError(f"the table has no {id_column} column")
-    mask = pc.is_valid(table["file_id"])
-    if ids is not None:
-        mask = pc.and_(mask, pc.is_in(table[id_column], value_set=pa.array(list(ids), pa.int64())))
-    rows = table.filter(mask)
-    return dict(zip(rows[id_column].to_pylist(), rows["file_id"].to_pylist()))
 
 
 def entry_for_id(manifest: Manifest, table: pa.Table, kind: FileKind, item_id: int) -> FileEntry:

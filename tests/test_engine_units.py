@@ -184,7 +184,7 @@ def test_a_stop_while_another_file_fails_ends_the_run_promptly(tmp_path):
     from mirror.errors import ObjectChanged, StoreError
     from mirror.plan import Fetch, Plan
     from mirror.remote.http import BufferPool
-    from mirror.remote.types import ObjectRef
+    from mirror.model import ObjectRef
     from mirror.store.index import StateIndex
     from mirror.store.layout import CacheLayout
     from mirror.store.views import Linker
@@ -272,7 +272,7 @@ def test_parts_of_one_object_go_one_at_a_time_while_files_wait_and_spread_at_the
     from mirror.limits import Limits
     from mirror.plan import Fetch, Plan
     from mirror.remote.http import BufferPool
-    from mirror.remote.types import ObjectRef
+    from mirror.model import ObjectRef
     from mirror.store.index import StateIndex
     from mirror.store.layout import CacheLayout
     from mirror.store.views import Linker

@@ -19,13 +19,10 @@ from faultproxy import FaultProxy, Rule
 from test_sync import PROJECT, assert_mirror, expected_files
 
 from mirror.api import Mirror
-from mirror.engine.policy import RETRY_TABLE, RetryPolicy
+from mirror.engine.policy import RetryPolicy
 from mirror.limits import Limits
-from mirror.engine.runner import EXHAUSTED
 from mirror.engine.transfer import Verify
-from mirror.errors import (AccessDenied, Action, EndpointUnreachable, IntegrityError, LockHeldError, MirrorError,
-                           ObjectChanged, ObjectNotFound, ProtocolError, RequestRejected, ServerError, SlowDown,
-                           StoreError, TransferError, ViewBlocked)
+from mirror.errors import (IntegrityError, ObjectChanged)
 from mirror.store.layout import CacheLayout
 
 FAST = RetryPolicy(attempts=4, integrity_attempts=3, base_delay=0.01, max_delay=0.05)
@@ -38,18 +35,6 @@ def biggest(replica, version="1.0.1"):
 
 def summary(stdout: str) -> dict:
     return json.loads(stdout.splitlines()[-1])
-
-
-def test_retry_tables_are_pinned():
-    assert RETRY_TABLE == {
-        EndpointUnreachable: Action.RETRY, TransferError: Action.RETRY, ServerError: Action.RETRY,
-        SlowDown: Action.RETRY, ProtocolError: Action.RETRY, IntegrityError: Action.RETRY,
-        ObjectNotFound: Action.SKIP_FILE, AccessDenied: Action.SKIP_FILE, ObjectChanged: Action.SKIP_FILE,
-        RequestRejected: Action.SKIP_FILE, ViewBlocked: Action.SKIP_FILE,
-        StoreError: Action.STOP_RUN, LockHeldError: Action.STOP_RUN,
-    }
-    assert EXHAUSTED == {EndpointUnreachable: Action.STOP_RUN, StoreError: Action.STOP_RUN,
-                         MirrorError: Action.SKIP_FILE}
 
 
 def test_every_get_names_its_version_and_ranged_gets_send_if_match(sandbox, replica, tmp_path):
@@ -140,8 +125,9 @@ def test_etag_verification_of_multipart_objects(sandbox, replica, tmp_path):
         m = Mirror(tmp_path / "d", endpoint_url=proxy.url)
         m.load_manifest("1.1.0")
         stats = m.sync(limits=SMALL_PARTS, verify=Verify.ETAG, policy=FAST)
-    assert [x["key"] for x in stats.failures] == [f.key]
-    assert "ETag" in stats.failures[0]["message"] and "-" in stats.failures[0]["message"]
+    assert [x.key for x in stats.failures] == [f.key]
+    assert isinstance(stats.failures[0].error, IntegrityError)
+    assert "ETag" in str(stats.failures[0].error) and "-" in str(stats.failures[0].error)
 
 
 def test_an_object_that_changed_fails_that_file(sandbox, replica, tmp_path):
@@ -151,8 +137,8 @@ def test_an_object_that_changed_fails_that_file(sandbox, replica, tmp_path):
         m = Mirror(tmp_path / "c", endpoint_url=proxy.url)
         m.load_manifest("1.0.1")
         stats = m.sync(limits=SMALL_PARTS, policy=FAST)
-    assert [x["error"] for x in stats.failures] == ["ObjectChanged"]
-    assert "changed on the server" in stats.failures[0]["message"]
+    assert [type(x.error) for x in stats.failures] == [ObjectChanged]
+    assert "changed on the server" in str(stats.failures[0].error)
     assert not list(CacheLayout(tmp_path / "c").objects.glob("*/*/*.partial"))
 
 
@@ -306,3 +292,20 @@ def test_a_manifest_damaged_in_transit_is_caught_by_its_etag_and_fetched_again(s
     assert rule.hits == 1
     name = "visual-behavior-ophys_project_manifest_v1.0.1.json"
     assert (tmp_path / "c" / name).read_bytes() == replica.manifests[name]
+
+
+@pytest.mark.parametrize("status,code,kind", [(404, "NoSuchVersion", "ObjectNotFound"), (403, "AccessDenied", "AccessDenied")])
+def test_get_file_path_raises_the_real_error_type(sandbox, replica, tmp_path, status, code, kind):
+    """A caller can catch ObjectNotFound or AccessDenied from `get_behavior_session_path`
+    (they used to arrive re-wrapped as a generic failure with only the message left)."""
+    import mirror.errors
+
+    bsid = replica.behavior_ids["1.0.1"][0]
+    with FaultProxy(sandbox.url, rules=[Rule(f"behavior_session_{bsid}.nwb", "status", times=99, status=status,
+                                             code=code)]) as proxy:
+        m = Mirror(tmp_path / "c", endpoint_url=proxy.url)
+        m.load_manifest("1.0.1")
+        with pytest.raises(getattr(mirror.errors, kind)) as caught:
+            m.get_behavior_session_path(bsid)
+    assert f"behavior_session_{bsid}.nwb" in str(caught.value)
+    assert not (tmp_path / "c" / f"{PROJECT}-1.0.1" / "behavior_sessions" / f"behavior_session_{bsid}.nwb").exists()

@@ -14,7 +14,7 @@ from conftest import TEST_SPEC, manifest_name
 from mirror.manifest import compare_manifests, parse_manifest
 from mirror.config import load_dataset
 from mirror.remote import Remote, RemoteSettings
-from mirror.remote.types import ObjectRef, multipart_count
+from mirror.model import ObjectRef, multipart_count
 from mirror.sandbox.replica import BUCKET, VERSIONS, build_replica, payload
 
 DS = load_dataset("visual-behavior-ophys")

@@ -8,49 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
-from ..errors import (
-    AccessDenied,
-    Action,
-    EndpointUnreachable,
-    IntegrityError,
-    LockHeldError,
-    MirrorError,
-    ObjectChanged,
-    ObjectNotFound,
-    ProtocolError,
-    RequestRejected,
-    ServerError,
-    SlowDown,
-    StoreError,
-    TransferError,
-    ViewBlocked,
-)
-
-# What happens after each kind of error: the one place that decides. Pinned by a test.
-RETRY_TABLE: dict[type[MirrorError], Action] = {
-    EndpointUnreachable: Action.RETRY,
-    TransferError: Action.RETRY,
-    ServerError: Action.RETRY,
-    SlowDown: Action.RETRY,
-    ProtocolError: Action.RETRY,
-    IntegrityError: Action.RETRY,
-    ObjectNotFound: Action.SKIP_FILE,
-    AccessDenied: Action.SKIP_FILE,
-    ObjectChanged: Action.SKIP_FILE,
-    RequestRejected: Action.SKIP_FILE,
-    ViewBlocked: Action.SKIP_FILE,
-    StoreError: Action.STOP_RUN,
-    LockHeldError: Action.STOP_RUN,
-}
-
-
-def lookup(table: dict[type[MirrorError], Action], exc: MirrorError, default: Action) -> Action:
-    """The action of the most specific error class of `exc` that `table` names."""
-    return next((table[cls] for cls in type(exc).__mro__ if cls in table), default)
-
-
-def action_for(exc: MirrorError) -> Action:
-    return lookup(RETRY_TABLE, exc, exc.action)
+from ..errors import MirrorError, SlowDown, StoreError
 
 
 @dataclass
@@ -105,10 +63,16 @@ class Pacer:
 
 async def call_with_retries(fn: Callable[[], Awaitable], *, policy: RetryPolicy, pacer: "Pacer | None" = None,
                             on_retry: Callable[[MirrorError, int, float], None] | None = None,
+                            progressed: Callable[[], bool] | None = None,
                             sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
-    """Await `fn()` until it succeeds, retrying what the retry table calls retryable, with
-    backoff; with a `pacer`, every attempt is paced and a SlowDown slows everyone."""
-    for attempt in range(policy.attempts):
+    """Await `fn()` until it succeeds, retrying errors whose kind says `retry`, with backoff;
+    the error that ends it (not retryable, or the retries ran out) is raised as it is, its
+    `outcome` left for the caller to act on. With a `pacer`, every attempt is paced and a
+    SlowDown slows everyone. `progressed()`, asked after each failure, says whether that
+    attempt moved forward (a resumable transfer that got some bytes): then the failures
+    before it no longer count against `policy.attempts`."""
+    failures = 0
+    while True:
         if pacer is not None:
             await pacer.wait()
         try:
@@ -116,17 +80,19 @@ async def call_with_retries(fn: Callable[[], Awaitable], *, policy: RetryPolicy,
         except MirrorError as exc:
             if pacer is not None:
                 pacer.observe(exc)
-            if action_for(exc) is not Action.RETRY or attempt == policy.attempts - 1:
+            if not exc.retry:
                 raise
-            delay = policy.delay(attempt)
+            failures = 1 if progressed is not None and progressed() else failures + 1
+            if failures >= policy.attempts:
+                raise
+            delay = policy.delay(failures - 1)
             if on_retry is not None:
-                on_retry(exc, attempt + 1, delay)
+                on_retry(exc, failures, delay)
             await sleep(delay)
         else:
             if pacer is not None:
                 pacer.success()
             return result
-    raise AssertionError("unreachable")
 
 
 def first_error(eg: BaseExceptionGroup) -> BaseException:

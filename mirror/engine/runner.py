@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..errors import Action, EndpointUnreachable, MirrorError, OfflineError, StoreError, ViewBlocked
+from ..errors import Action, MirrorError, OfflineError, ViewBlocked
 from ..hashing import Digests
 from ..plan import Fetch, Plan
 from ..store.fsutil import store_error
@@ -26,7 +26,7 @@ from ..store.layout import CacheLayout
 from ..store.objects import ObjectStore
 from ..store.views import Linker
 from ..limits import Limits
-from .policy import Pacer, RetryPolicy, action_for, call_with_retries, first_error, lookup
+from .policy import Pacer, RetryPolicy, call_with_retries, first_error
 from .transfer import Job, Reporter, Transfer, Verify
 from .writer import HoldBudget
 
@@ -35,17 +35,19 @@ if TYPE_CHECKING:
 
 Event = dict[str, Any]
 
-# What happens to a file whose retries ran out, by error kind: the dead endpoint stops the
-# run (no other file can succeed either); anything else fails that one file. Pinned by a test.
-EXHAUSTED: dict[type[MirrorError], Action] = {
-    EndpointUnreachable: Action.STOP_RUN,
-    StoreError: Action.STOP_RUN,
-    MirrorError: Action.SKIP_FILE,
-}
+@dataclass(frozen=True)
+class Failure:
+    """One file that could not be mirrored, with the error itself (its type is what a caller
+    catches: `get_file_path` raises it again)."""
 
+    key: str
+    version_id: str | None
+    error: MirrorError
+    views: tuple[str, ...]
 
-def after_retries(exc: MirrorError) -> Action:
-    return lookup(EXHAUSTED, exc, Action.SKIP_FILE)
+    def to_dict(self) -> dict:
+        return {"key": self.key, "version_id": self.version_id, "error": type(self.error).__name__,
+                "message": str(self.error), "views": list(self.views)}
 
 
 @dataclass
@@ -65,7 +67,7 @@ class Stats:
     removed: int = 0
     retries: int = 0
     in_flight: set[str] = field(default_factory=set)
-    failures: list[dict] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
 
@@ -89,7 +91,7 @@ class Stats:
             "seconds": round(secs, 3),
             "mb_per_s": round(self.bytes_done / secs / 1e6, 2) if secs > 0 else 0.0,
             "retries": self.retries,
-            "failures": self.failures,
+            "failures": [f.to_dict() for f in self.failures],
         }
 
 
@@ -241,7 +243,7 @@ class Engine:
                        "seconds": round(time.monotonic() - started, 3), "views": list(item.views),
                        **({"etag_unverifiable": True} if transfer.etag_unverifiable else {})})
         except MirrorError as exc:
-            if after_retries(exc) is Action.STOP_RUN:
+            if exc.outcome is Action.STOP_RUN:
                 raise
             self._failed(ref.key, ref.version_id, exc, list(item.views))
         finally:
@@ -254,8 +256,7 @@ class Engine:
         return self.limits.parts_per_file if self._waiting <= 0 else 1
 
     def _failed(self, key: str, version_id: str | None, exc: MirrorError, views: list[str]) -> None:
-        self.stats.failures.append({"key": key, "version_id": version_id, "error": type(exc).__name__,
-                                    "message": str(exc), "views": views})
+        self.stats.failures.append(Failure(key, version_id, exc, tuple(views)))
         self.emit({"event": "file_failed", "key": key, "error": type(exc).__name__, "message": str(exc)})
 
     def _link(self, file_hash: str, views: list[str]) -> None:
@@ -336,4 +337,4 @@ class Engine:
     def _on_retry(self, key: str, exc: MirrorError, attempt: int, delay: float) -> None:
         self.stats.retries += 1
         self.emit({"event": "retry", "key": key, "attempt": attempt, "delay": round(delay, 3),
-                   "error": type(exc).__name__, "message": str(exc), "action": action_for(exc).value})
+                   "error": type(exc).__name__, "message": str(exc)})

@@ -16,19 +16,13 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from ..errors import (
-    Action,
-    IntegrityError,
-    MirrorError,
-    ObjectChanged,
-    TransferError,
-)
+from ..errors import IntegrityError, MirrorError, ObjectChanged, TransferError
 from ..hashing import Digests, MultiHasher
 from ..limits import Limits
-from ..remote.types import ObjectRef, multipart_count
+from ..model import ObjectRef, multipart_count
 from ..store.fsutil import store_error
 from ..store.objects import ObjectStore, Partial, ResumeState, missing_ranges
-from .policy import Pacer, RetryPolicy, action_for, call_with_retries
+from .policy import Pacer, RetryPolicy, call_with_retries
 from .verify import Verify
 from .writer import FileWriter, HoldBudget
 
@@ -200,28 +194,23 @@ class Transfer:
         ref = self.job.ref
         whole = start == 0 and end == self.job.size
         sink = writer.sink(start)
-        failures = 0
-        while sink.pos < end:
-            tried_from = sink.pos
-            await self.pacer.wait()
-            try:
-                async with self.gets:
-                    ranged = not (whole and sink.pos == 0)
-                    await self.remote.get_into(ref, sink, start=sink.pos, end=end if ranged else None,
-                                               size=self.job.size, if_match=self.job.etag)
-                if sink.pos < end:
-                    raise TransferError(f"GET s3://{ref.bucket}/{ref.key}: stream ended at byte {sink.pos} of {end}")
-                self.pacer.success()
-            except MirrorError as exc:
-                self.pacer.observe(exc)
-                if action_for(exc) is not Action.RETRY:
-                    raise
-                failures = 1 if sink.pos > tried_from else failures + 1
-                if failures >= self.policy.attempts:
-                    raise
-                delay = self.policy.delay(failures - 1)
-                self.report.on_retry(ref.key, exc, failures, delay)
-                await asyncio.sleep(delay)
+        reached = sink.pos
+
+        async def attempt() -> None:
+            async with self.gets:
+                ranged = not (whole and sink.pos == 0)
+                await self.remote.get_into(ref, sink, start=sink.pos, end=end if ranged else None,
+                                           size=self.job.size, if_match=self.job.etag)
+            if sink.pos < end:
+                raise TransferError(f"GET s3://{ref.bucket}/{ref.key}: stream ended at byte {sink.pos} of {end}")
+
+        def progressed() -> bool:
+            nonlocal reached
+            moved, reached = sink.pos > reached, sink.pos
+            return moved
+
+        await call_with_retries(attempt, policy=self.policy, pacer=self.pacer, progressed=progressed,
+                                on_retry=lambda exc, n, delay: self.report.on_retry(ref.key, exc, n, delay))
         await writer.wait(sink.futures)
         if not whole:  # a whole object is published right away: resume state would be thrown away
             await self._thread(writer.partial.checkpoint, [(start, end)])

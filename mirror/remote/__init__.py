@@ -1,7 +1,7 @@
 """The only code that speaks S3 or HTTP. Everything above sees our types and our errors."""
 
 from .settings import RemoteSettings, Timeouts
-from .types import ObjectInfo, ObjectRef
+from ..model import ObjectInfo, ObjectRef
 
 __all__ = ["ObjectInfo", "ObjectRef", "OnDemand", "Remote", "RemoteSettings", "Timeouts"]
 

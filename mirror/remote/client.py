@@ -16,7 +16,7 @@ from . import listing
 from .http import BufferPool, HttpClient, Sink
 from .translate import from_exception, from_status
 from .settings import TRANSPORTS, RemoteSettings, Timeouts  # noqa: F401 (re-exported)
-from .types import ObjectInfo, ObjectRef, strip_etag
+from ..model import ObjectInfo, ObjectRef, strip_etag
 
 class Remote:
     """One endpoint: a pool of connections for object bodies sized by `limits`, receive

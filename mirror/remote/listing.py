@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from ..errors import ProtocolError
-from .types import ObjectInfo, strip_etag
+from ..model import ObjectInfo, strip_etag
 
 
 @dataclass

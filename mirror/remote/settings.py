@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
-from .types import ObjectRef
+from ..model import ObjectRef
 
 TRANSPORTS = ("lean", "aiohttp")
 

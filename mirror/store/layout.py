@@ -19,7 +19,6 @@ import os
 from pathlib import Path
 
 from ..errors import InputError
-from ..manifest import FileEntry, Manifest, check_key
 
 META = ".vbo-mirror"
 LAST_USED = "_manifest_last_used.txt"
@@ -50,12 +49,6 @@ class CacheLayout:
         if "/" in name or name.startswith("."):
             raise InputError(f"refusing manifest file name {name!r}")
         return self.root / name
-
-    def view_rel(self, manifest: Manifest, entry: FileEntry) -> str:
-        """The view path relative to cache_dir, checked again here (defence in depth)."""
-        if check_key(entry.key, prefix=entry.key.split("/", 1)[0] + "/"):
-            raise InputError(f"unsafe key {entry.key!r}")
-        return f"{manifest.view_dir}/{entry.relative_path}"
 
     def view_path(self, rel: str) -> Path:
         path = self.root / rel

@@ -166,12 +166,6 @@ class ObjectStore:
     def path(self, file_hash: str) -> Path:
         return self.layout.object_path(file_hash)
 
-    def size_of(self, file_hash: str) -> int | None:
-        try:
-            return self.path(file_hash).stat().st_size
-        except FileNotFoundError:
-            return None
-
     def open_partial(self, file_hash: str, want: ResumeState, *, direct: bool = False) -> Partial:
         """Open (or resume) the partial download of `file_hash` for the object in `want`.
 
