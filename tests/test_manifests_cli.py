@@ -150,7 +150,15 @@ def test_unknown_version_lists_available(cli):
     assert tree_files(cli.cache_dir) == []
 
 
-def test_no_cache_dir_is_a_clear_error(cli):
+def test_no_cache_dir_is_a_clear_error(cli, tmp_path, monkeypatch):
+    """Nothing is written anywhere: not in the working directory, not under HOME, not in a
+    cache_dir it might have guessed."""
+    for d in ("cwd", "home"):
+        (tmp_path / d).mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("VBO_MIRROR_CACHE_DIR", raising=False)
+    before = tree_files(tmp_path)
     r = cli("manifests", "use", "latest", cache=False, expect=2)
     assert "no cache directory given" in r.stderr and "VBO_MIRROR_CACHE_DIR" in r.stderr
-    assert not Path("_manifest_last_used.txt").exists()
+    assert tree_files(tmp_path) == before == ["cwd", "home"]

@@ -53,7 +53,19 @@ def test_replica_is_deterministic_by_seed():
     assert {v: {k: (f.key, f.size, f.seed) for k, f in d.items()} for v, d in a.data.items()} == \
            {v: {k: (f.key, f.size, f.seed) for k, f in d.items()} for v, d in b.data.items()}
     f = next(iter(a.data["1.0.1"].values()))
-    assert payload(f.seed, f.size) == payload(f.seed, f.size)
+    # The same bytes in another interpreter (the loader and the tests are separate processes),
+    # other bytes for another seed, the size asked for, an HDF5 signature first.
+    import hashlib
+    import subprocess
+    import sys
+
+    here = hashlib.blake2b(payload(f.seed, f.size)).hexdigest()
+    there = subprocess.run([sys.executable, "-c", "import hashlib; from mirror.sandbox.replica import payload; "
+                            f"print(hashlib.blake2b(payload({f.seed}, {f.size})).hexdigest())"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert here == there
+    assert payload(f.seed + 1, f.size) != payload(f.seed, f.size)
+    assert len(payload(f.seed, f.size)) == f.size and payload(f.seed, f.size).startswith(b"\x89HDF\r\n\x1a\n")
     other = build_replica(TEST_SPEC.__class__(seed=TEST_SPEC.seed + 1, scale=TEST_SPEC.scale))
     assert other.tables != a.tables
 
