@@ -179,7 +179,7 @@ def manifests_latest(c: Ctx) -> None:
 @handle_errors
 def manifests_downloaded(c: Ctx) -> None:
     """Manifests present in cache_dir."""
-    c.mirror._need_layout()
+    c.mirror.need_layout()
     c.emit(c.mirror.list_all_downloaded_manifests())
 
 
@@ -188,7 +188,7 @@ def manifests_downloaded(c: Ctx) -> None:
 @handle_errors
 def manifests_current(c: Ctx) -> None:
     """The manifest in use in cache_dir."""
-    c.mirror._need_layout()
+    c.mirror.need_layout()
     current = c.mirror.current_manifest()
     if current is None and not c.json:
         raise InputError(f"no manifest is in use in {c.mirror.cache_dir}",

@@ -182,32 +182,30 @@ def test_kill_9_mid_sync_then_resume(sandbox, replica, tmp_path):
 
 
 def test_cancel_mid_transfer_leaks_nothing(sandbox, replica, tmp_path):
-    from mirror.catalog import Catalog
-    from mirror.remote import Remote
+    from mirror.model import Selection
+    from mirror.session import Session
 
     m = Mirror(tmp_path / "c", endpoint_url=sandbox.url)
     m.load_manifest("1.0.1")
 
     async def go():
-        async with Remote(m.remote_settings()) as remote:
-            cat = Catalog(m.dataset, m.layout, remote)
-            manifests = await m._select(cat, None)
-            plan, local = await m._plan(cat, manifests)
-            started = asyncio.Event()
+        session = Session(m.dataset, m.layout, m.remote_settings(), limits=Limits(jobs=4, part_size=64 << 10))
+        started = asyncio.Event()
 
-            def on_event(e):
-                if e["event"] == "file_start":
-                    started.set()
+        def on_event(e):
+            if e["event"] == "file_start":
+                started.set()
 
-            task = asyncio.create_task(m._execute(cat, plan, local, limits=Limits(jobs=4, part_size=64 << 10),
-                                                  on_event=on_event))
+        try:
+            task = asyncio.create_task(session.sync(Selection(), on_event=on_event))
             await started.wait()
             await asyncio.sleep(0.01)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            return others
+        finally:
+            await session.aclose()
+        return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
 
     fds_before = len(os.listdir("/proc/self/fd"))
     leftover = asyncio.run(go())
@@ -217,6 +215,7 @@ def test_cancel_mid_transfer_leaks_nothing(sandbox, replica, tmp_path):
     stats = m.sync(limits=SMALL_PARTS)
     assert stats.failures == []
     assert_mirror(tmp_path / "c", replica, "1.0.1")
+    m.close()
 
 
 def test_a_full_disk_stops_the_run_and_loses_nothing(cli, replica, monkeypatch):
@@ -309,3 +308,43 @@ def test_get_file_path_raises_the_real_error_type(sandbox, replica, tmp_path, st
             m.get_behavior_session_path(bsid)
     assert f"behavior_session_{bsid}.nwb" in str(caught.value)
     assert not (tmp_path / "c" / f"{PROJECT}-1.0.1" / "behavior_sessions" / f"behavior_session_{bsid}.nwb").exists()
+
+
+@pytest.mark.parametrize("host", ["jupyter", "asyncio.run"])
+def test_ctrl_c_from_inside_a_running_loop_cancels_the_job_and_a_rerun_resumes(sandbox, replica, tmp_path, host):
+    """Called from a running event loop, a sync is cancelled by Ctrl-C at once, not when the
+    job would have finished: in Jupyter (whose SIGINT handler raises KeyboardInterrupt) and
+    under `asyncio.run` (whose handler cancels its main task, here blocked in the call). The
+    partials are kept, the lock is released, the same Mirror works afterwards, and the next
+    sync resumes."""
+    import signal
+    import threading
+
+    total = replica.total_bytes("1.0.1")
+    rate = total / 20  # bytes/s per response: the whole sync would take well over 20 s
+    cache = tmp_path / "c"
+    with FaultProxy(sandbox.url, rate=rate) as proxy:
+        m = Mirror(cache, endpoint_url=proxy.url)
+        m.load_manifest("1.0.1")
+        got: list[dict] = []
+
+        async def cell() -> None:
+            if host == "jupyter":
+                signal.signal(signal.SIGINT, signal.default_int_handler)  # as ipykernel's: KeyboardInterrupt
+            main = threading.main_thread().ident
+            threading.Timer(1.0, lambda: signal.pthread_kill(main, signal.SIGINT)).start()
+            m.sync(limits=SMALL_PARTS, on_event=got.append)
+
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            asyncio.run(cell())
+        waited = time.monotonic() - t0
+        assert waited < 8, f"Ctrl-C took {waited:.1f} s to stop the job"
+        assert any(e["event"] == "file_start" for e in got)
+        assert sum(e["event"] == "file_done" for e in got) < len(expected_files(replica, "1.0.1"))
+        # the lock is free and the Mirror still works: a rerun at full speed finishes the job
+        proxy.rate = None
+        stats = m.sync(limits=SMALL_PARTS)
+    assert stats.failures == []
+    assert_mirror(cache, replica, "1.0.1")
+    m.close()

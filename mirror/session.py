@@ -1,0 +1,458 @@
+"""The async core behind `Mirror`: one session per mirror, alive as long as it is.
+
+A `Session` owns, for its whole life, the things every call used to build again: the
+`Remote` (its connection pool; made on first use, so a command that needs no network never
+imports the network code), the `Limits`, the `Pacer` (a SlowDown slows every later call,
+not only the one that was told), and what it learned from S3 (the manifest listing, the
+object sizes). `Mirror` is a thin synchronous face that runs these coroutines on one
+long-lived event loop thread (`mirror/loop.py`).
+
+Each operation works through a `Catalog` made for it: when the endpoint does not answer and
+cache_dir holds what is needed, that operation goes on offline and the next one tries the
+endpoint again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from .catalog import Catalog, resolve_name
+from .config import DatasetConfig
+from .engine.policy import Pacer, RetryPolicy
+from .engine.verify import Verify
+from .errors import (
+    AccessDenied,
+    EndpointUnreachable,
+    InputError,
+    ObjectNotFound,
+    OfflineError,
+    OfflineWarning,
+    OutdatedManifestWarning,
+    StoreError,
+    TransferError,
+    UnknownVersionError,
+)
+from .gcpause import gc_paused
+from .limits import Limits
+from .manifest import Manifest, ManifestDiff, compare_manifests
+from .model import ObjectInfo, ObjectRef, Selection
+from .plan import LocalState, Plan, Target, make_plan, targets_of
+from .remote import OnDemand, RemoteSettings
+from .semver import Version
+from .store.fsutil import atomic_write
+from .store.index import StateIndex, reconcile
+from .store.layout import CacheLayout
+from .store.lock import CacheLock
+from .store.scan import scan_local
+from .store.views import Linker
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from .engine.runner import Stats
+
+
+class Session:
+    def __init__(self, dataset: DatasetConfig, layout: CacheLayout | None, settings: RemoteSettings, *,
+                 offline: bool = False, limits: Limits = Limits()) -> None:
+        self.dataset = dataset
+        self.layout = layout
+        self.settings = settings
+        self.offline = offline
+        self.limits = limits
+        self.pacer = Pacer()
+        self._remote: OnDemand | None = None
+        self._online_names: list[str] | None = None
+        self._infos: dict[tuple[str, str], ObjectInfo] = {}
+        self._listing: dict[tuple[str, str], ObjectInfo] | None = None
+        self._headed: set[tuple[str, str]] = set()
+        self._manifest_etags: dict[str, str | None] = {}
+        self._tables: dict[tuple[str, str], pa.Table] = {}
+        self._warned_outdated: set[str] = set()
+
+    # --- what the session owns -------------------------------------------------------------
+
+    def catalog(self) -> Catalog:
+        """A Catalog for one operation, on the session's remote (None offline)."""
+        if self.offline:
+            return Catalog(self.dataset, self.layout, None)
+        if self._remote is None:
+            self._remote = OnDemand(self.settings, self.limits)
+        return Catalog(self.dataset, self.layout, self._remote, manifest_etags=self._manifest_etags)
+
+    async def use_limits(self, limits: Limits) -> None:
+        """A call with other limits (connections, buffers) gets a remote sized for them."""
+        if limits == self.limits:
+            return
+        self.limits = limits
+        if self._remote is not None:
+            old, self._remote = self._remote, None
+            await old.aclose()
+
+    async def aclose(self) -> None:
+        if self._remote is not None:
+            old, self._remote = self._remote, None
+            await old.aclose()
+
+    def need_layout(self) -> CacheLayout:
+        if self.layout is None:
+            raise InputError("no cache directory given",
+                             hint="pass --cache-dir DIR (or set VBO_MIRROR_CACHE_DIR), or Mirror(cache_dir=...)")
+        return self.layout
+
+    def current_manifest(self) -> str | None:
+        """The manifest in use in cache_dir (AllenSDK's `_manifest_last_used.txt`), if any."""
+        if self.layout is None:
+            return None
+        try:
+            name = self.layout.last_used.read_text().strip()
+        except FileNotFoundError:
+            return None
+        return name if self.dataset.version_of(name) is not None else None
+
+    def local_manifests(self) -> list[Manifest]:
+        cat = Catalog(self.dataset, self.need_layout(), None)
+        return [m for n in cat.local_names() if (m := cat.read_local(n)) is not None]
+
+    # --- manifests -----------------------------------------------------------------------------
+
+    async def available(self, cat: Catalog) -> list[str]:
+        """Manifest names to choose from: online ones plus any in cache_dir. When the
+        endpoint does not answer and cache_dir holds manifests, carry on offline."""
+        from .catalog import sort_manifest_names
+
+        local = cat.local_names()
+        if cat.remote is None:
+            return local
+        if self._online_names is None:
+            try:
+                self._online_names = await cat.online_names()
+            except (EndpointUnreachable, TransferError) as exc:
+                if not local:
+                    raise
+                warnings.warn(f"{exc}; working offline from {cat.layout.root}", OfflineWarning, stacklevel=2)
+                cat.remote = None  # for this operation; the next one tries the endpoint again
+                return local
+        return sort_manifest_names(self.dataset, {*self._online_names, *local})
+
+    async def list_manifests(self) -> list[str]:
+        return await self.available(self.catalog())
+
+    async def load_manifest(self, version: str) -> Manifest:
+        layout = self.need_layout()
+        cat = self.catalog()
+        name = await self.resolve(cat, version)
+        available = await self.available(cat)
+        manifest = await cat.load(name)
+        atomic_write(layout.last_used, name.encode())
+        self._warn_if_outdated(name, available)
+        return manifest
+
+    async def manifest(self, cat: Catalog, version: str | None, *, warn: bool = False) -> Manifest:
+        """The manifest of `version`, or of the current one; on a cache_dir with none in use,
+        the latest is loaded and pinned (as AllenSDK does on a fresh cache_dir)."""
+        if version is None:
+            current = self.current_manifest()
+            if current is None:
+                if self.layout is None:
+                    version = "latest"
+                else:
+                    name = await self.resolve(cat, "latest")
+                    manifest = await cat.load(name)
+                    atomic_write(self.layout.last_used, name.encode())
+                    return manifest
+            else:
+                local = cat.read_local(current)
+                if local is not None:
+                    if warn and cat.remote is not None:
+                        self._warn_if_outdated(current, await self.available(cat))
+                    return local
+                version = current
+        return await cat.load(await self.resolve(cat, version))
+
+    async def resolve(self, cat: Catalog, version: str) -> str:
+        if version != "latest":
+            # A version named explicitly and already in cache_dir needs no listing: manifests
+            # are immutable (a changed one would be a new version), and a no-op resync then
+            # touches no network at all.
+            with contextlib.suppress(UnknownVersionError):
+                return resolve_name(self.dataset, version, cat.local_names())
+            # Not in cache_dir: fetch it by its name straight away (one round trip, not a
+            # listing first); a name the bucket lacks falls through to the listing, whose
+            # error lists the versions there are.
+            name = self.dataset.manifest_name(str(Version(version))) if Version.is_valid(version) else (
+                version if self.dataset.version_of(version) is not None else None)
+            if name is not None and cat.remote is not None:
+                # 404, or the 403 S3 gives for a missing key to whom may not list the bucket
+                with contextlib.suppress(ObjectNotFound, AccessDenied):
+                    await cat.load(name)
+                    return name
+        available = await self.available(cat)
+        if not available and cat.remote is None:
+            where = self.layout.root if self.layout else "cache_dir (none given)"
+            raise OfflineError(f"no manifest in {where}, and vbo-mirror is offline",
+                               hint="run `vbo-mirror manifests use latest` once online")
+        return resolve_name(self.dataset, version, available)
+
+    def _warn_if_outdated(self, name: str, available: list[str]) -> None:
+        latest = available[-1] if available else name
+        if name != latest and name not in self._warned_outdated:
+            self._warned_outdated.add(name)
+            warnings.warn(
+                f"{name} is not the latest manifest: {latest} is. "
+                f"To see what changed: vbo-mirror manifests compare {self.dataset.version_of(name)} "
+                f"{self.dataset.version_of(latest)} (Python: compare_manifests({name!r}, {latest!r})); "
+                "to move to it: vbo-mirror manifests use latest",
+                OutdatedManifestWarning, stacklevel=3)
+
+    async def manifest_summary(self, version: str | None) -> dict[str, Any]:
+        cat = self.catalog()
+        m = await self.manifest(cat, version, warn=True)
+        infos = await self.sizes(cat, list(m.entries()))
+        meta = [infos.get((e.key, e.version_id)) for e in m.metadata_files.values()]
+        data = [infos.get((e.key, e.version_id)) for e in m.data_files.values()]
+        return {
+            "name": m.name,
+            "project_name": m.project_name,
+            "manifest_version": m.manifest_version,
+            "current": m.name == self.current_manifest(),
+            "metadata_files": len(meta),
+            "data_files": len(data),
+            "metadata_bytes": sum(i.size for i in meta if i),
+            "data_bytes": sum(i.size for i in data if i),
+            "total_bytes": sum(i.size for i in (*meta, *data) if i),
+            "unknown_sizes": sum(1 for i in (*meta, *data) if i is None),
+            "data_pipeline": [dict(p) for p in m.data_pipeline],
+        }
+
+    async def sizes(self, cat: Catalog, entries: list) -> dict[tuple[str, str], ObjectInfo]:
+        """Object sizes and ETags: the dataset prefix is listed once per session (version ids
+        are immutable, so what it says stays true), with a HEAD for what the listing lacks;
+        offline, what the local index knows."""
+        wanted = [e for e in entries if (e.key, e.version_id) not in self._infos]
+        if not wanted:
+            return self._infos
+        if cat.remote is not None:
+            if self._listing is None:
+                self._listing = await cat.list_versions() or {}
+                self._infos.update(self._listing)
+            missing = [e for e in wanted if (e.key, e.version_id) not in self._infos
+                       and (e.key, e.version_id) not in self._headed]
+            if missing:
+                self._headed.update((e.key, e.version_id) for e in missing)
+                self._infos.update(await cat.head_infos(missing))
+        elif self.layout is not None:
+            index = StateIndex(self.layout)
+            index.load()
+            for e in wanted:
+                rec = index.get(e.file_hash)
+                if rec is not None:
+                    self._infos[(e.key, e.version_id)] = ObjectInfo(e.key, e.version_id, rec.size, rec.etag)
+        return self._infos
+
+    async def diff(self, a: str, b: str) -> tuple[ManifestDiff, Manifest, Manifest, Catalog]:
+        cat = self.catalog()
+        ma = await cat.load(await self.resolve(cat, a))
+        mb = await cat.load(await self.resolve(cat, b))
+        return compare_manifests(ma, mb), ma, mb, cat
+
+    async def compare_detail(self, a: str, b: str) -> dict[str, Any]:
+        diff, ma, mb, cat = await self.diff(a, b)
+        infos = await self.sizes(cat, [*ma.entries(), *mb.entries()])
+        by_path = {"a": {e.relative_path: e for e in ma.entries()}, "b": {e.relative_path: e for e in mb.entries()}}
+
+        def size(side: str, path: str | None) -> int | None:
+            e = by_path[side].get(path) if path else None
+            info = infos.get((e.key, e.version_id)) if e else None
+            return info.size if info else None
+
+        changes = []
+        totals: dict[str, int] = {}
+        for c in diff.changes:
+            old_path = c.old_path if c.change == "renamed" else (c.path if c.change != "created" else None)
+            item = {"kind": c.kind, "change": c.change, "path": c.path, "old_path": c.old_path,
+                    "old_hash": c.old_hash, "new_hash": c.new_hash,
+                    "old_bytes": size("a", old_path),
+                    "new_bytes": size("b", c.path) if c.change != "deleted" else None}
+            changes.append(item)
+            moved = item["old_bytes"] if c.change == "deleted" else item["new_bytes"]
+            totals[c.change] = totals.get(c.change, 0) + (moved or 0)
+        counts = {k: sum(1 for c in diff.changes if c.change == k) for k in ("changed", "created", "deleted", "renamed")}
+        return {"a": diff.a, "b": diff.b, "equivalent": not diff.changes, "counts": counts,
+                "bytes": {k: totals.get(k, 0) for k in counts}, "changes": changes}
+
+    # --- metadata tables -------------------------------------------------------------------------
+
+    async def table_bytes(self, cat: Catalog, m: Manifest, name: str) -> bytes:
+        index = StateIndex(self.layout) if self.layout is not None else None
+        data = await cat.table_bytes(m, name, index=index)
+        if index is not None:
+            index.commit()
+        return data
+
+    async def table(self, cat: Catalog, m: Manifest, name: str) -> pa.Table:
+        cached = self._tables.get((m.name, name))
+        if cached is not None:
+            return cached
+        from . import tables as tbl
+
+        table = tbl.read_csv(await self.table_bytes(cat, m, name), name=f"{m.name}: {name}")
+        self._tables[(m.name, name)] = table
+        return table
+
+    # --- plan and execute ------------------------------------------------------------------------
+
+    async def select(self, cat: Catalog, version: str | None) -> list[Manifest]:
+        """'all' → every version; otherwise the one `manifest` resolves."""
+        if version == "all":
+            names = await self.available(cat)
+            if not names:
+                raise OfflineError("no manifest is known: none online and none in cache_dir")
+            return [await cat.load(n) for n in names]
+        return [await self.manifest(cat, version)]
+
+    async def plan_for(self, cat: Catalog, manifests: list[Manifest],
+                       selection: Selection = Selection()) -> tuple[Plan, LocalState]:
+        layout = self.need_layout()
+        with gc_paused():  # several objects per entry, none in a cycle: see mirror/gcpause.py
+            targets: list[Target] = []
+            keys = selection.keys
+            for m in manifests:
+                targets += targets_of(m, [e for e in m.entries() if e.key in keys] if keys is not None else None)
+            dirs = [m.view_dir for m in manifests] if selection.strays else []
+            local = await asyncio.to_thread(scan_local, layout, targets, stray_dirs=dirs)
+            need = [t.entry for t in targets if t.entry.file_hash not in local.objects]
+            infos = await self.sizes(cat, need) if need else {}
+            return make_plan(targets, local, infos, manifests=[m.name for m in manifests]), local
+
+    async def plan(self, selection: Selection) -> Plan:
+        cat = self.catalog()
+        return (await self.plan_for(cat, await self.select(cat, selection.version), selection))[0]
+
+    async def sync(self, selection: Selection, *, limits: Limits | None = None, verify: Verify = Verify.MANIFEST,
+                   link_mode: str = "auto", policy: RetryPolicy | None = None,
+                   on_event: Callable[[dict], None] | None = None,
+                   on_start: Callable[[Stats], None] | None = None) -> Stats:
+        if limits is not None:
+            await self.use_limits(limits)
+        cat = self.catalog()
+        manifests = await self.select(cat, selection.version)
+        plan, local = await self.plan_for(cat, manifests, selection)
+        return await self.execute(cat, plan, local, verify=verify, link_mode=link_mode, policy=policy,
+                                  on_event=on_event, on_start=on_start)
+
+    async def execute(self, cat: Catalog, plan: Plan, local: LocalState, *, verify: Verify = Verify.MANIFEST,
+                      link_mode: str = "auto", policy: RetryPolicy | None = None,
+                      on_event: Callable[[dict], None] | None = None,
+                      on_start: Callable[[Stats], None] | None = None) -> Stats:
+        layout = self.need_layout()
+        self._check_space(plan)
+        index = StateIndex(layout)
+
+        def prepare_index() -> dict:
+            # The whole store (the plan looked only at what it wants), walked in the index thread.
+            from .store.objects import ObjectStore
+
+            index.load()
+            objects = {h: size for h, size, _ in ObjectStore(layout).iter_objects()}
+            added, dropped = reconcile(index, objects, mtime_of=lambda h: _mtime(layout.object_path(h)))
+            return {"added": added, "dropped": dropped}
+
+        from .engine.runner import Engine
+
+        # With nothing to do the index is left alone (pyarrow need not even load), unless it is
+        # missing: then this run rebuilds it from the store.
+        busy = bool(plan.fetch or plan.link or plan.remove or plan.replace)
+        engine = Engine(layout=layout, remote=cat.remote, index=index, linker=Linker(link_mode), limits=self.limits,
+                        policy=policy, verify=verify, on_event=on_event or (lambda e: None), pacer=self.pacer,
+                        prepare_index=prepare_index if busy or not layout.index_path.exists() else None)
+        if on_start:
+            on_start(engine.stats)
+        return await engine.run(plan)
+
+    def _check_space(self, plan: Plan) -> None:
+        """Refuse up front when the fetch cannot fit, rather than fill the disk midway."""
+        layout = self.need_layout()
+        need = sum(f.size or 0 for f in plan.fetch if not layout.partial_path(f.file_hash).exists())
+        if not need:
+            return
+        probe = layout.root
+        while not probe.exists():
+            probe = probe.parent
+        free = shutil.disk_usage(probe).free
+        if need > free:
+            raise StoreError(f"not enough space under {layout.root}: the plan fetches {need:,} bytes, "
+                             f"{free:,} are free", hint="free space, or sync fewer versions (--version)")
+
+    async def get_file(self, kind: str, item_id: int, version: str | None,
+                       on_event: Callable[[dict], None] | None = None) -> Path:
+        layout = self.need_layout()
+        spec = self.dataset.file_kinds.get(kind)
+        if spec is None:
+            raise InputError(f"unknown file kind {kind!r}; known: {', '.join(sorted(self.dataset.file_kinds))}")
+        cat = self.catalog()
+        m = await self.manifest(cat, version)
+        from . import tables as tbl
+
+        entry = tbl.entry_for_id(m, await self.table(cat, m, spec.table), spec, int(item_id))
+        path = layout.view_path(f"{m.view_dir}/{entry.relative_path}")
+        selection = Selection.files(m.manifest_version, [entry.key])
+        plan, local = await self.plan_for(cat, [m], selection)
+        if plan.fetch or plan.link or plan.replace:
+            lock = CacheLock(layout.lock_path, wait=True, timeout=600, command="vbo-mirror get")
+            await asyncio.to_thread(lock.acquire)  # waiting for a running sync must not block the loop
+            try:
+                # Planned again under the lock: a sync that just finished may have done it all.
+                plan, local = await self.plan_for(cat, [m], selection)
+                stats = await self.execute(cat, plan, local, on_event=on_event)
+            finally:
+                lock.release()
+            if stats.failures:
+                raise stats.failures[0].error  # its own type: ObjectNotFound, IntegrityError, ...
+        return path
+
+    async def repair(self, manifests: list[Manifest], keys: set[str],
+                     on_event: Callable[[dict], None] | None = None) -> Stats:
+        cat = self.catalog()
+        plan, local = await self.plan_for(cat, manifests, Selection(None, frozenset(keys), strays=False))
+        return await self.execute(cat, plan, local, on_event=on_event)
+
+    # --- measuring the endpoint and listing URLs -------------------------------------------------
+
+    async def bench(self, version: str | None, *, jobs: tuple[int, ...], part_sizes: tuple[int, ...], budget: int,
+                    repeat: int, to_disk: Path | None, on_cell: Callable[[Any], None] | None) -> list:
+        from .bench import Target as BenchTarget, choose, run_matrix
+
+        if self.offline:
+            raise OfflineError("bench measures the endpoint and cannot run --offline")
+        cat = self.catalog()
+        m = await self.manifest(cat, version)
+        entries = list(m.data_files.values()) or list(m.metadata_files.values())
+        infos = await self.sizes(cat, entries)
+        targets = [BenchTarget(ObjectRef(e.bucket, e.key, e.version_id), info.size, info.etag)
+                   for e in entries if (info := infos.get((e.key, e.version_id))) is not None and info.size > 0]
+        if not targets:
+            raise OfflineError(f"no object of {m.name} has a known size to measure with")
+        return await run_matrix(self.settings, choose(targets, budget), jobs=list(jobs), part_sizes=list(part_sizes),
+                                repeat=repeat, to_disk=to_disk, on_cell=on_cell or (lambda c: None))
+
+    async def urls(self, version: str | None) -> list[str]:
+        cat = self.catalog()
+        seen: dict[str, None] = {}
+        for m in await self.select(cat, version):
+            for e in m.entries():
+                seen.setdefault(self.settings.object_url(ObjectRef(e.bucket, e.key, e.version_id)), None)
+        return list(seen)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except FileNotFoundError:
+        return 0.0
