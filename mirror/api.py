@@ -53,7 +53,8 @@ class Mirror:
 
     `endpoint_url` replaces the host of every S3 URL (bucket and key stay those of the
     manifest); `offline` works only from what cache_dir holds; `signed` uses the AWS
-    credentials of the environment instead of anonymous requests. `close()` (or a `with`
+    credentials of the environment instead of anonymous requests; `link_mode` (auto, reflink,
+    hardlink, copy) is how views are made, tables and data files alike. `close()` (or a `with`
     block) releases the connections and the loop thread; so does garbage collection.
     """
 
@@ -68,6 +69,7 @@ class Mirror:
         timeouts: Timeouts = Timeouts(),
         transport: str = "lean",
         limits: Limits = Limits(),
+        link_mode: str = "auto",
     ) -> None:
         self.dataset = load_dataset(dataset) if isinstance(dataset, str) else dataset
         self.layout = CacheLayout(cache_dir) if cache_dir is not None else None
@@ -75,7 +77,8 @@ class Mirror:
         self.signed = signed
         self.timeouts = timeouts
         self.transport = transport
-        self.session = Session(self.dataset, self.layout, self.remote_settings(), offline=offline, limits=limits)
+        self.session = Session(self.dataset, self.layout, self.remote_settings(), offline=offline, limits=limits,
+                               link_mode=link_mode)
         self._loop = LoopThread()
         self._finalizer = weakref.finalize(self, _shutdown, self._loop, self.session)
 
@@ -279,8 +282,7 @@ class Mirror:
             report = verify_store(layout, manifests, fast=fast, jobs=jobs, on_event=on_event)
             if repair and (report["corrupt"] or report["views_wrong"] or report["views_missing_content"]):
                 for rel in report["views_wrong"]:  # what a sync would replace anyway
-                    with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-                        os.unlink(layout.view_path(rel))
+                    self.session.store.remove_view(rel)
                 bad = {c["file_hash"] for c in report["corrupt"]}
                 wrong = set(report["views_wrong"])
                 keys = {e.key for m in manifests for e in m.entries()

@@ -16,18 +16,15 @@ from typing import TYPE_CHECKING, Iterable
 from .config import DatasetConfig
 from .engine.policy import RetryPolicy, call_with_retries, first_error
 from .errors import Action, AccessDenied, IntegrityError, ManifestError, MirrorError, OfflineError, UnknownVersionError
-from .hashing import xxh3_bytes
 from .manifest import FileEntry, Manifest, parse_manifest
 from .model import ObjectInfo, ObjectRef, strip_etag
 from .semver import Version
-from .store.fsutil import atomic_write
-from .store.index import IndexRecord, StateIndex
+from .store.index import StateIndex
 from .store.layout import CacheLayout
-from .store.objects import ObjectStore
-from .store.views import Linker
 
 if TYPE_CHECKING:
     from .remote.client import Remote
+    from .store.facade import Store
 
 # Metadata calls retry briefly: a dead endpoint must be reported in seconds, not minutes.
 METADATA_RETRIES = RetryPolicy(attempts=3, base_delay=0.2, max_delay=2.0)
@@ -61,10 +58,12 @@ class Catalog:
     """Manifests and metadata of one dataset; `remote` None means offline."""
 
     def __init__(self, dataset: DatasetConfig, layout: CacheLayout | None, remote: Remote | None,
-                 *, manifest_etags: dict[str, str | None] | None = None) -> None:
+                 *, manifest_etags: dict[str, str | None] | None = None, store: Store | None = None) -> None:
+        """`store`: where downloaded manifests and tables are written (None: nothing is)."""
         self.dataset = dataset
         self.layout = layout
         self.remote = remote
+        self.store = store
         # name → ETag from the manifest listing: a single-part ETag is the MD5 of the bytes
         self.manifest_etags = manifest_etags if manifest_etags is not None else {}
         self._parsed: dict[str, Manifest] = {}  # downloaded in this call, already validated
@@ -115,8 +114,8 @@ class Catalog:
 
         data = await call_with_retries(fetch, policy=METADATA_RETRIES)
         manifest = parse_manifest(data, source=f"s3://{self.dataset.bucket}/{key}", dataset=self.dataset)
-        if self.layout is not None:
-            atomic_write(self.layout.manifest_path(name), data)
+        if self.store is not None:
+            self.store.write_manifest(name, data)
         self._parsed[name] = manifest
         return manifest
 
@@ -171,21 +170,13 @@ class Catalog:
 
     async def table_bytes(self, manifest: Manifest, table: str, *, index: StateIndex | None = None) -> bytes:
         """The verified bytes of one metadata table, from the store or fetched into it, and
-        its view in the version directory made sure of."""
+        its view in the version directory made sure of (in the store's link mode)."""
         entry = manifest.metadata_files.get(table)
         if entry is None:
             raise ManifestError(manifest.name, f"has no metadata table {table!r} "
                                 f"(it has: {', '.join(sorted(manifest.metadata_files)) or 'none'})")
-        data: bytes | None = None
-        store = ObjectStore(self.layout) if self.layout is not None else None
-        if store is not None:
-            try:
-                data = store.path(entry.file_hash).read_bytes()
-            except FileNotFoundError:
-                data = None
-            if data is not None and hashlib.blake2b(data).hexdigest() != entry.file_hash:
-                store.remove(entry.file_hash)  # a damaged object: fetch it again
-                data = None
+        store = self.store
+        data = await asyncio.to_thread(store.read_verified, entry.file_hash) if store is not None else None
         if data is None:
             if self.remote is None:
                 raise OfflineError(f"metadata table {table} of {manifest.name} is not in {self._where()} "
@@ -193,12 +184,11 @@ class Catalog:
             ref = ObjectRef(entry.bucket, entry.key, entry.version_id)
             data = await call_with_retries(lambda: self._fetch_verified(ref, entry.file_hash), policy=METADATA_RETRIES)
             if store is not None:
-                store.put_bytes(entry.file_hash, data)
-                if index is not None:
-                    index.put(IndexRecord(entry.file_hash, len(data), xxh3_bytes(data), entry.key,
-                                          entry.version_id, None, StateIndex.now()))
+                await asyncio.to_thread(store.put_bytes, entry.file_hash, data, index=index, key=entry.key,
+                                        version_id=entry.version_id)
         if store is not None:
-            Linker().ensure(store.path(entry.file_hash), self.layout.view_path(f"{manifest.view_dir}/{entry.relative_path}"))
+            await asyncio.to_thread(store.ensure_view, entry.file_hash,
+                                    f"{manifest.view_dir}/{entry.relative_path}")
         return data
 
     async def _fetch_verified(self, ref: ObjectRef, file_hash: str) -> bytes:

@@ -45,12 +45,11 @@ from .model import ObjectInfo, ObjectRef, Selection
 from .plan import LocalState, Plan, Target, make_plan, targets_of
 from .remote import OnDemand, RemoteSettings
 from .semver import Version
-from .store.fsutil import atomic_write
 from .store.index import StateIndex, reconcile
+from .store.facade import Store
 from .store.layout import CacheLayout
 from .store.lock import CacheLock
 from .store.scan import scan_local
-from .store.views import Linker
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -60,9 +59,10 @@ if TYPE_CHECKING:
 
 class Session:
     def __init__(self, dataset: DatasetConfig, layout: CacheLayout | None, settings: RemoteSettings, *,
-                 offline: bool = False, limits: Limits = Limits()) -> None:
+                 offline: bool = False, limits: Limits = Limits(), link_mode: str = "auto") -> None:
         self.dataset = dataset
         self.layout = layout
+        self.store = Store(layout, link_mode=link_mode) if layout is not None else None  # the one writer
         self.settings = settings
         self.offline = offline
         self.limits = limits
@@ -81,10 +81,10 @@ class Session:
     def catalog(self) -> Catalog:
         """A Catalog for one operation, on the session's remote (None offline)."""
         if self.offline:
-            return Catalog(self.dataset, self.layout, None)
+            return Catalog(self.dataset, self.layout, None, store=self.store)
         if self._remote is None:
             self._remote = OnDemand(self.settings, self.limits)
-        return Catalog(self.dataset, self.layout, self._remote, manifest_etags=self._manifest_etags)
+        return Catalog(self.dataset, self.layout, self._remote, manifest_etags=self._manifest_etags, store=self.store)
 
     async def use_limits(self, limits: Limits) -> None:
         """A call with other limits (connections, buffers) gets a remote sized for them."""
@@ -145,12 +145,12 @@ class Session:
         return await self.available(self.catalog())
 
     async def load_manifest(self, version: str) -> Manifest:
-        layout = self.need_layout()
+        self.need_layout()
         cat = self.catalog()
         name = await self.resolve(cat, version)
         available = await self.available(cat)
         manifest = await cat.load(name)
-        atomic_write(layout.last_used, name.encode())
+        self.store.pin(name)
         self._warn_if_outdated(name, available)
         return manifest
 
@@ -165,7 +165,7 @@ class Session:
                 else:
                     name = await self.resolve(cat, "latest")
                     manifest = await cat.load(name)
-                    atomic_write(self.layout.last_used, name.encode())
+                    self.store.pin(name)
                     return manifest
             else:
                 local = cat.read_local(current)
@@ -290,10 +290,10 @@ class Session:
     # --- metadata tables -------------------------------------------------------------------------
 
     async def table_bytes(self, cat: Catalog, m: Manifest, name: str) -> bytes:
-        index = StateIndex(self.layout) if self.layout is not None else None
+        index = self.store.new_index() if self.store is not None else None
         data = await cat.table_bytes(m, name, index=index)
-        if index is not None:
-            index.commit()
+        if index is not None and index.dirty:
+            await asyncio.to_thread(self.store.commit_index, index)
         return data
 
     async def table(self, cat: Catalog, m: Manifest, name: str) -> pa.Table:
@@ -353,14 +353,13 @@ class Session:
                       on_start: Callable[[Stats], None] | None = None) -> Stats:
         layout = self.need_layout()
         self._check_space(plan)
-        index = StateIndex(layout)
+        store = self.store.with_link_mode(link_mode)
+        index = store.new_index()
 
         def prepare_index() -> dict:
             # The whole store (the plan looked only at what it wants), walked in the index thread.
-            from .store.objects import ObjectStore
-
             index.load()
-            objects = {h: size for h, size, _ in ObjectStore(layout).iter_objects()}
+            objects = {h: size for h, size, _ in store.iter_objects()}
             added, dropped = reconcile(index, objects, mtime_of=lambda h: _mtime(layout.object_path(h)))
             return {"added": added, "dropped": dropped}
 
@@ -369,7 +368,7 @@ class Session:
         # With nothing to do the index is left alone (pyarrow need not even load), unless it is
         # missing: then this run rebuilds it from the store.
         busy = bool(plan.fetch or plan.link or plan.remove or plan.replace)
-        engine = Engine(layout=layout, remote=cat.remote, index=index, linker=Linker(link_mode), limits=self.limits,
+        engine = Engine(store=store, remote=cat.remote, index=index, limits=self.limits,
                         policy=policy, verify=verify, on_event=on_event or (lambda e: None), pacer=self.pacer,
                         prepare_index=prepare_index if busy or not layout.index_path.exists() else None)
         if on_start:
@@ -379,7 +378,7 @@ class Session:
     def _check_space(self, plan: Plan) -> None:
         """Refuse up front when the fetch cannot fit, rather than fill the disk midway."""
         layout = self.need_layout()
-        need = sum(f.size or 0 for f in plan.fetch if not layout.partial_path(f.file_hash).exists())
+        need = sum(f.size or 0 for f in plan.fetch if not self.store.partial_exists(f.file_hash))
         if not need:
             return
         probe = layout.root

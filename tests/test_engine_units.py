@@ -187,7 +187,7 @@ def test_a_stop_while_another_file_fails_ends_the_run_promptly(tmp_path):
     from mirror.model import ObjectRef
     from mirror.store.index import StateIndex
     from mirror.store.layout import CacheLayout
-    from mirror.store.views import Linker
+    from mirror.store.facade import Store
 
     started: list[str] = []
 
@@ -219,7 +219,7 @@ def test_a_stop_while_another_file_fails_ends_the_run_promptly(tmp_path):
              Fetch(digest(1), ObjectRef("b", "disk", "v"), 100, None, ("v/b",))]
     items += [Fetch(digest(i), ObjectRef("b", f"other{i}", "v"), 100, None, (f"v/o{i}",)) for i in range(2, 30)]
     layout = CacheLayout(tmp_path)
-    engine = Engine(layout=layout, remote=Remote(), index=StateIndex(layout), linker=Linker("copy"),
+    engine = Engine(store=Store(layout, link_mode="copy"), remote=Remote(), index=StateIndex(layout),
                     limits=Limits(jobs=2, part_size=128 << 10), policy=RetryPolicy(attempts=2, base_delay=0.01),
                     verify=Verify.NONE)
     # Both parts of "changed" in flight at once, as at the tail of a run (while files wait for a
@@ -275,7 +275,7 @@ def test_parts_of_one_object_go_one_at_a_time_while_files_wait_and_spread_at_the
     from mirror.model import ObjectRef
     from mirror.store.index import StateIndex
     from mirror.store.layout import CacheLayout
-    from mirror.store.views import Linker
+    from mirror.store.facade import Store
 
     in_flight: dict[str, int] = {}
     peak_while_waiting: dict[str, int] = {}
@@ -300,7 +300,7 @@ def test_parts_of_one_object_go_one_at_a_time_while_files_wait_and_spread_at_the
     items = tuple(Fetch(hashlib.blake2b(str(i).encode()).hexdigest(), ObjectRef("b", f"k{i}", "v"), size, None,
                         (f"v/f{i}",)) for i in range(8))
     layout = CacheLayout(tmp_path)
-    engine = Engine(layout=layout, remote=Remote(), index=StateIndex(layout), linker=Linker("copy"),
+    engine = Engine(store=Store(layout, link_mode="copy"), remote=Remote(), index=StateIndex(layout),
                     limits=Limits(jobs=4, part_size=64 << 10, parts_per_file=4), verify=Verify.NONE)
     stats = asyncio.run(engine.run(Plan(("m",), items)))
     assert stats.files_done == 8 and stats.failures == []

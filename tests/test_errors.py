@@ -106,7 +106,7 @@ def test_the_engine_fails_the_file_or_stops_the_run_as_the_error_kind_says(tmp_p
     from mirror.remote.http import BufferPool
     from mirror.store.index import StateIndex
     from mirror.store.layout import CacheLayout
-    from mirror.store.views import Linker
+    from mirror.store.facade import Store
 
     asked: list[str] = []
 
@@ -127,7 +127,7 @@ def test_the_engine_fails_the_file_or_stops_the_run_as_the_error_kind_says(tmp_p
                      ObjectRef("b", key, "v1"), 100, None, (f"v/{key}",))
 
     layout = CacheLayout(tmp_path)
-    engine = Engine(layout=layout, remote=Remote(), index=StateIndex(layout), linker=Linker("copy"),
+    engine = Engine(store=Store(layout, link_mode="copy"), remote=Remote(), index=StateIndex(layout),
                     limits=Limits(jobs=1), policy=RetryPolicy(attempts=3, integrity_attempts=1, base_delay=0.0),
                     verify=Verify.MANIFEST)
     plan = Plan(("m",), (fetch("bad"), fetch("good")))

@@ -107,3 +107,18 @@ def test_offline_tables(cli, sandbox, tmp_path):
 def test_a_table_missing_from_the_version_is_named(cli):
     r = cli("tables", "ophys_cells_table", "--version", "0.3.0", expect=2)
     assert "has no metadata table 'ophys_cells_table'" in r.stderr
+
+
+def test_tables_follow_the_mirror_link_mode(sandbox, tmp_path, replica):
+    """Table views are made by the same linker as data files: with link_mode='copy' they are
+    stamped copies, not hard links (tables used to ignore the link mode)."""
+    cache = tmp_path / "c"
+    with Mirror(cache, endpoint_url=sandbox.url, link_mode="copy") as m:
+        m.load_manifest("1.0.1")
+        m.get_table("behavior_session_table")
+        view = m.table_path("behavior_session_table")
+        entry = m.manifest().metadata_files["behavior_session_table"]
+    obj = CacheLayout(cache).object_path(entry.file_hash)
+    assert view.read_bytes() == obj.read_bytes() == replica.tables["1.0.1"]["behavior_session_table"]
+    assert os.stat(view).st_ino != os.stat(obj).st_ino and os.stat(view).st_nlink == 1
+    assert not os.stat(view).st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,11 +19,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..errors import Action, MirrorError, OfflineError, ViewBlocked
 from ..hashing import Digests
 from ..plan import Fetch, Plan
-from ..store.fsutil import store_error
 from ..store.index import IndexRecord, StateIndex
-from ..store.layout import CacheLayout
-from ..store.objects import ObjectStore
-from ..store.views import Linker
+from ..store.facade import Store
 from ..limits import Limits
 from .policy import Pacer, RetryPolicy, call_with_retries, first_error
 from .transfer import Job, Reporter, Transfer, Verify
@@ -99,7 +95,7 @@ class Engine:
     INDEX_COMMIT_SECONDS = 30.0
     PROGRESS_SECONDS = 1.0
 
-    def __init__(self, *, layout: CacheLayout, remote: Remote | None, index: StateIndex, linker: Linker,
+    def __init__(self, *, store: Store, remote: Remote | None, index: StateIndex,
                  limits: Limits = Limits(), policy: RetryPolicy | None = None, verify: Verify = Verify.MANIFEST,
                  on_event: Callable[[Event], None] = lambda e: None, pacer: Pacer | None = None,
                  prepare_index: Callable[[], dict] | None = None) -> None:
@@ -107,11 +103,9 @@ class Engine:
         thread of its own while the transfers start (reading Parquet means importing pyarrow),
         and the engine records into the index only once it is done. None: the index is left
         alone (a run with nothing to do)."""
-        self.layout = layout
-        self.store = ObjectStore(layout)
+        self.store = store  # every write to cache_dir goes through it
         self.remote = remote
         self.index = index
-        self.linker = linker
         self.limits = limits
         self.policy = policy or RetryPolicy()
         self.verify = verify
@@ -155,11 +149,10 @@ class Engine:
                 await self._fetch_all(plan.fetch, executor)
             for rel in plan.remove:
                 try:
-                    os.unlink(self.layout.view_path(rel))
-                except FileNotFoundError:
-                    pass
-                except OSError as exc:
-                    raise store_error(exc, f"removing the stray view {rel}") from exc
+                    self.store.remove_view(rel)
+                except ViewBlocked as exc:
+                    self._failed(rel, None, exc, [rel])
+                    continue
                 st.removed += 1
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
@@ -260,9 +253,7 @@ class Engine:
         self.emit({"event": "file_failed", "key": key, "error": type(exc).__name__, "message": str(exc)})
 
     def _link(self, file_hash: str, views: list[str]) -> None:
-        src = self.store.path(file_hash)
-        for rel in views:
-            self.linker.link(src, self.layout.view_path(rel))
+        self.store.link(file_hash, views)
 
     # --- the state index: loaded, recorded into and committed off the event loop ---------------
 

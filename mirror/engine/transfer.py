@@ -21,13 +21,14 @@ from ..hashing import Digests, MultiHasher
 from ..limits import Limits
 from ..model import ObjectRef, multipart_count
 from ..store.fsutil import store_error
-from ..store.objects import ObjectStore, Partial, ResumeState, missing_ranges
+from ..store.objects import Partial, ResumeState, missing_ranges
 from .policy import Pacer, RetryPolicy, call_with_retries
 from .verify import Verify
 from .writer import FileWriter, HoldBudget
 
 if TYPE_CHECKING:
     from ..remote.client import Remote
+    from ..store.facade import Store
 
 
 @dataclass
@@ -50,7 +51,7 @@ class Transfer:
     """Download one object version into the store. `run` returns its digests once it is
     published, or raises (a MirrorError whose action says what the run does next)."""
 
-    def __init__(self, job: Job, *, remote: Remote, store: ObjectStore, limits: Limits, policy: RetryPolicy,
+    def __init__(self, job: Job, *, remote: Remote, store: Store, limits: Limits, policy: RetryPolicy,
                  pacer: Pacer, gets: asyncio.Semaphore, executor: Executor, verify: Verify,
                  report: Reporter, budget: HoldBudget, width: Callable[[], int] | None = None) -> None:
         self.job = job

@@ -16,6 +16,7 @@ import fcntl
 import warnings
 import os
 import shutil
+import threading
 from pathlib import Path
 
 from ..errors import LinkFallbackWarning, ViewBlocked
@@ -46,9 +47,18 @@ class Linker:
         self.chain = CHAINS[chain]
         self.mode: LinkMode | None = None  # decided by the first file
         self.warned = False
+        self._deciding = threading.Lock()
 
     def link(self, src: Path, dst: Path) -> LinkMode:
-        """Make `dst` a view of `src`, replacing whatever is at `dst`, atomically."""
+        """Make `dst` a view of `src`, replacing whatever is at `dst`, atomically. Called from
+        several I/O threads: the first link decides the mode, under a lock, once."""
+        if self.mode is None:
+            with self._deciding:
+                if self.mode is None:
+                    return self._link(src, dst)
+        return self._link(src, dst)
+
+    def _link(self, src: Path, dst: Path) -> LinkMode:
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as exc:

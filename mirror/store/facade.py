@@ -1,0 +1,122 @@
+"""`Store`: the one writer of cache_dir.
+
+Everything vbo-mirror puts into, changes in or removes from cache_dir goes through here:
+partial downloads and their publication, small verified objects held in memory (metadata
+tables), views (made by one `Linker`, so tables and data files follow the same link mode),
+stray views, manifests and the pin of the current one, and the state index. The engine and
+the catalog are handed a Store; neither builds its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from pathlib import Path
+
+from ..errors import StoreError, ViewBlocked
+from .fsutil import atomic_write, store_error
+from .index import IndexRecord, StateIndex
+from .layout import CacheLayout
+from .objects import ObjectStore, Partial, ResumeState
+from .views import Linker
+
+
+class Store:
+    def __init__(self, layout: CacheLayout, *, link_mode: str = "auto") -> None:
+        self.layout = layout
+        self.link_mode = link_mode
+        self.objects = ObjectStore(layout)
+        self.linker = Linker(link_mode)
+
+    def with_link_mode(self, link_mode: str) -> "Store":
+        """The same cache_dir with views made in another link mode (one run's --link-mode)."""
+        return self if link_mode == self.link_mode else Store(self.layout, link_mode=link_mode)
+
+    # --- objects --------------------------------------------------------------------------------
+
+    def path(self, file_hash: str) -> Path:
+        return self.objects.path(file_hash)
+
+    def open_partial(self, file_hash: str, want: ResumeState, *, direct: bool = False) -> Partial:
+        return self.objects.open_partial(file_hash, want, direct=direct)
+
+    def publish(self, file_hash: str, partial: Partial) -> Path:
+        return self.objects.publish(file_hash, partial)
+
+    def read_verified(self, file_hash: str) -> bytes | None:
+        """A small object's bytes if they are whole; a damaged one is removed (to be fetched
+        again) and None returned."""
+        try:
+            data = self.path(file_hash).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise store_error(exc, f"reading {self.path(file_hash)}") from exc
+        if hashlib.blake2b(data).hexdigest() != file_hash:
+            self.objects.remove(file_hash)
+            return None
+        return data
+
+    def put_bytes(self, file_hash: str, data: bytes, *, index: StateIndex | None = None, key: str = "",
+                  version_id: str | None = None) -> Path:
+        """Publish bytes held in memory (verified first) and record them in `index`."""
+        from ..hashing import xxh3_bytes
+
+        final = self.objects.put_bytes(file_hash, data)
+        if index is not None:
+            index.put(IndexRecord(file_hash, len(data), xxh3_bytes(data), key, version_id, None, StateIndex.now()))
+        return final
+
+    # --- views ----------------------------------------------------------------------------------
+
+    def link(self, file_hash: str, views: list[str] | tuple[str, ...]) -> None:
+        """Make each view (relative to cache_dir) a view of the object; atomically replaces
+        what was there. A view blocked by something of the user's raises ViewBlocked."""
+        src = self.path(file_hash)
+        for rel in views:
+            self.linker.link(src, self.layout.view_path(rel))
+
+    def ensure_view(self, file_hash: str, view: str) -> bool:
+        """Link `view` unless it already is a view of the object; True when it had to."""
+        return self.linker.ensure(self.path(file_hash), self.layout.view_path(view))
+
+    def remove_view(self, rel: str) -> bool:
+        """Remove one view; False when it was not there. A directory is never removed."""
+        try:
+            os.unlink(self.layout.view_path(rel))
+        except FileNotFoundError:
+            return False
+        except IsADirectoryError as exc:
+            raise ViewBlocked(f"not removing {rel}: it is a directory") from exc
+        except OSError as exc:
+            raise store_error(exc, f"removing the view {rel}") from exc
+        return True
+
+    # --- manifests, the current version, the index ------------------------------------------------
+
+    def write_manifest(self, name: str, data: bytes) -> None:
+        atomic_write(self.layout.manifest_path(name), data)
+
+    def pin(self, name: str) -> None:
+        """Make `name` the version in use (AllenSDK's `_manifest_last_used.txt`)."""
+        atomic_write(self.layout.last_used, name.encode())
+
+    def new_index(self) -> StateIndex:
+        return StateIndex(self.layout)
+
+    def commit_index(self, index: StateIndex) -> None:
+        try:
+            index.commit()
+        except StoreError:
+            raise
+        except OSError as exc:
+            raise store_error(exc, f"saving {self.layout.index_path}") from exc
+
+    def iter_objects(self):
+        return self.objects.iter_objects()
+
+    def partial_exists(self, file_hash: str) -> bool:
+        with contextlib.suppress(OSError):
+            return self.layout.partial_path(file_hash).exists()
+        return False
