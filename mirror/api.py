@@ -20,6 +20,7 @@ from .catalog import Catalog
 from .config import DEFAULT_DATASET, DatasetConfig, load_dataset
 from .engine.policy import RetryPolicy
 from .engine.verify import Verify
+from .events import Event
 from .errors import OfflineError
 from .limits import Limits
 from .loop import LoopThread
@@ -220,7 +221,7 @@ class Mirror:
 
     def sync(self, version: str | None = None, *, limits: Limits | None = None, verify: Verify = Verify.MANIFEST,
              link_mode: str = "auto", wait: bool = False, policy: RetryPolicy | None = None,
-             on_event: Callable[[dict], None] | None = None, on_start: Callable[[Stats], None] | None = None) -> Stats:
+             on_event: Callable[[Event], None] | None = None, on_start: Callable[[Stats], None] | None = None) -> Stats:
         """Make every file of `version` present and verified in cache_dir. Returns the run's
         stats; `stats.failures` lists the files that could not be mirrored (each with its
         error). `limits` (default: the Mirror's) sizes connections, requests and memory."""
@@ -250,7 +251,7 @@ class Mirror:
         return self.get_file_path("ophys-experiment", ophys_experiment_id, version=version)
 
     def get_file_path(self, kind: str, item_id: int, *, version: str | None = None,
-                      on_event: Callable[[dict], None] | None = None) -> Path:
+                      on_event: Callable[[Event], None] | None = None) -> Path:
         """Raises the file's own error when it cannot be fetched (ObjectNotFound, AccessDenied,
         IntegrityError, ...)."""
         return self._call(lambda s: s.get_file(kind, item_id, version, on_event=on_event))
@@ -270,7 +271,7 @@ class Mirror:
         return cache_status(layout, self.session.local_manifests(), current=self.current_manifest())
 
     def verify(self, *, fast: bool = False, repair: bool = False, jobs: int = 2,
-               on_event: Callable[[dict], None] | None = None, wait: bool = False) -> dict[str, Any]:
+               on_event: Callable[[Event], None] | None = None, wait: bool = False) -> dict[str, Any]:
         """Check every stored object (BLAKE2b, or with `fast` the xxh3 fingerprint in the
         index) and every view of the downloaded versions; with `repair`, fetch damaged
         content again and relink wrong views."""

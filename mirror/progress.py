@@ -1,5 +1,6 @@
 """Showing a run: a rich live display on a terminal, JSON lines with --json, and plain
-lines (failures and the summary) otherwise."""
+lines (failures and the summary) otherwise. All three consume the same typed events
+(mirror/events.py)."""
 
 from __future__ import annotations
 
@@ -9,29 +10,30 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
+from .events import Event, FileFailed, Warned
+
 if TYPE_CHECKING:
     from .engine.runner import Stats
 
 
-def json_lines(stream=None) -> Callable[[dict], None]:
+def json_lines(stream=None) -> Callable[[Event], None]:
     out = stream or sys.stdout
 
-    def emit(event: dict) -> None:
-        out.write(json.dumps({"t": round(time.time(), 3), **event}, default=str) + "\n")
+    def emit(event: Event) -> None:
+        out.write(json.dumps({"t": round(time.time(), 3), **event.to_dict()}, default=str) + "\n")
         out.flush()
 
     return emit
 
 
 class PlainEvents:
-    """Without a terminal and without --json: one line per failure or retry burst, on stderr."""
+    """Without a terminal and without --json: one line per failure or warning, on stderr."""
 
-    def __call__(self, event: dict) -> None:
-        kind = event.get("event")
-        if kind == "file_failed":
-            print(f"vbo-mirror: failed: {event['key']}: {event['message']}", file=sys.stderr)
-        elif kind == "warning":
-            print(f"vbo-mirror: warning: {event['message']}", file=sys.stderr)
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, FileFailed):
+            print(f"vbo-mirror: failed: {event.key}: {event.message}", file=sys.stderr)
+        elif isinstance(event, Warned):
+            print(f"vbo-mirror: warning: {event.message}", file=sys.stderr)
 
 
 class LiveProgress:
@@ -84,10 +86,9 @@ class LiveProgress:
         self.progress.update(self.task, total=max(st.bytes_total - st.bytes_resumed, st.bytes_done) or None,
                              completed=st.bytes_done, files=files)
 
-    def __call__(self, event: dict) -> None:
-        kind = event.get("event")
-        if kind == "file_failed":
-            self.console.print(f"[red]failed[/] {event['key']}: {event['message']}")
-        elif kind == "warning":
-            self.console.print(f"[yellow]warning[/] {event['message']}")
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, FileFailed):
+            self.console.print(f"[red]failed[/] {event.key}: {event.message}")
+        elif isinstance(event, Warned):
+            self.console.print(f"[yellow]warning[/] {event.message}")
         self.refresh()

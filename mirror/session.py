@@ -26,6 +26,7 @@ from .catalog import Catalog, resolve_name
 from .config import DatasetConfig
 from .engine.policy import Pacer, RetryPolicy
 from .engine.verify import Verify
+from .events import Event
 from .errors import (
     AccessDenied,
     EndpointUnreachable,
@@ -337,7 +338,7 @@ class Session:
 
     async def sync(self, selection: Selection, *, limits: Limits | None = None, verify: Verify = Verify.MANIFEST,
                    link_mode: str = "auto", policy: RetryPolicy | None = None,
-                   on_event: Callable[[dict], None] | None = None,
+                   on_event: Callable[[Event], None] | None = None,
                    on_start: Callable[[Stats], None] | None = None) -> Stats:
         if limits is not None:
             await self.use_limits(limits)
@@ -349,7 +350,7 @@ class Session:
 
     async def execute(self, cat: Catalog, plan: Plan, local: LocalState, *, verify: Verify = Verify.MANIFEST,
                       link_mode: str = "auto", policy: RetryPolicy | None = None,
-                      on_event: Callable[[dict], None] | None = None,
+                      on_event: Callable[[Event], None] | None = None,
                       on_start: Callable[[Stats], None] | None = None) -> Stats:
         layout = self.need_layout()
         self._check_space(plan)
@@ -390,7 +391,7 @@ class Session:
                              f"{free:,} are free", hint="free space, or sync fewer versions (--version)")
 
     async def get_file(self, kind: str, item_id: int, version: str | None,
-                       on_event: Callable[[dict], None] | None = None) -> Path:
+                       on_event: Callable[[Event], None] | None = None) -> Path:
         layout = self.need_layout()
         spec = self.dataset.file_kinds.get(kind)
         if spec is None:
@@ -417,7 +418,7 @@ class Session:
         return path
 
     async def repair(self, manifests: list[Manifest], keys: set[str],
-                     on_event: Callable[[dict], None] | None = None) -> Stats:
+                     on_event: Callable[[Event], None] | None = None) -> Stats:
         cat = self.catalog()
         plan, local = await self.plan_for(cat, manifests, Selection(None, frozenset(keys), strays=False))
         return await self.execute(cat, plan, local, on_event=on_event)

@@ -348,3 +348,34 @@ def test_scan_finds_objects_only_in_fan_out_directories_that_exist(tmp_path):
     many = targets + [Target(f"v/{i}", FileEntry("data", str(i), "u", "b", f"p/{i}", "v", f"{i:0128x}"))
                       for i in range(20_001)]  # past the threshold: the fan-out listing is used
     assert scan_local(layout, many).objects == {present: 7}  # the same ab/ directory, another cd/: not found; ff/: not listed
+
+
+def test_typed_events_render_the_same_to_json_lines_and_plain_text(capsys):
+    import io
+    import json
+
+    from mirror import events as ev
+    from mirror.progress import PlainEvents, json_lines
+
+    out = io.StringIO()
+    emit, plain = json_lines(out), PlainEvents()
+    stream = [ev.Started({"manifests": ["m"], "fetch": {"files": 1, "bytes": 5}}),
+              ev.FileDone("k/a", 5, 0, 0.1, ["v/a"]),
+              ev.FileDone("k/b", 5, 0, 0.1, ["v/b"], etag_unverifiable=True),
+              ev.FileFailed("k/c", "ObjectNotFound", "gone"),
+              ev.Warned("index not saved: disk full")]
+    for e in stream:
+        emit(e)
+        plain(e)
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert [{k: v for k, v in x.items() if k != "t"} for x in lines] == [
+        {"event": "start", "manifests": ["m"], "fetch": {"files": 1, "bytes": 5}},
+        {"event": "file_done", "key": "k/a", "bytes": 5, "resumed_bytes": 0, "seconds": 0.1, "views": ["v/a"]},
+        {"event": "file_done", "key": "k/b", "bytes": 5, "resumed_bytes": 0, "seconds": 0.1, "views": ["v/b"],
+         "etag_unverifiable": True},
+        {"event": "file_failed", "key": "k/c", "error": "ObjectNotFound", "message": "gone"},
+        {"event": "warning", "message": "index not saved: disk full"},
+    ]
+    assert capsys.readouterr().err.splitlines() == ["vbo-mirror: failed: k/c: gone",
+                                                    "vbo-mirror: warning: index not saved: disk full"]
+    assert stream[3]["event"] == "file_failed" and stream[3].get("missing", 7) == 7  # dict-style reads still work

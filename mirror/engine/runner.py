@@ -14,8 +14,9 @@ import concurrent.futures
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
+from .. import events as ev
 from ..errors import Action, MirrorError, OfflineError, ViewBlocked
 from ..hashing import Digests
 from ..plan import Fetch, Plan
@@ -29,7 +30,7 @@ from .writer import HoldBudget
 if TYPE_CHECKING:
     from ..remote.client import Remote
 
-Event = dict[str, Any]
+Event = ev.Event
 
 @dataclass(frozen=True)
 class Failure:
@@ -126,7 +127,7 @@ class Engine:
         st.files_total = plan.views_total
         st.bytes_total = plan.fetch_bytes
         st.files_present, st.bytes_present = len(plan.present), plan.present_bytes
-        self.emit({"event": "start", **plan.summary()})
+        self.emit(ev.Started(plan.summary()))
         executor = ThreadPoolExecutor(max_workers=self.limits.io_threads, thread_name_prefix="vbo-io")
         self._index_pool = index_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vbo-index")
         if self._prepare_index is not None:
@@ -161,7 +162,7 @@ class Engine:
                 self._final_commit()  # synchronous on purpose: it must happen even when cancelled
             finally:
                 index_pool.shutdown(wait=True)
-        self.emit({"event": "summary", **st.summary()})
+        self.emit(ev.Summary(st.summary()))
         return st
 
     async def _fetch_all(self, items: tuple[Fetch, ...], executor: ThreadPoolExecutor) -> None:
@@ -186,9 +187,8 @@ class Engine:
             while True:
                 await asyncio.sleep(self.PROGRESS_SECONDS)
                 st = self.stats
-                self.emit({"event": "progress", "bytes_done": st.bytes_done, "bytes_total": st.bytes_total,
-                           "files_done": st.files_done, "in_flight": len(st.in_flight), "retries": st.retries,
-                           "mb_per_s": round(st.bytes_done / max(st.seconds, 1e-9) / 1e6, 2)})
+                self.emit(ev.Progress(st.bytes_done, st.bytes_total, st.files_done, len(st.in_flight), st.retries,
+                                      round(st.bytes_done / max(st.seconds, 1e-9) / 1e6, 2)))
 
         try:
             async with asyncio.TaskGroup() as outer:
@@ -209,7 +209,7 @@ class Engine:
         ref = item.ref
         st.in_flight.add(ref.key)
         started = time.monotonic()
-        self.emit({"event": "file_start", "key": ref.key, "version_id": ref.version_id, "bytes": item.size})
+        self.emit(ev.FileStarted(ref.key, ref.version_id, item.size))
         transfer: Transfer | None = None
         try:
             size, etag = item.size, item.etag
@@ -232,9 +232,8 @@ class Engine:
             st.files_done += 1
             st.files_linked += len(item.views) - 1
             st.bytes_linked += size * (len(item.views) - 1)
-            self.emit({"event": "file_done", "key": ref.key, "bytes": size, "resumed_bytes": transfer.resumed_bytes,
-                       "seconds": round(time.monotonic() - started, 3), "views": list(item.views),
-                       **({"etag_unverifiable": True} if transfer.etag_unverifiable else {})})
+            self.emit(ev.FileDone(ref.key, size, transfer.resumed_bytes, round(time.monotonic() - started, 3),
+                                  list(item.views), True if transfer.etag_unverifiable else None))
         except MirrorError as exc:
             if exc.outcome is Action.STOP_RUN:
                 raise
@@ -250,7 +249,7 @@ class Engine:
 
     def _failed(self, key: str, version_id: str | None, exc: MirrorError, views: list[str]) -> None:
         self.stats.failures.append(Failure(key, version_id, exc, tuple(views)))
-        self.emit({"event": "file_failed", "key": key, "error": type(exc).__name__, "message": str(exc)})
+        self.emit(ev.FileFailed(key, type(exc).__name__, str(exc)))
 
     def _link(self, file_hash: str, views: list[str]) -> None:
         self.store.link(file_hash, views)
@@ -291,7 +290,7 @@ class Engine:
             self._committing = None
             if fut.exception() is not None:
                 self.index.restore_delta(delta)
-                self.emit({"event": "warning", "message": f"index not saved: {fut.exception()}"})
+                self.emit(ev.Warned(f"index not saved: {fut.exception()}"))
         delta = self.index.take_delta()
         if delta is not None:
             self._committing = (self._index_pool.submit(self.index.write_delta, delta), delta)
@@ -305,9 +304,9 @@ class Engine:
         try:
             info = self._index_ready.result()
             if info.get("added") or info.get("dropped"):
-                self.emit({"event": "index", "added": info.get("added", 0), "dropped": info.get("dropped", 0)})
+                self.emit(ev.IndexReconciled(info.get("added", 0), info.get("dropped", 0)))
         except Exception as exc:  # noqa: BLE001 - the index is a summary: a sync never fails over it
-            self.emit({"event": "warning", "message": f"index not read: {exc}"})
+            self.emit(ev.Warned(f"index not read: {exc}"))
         for early in self._early:
             self.index.put(early)
         self._early.clear()
@@ -320,12 +319,11 @@ class Engine:
         try:
             self.index.commit()
         except Exception as exc:  # noqa: BLE001 - the store is the truth; a stale index is rebuilt later
-            self.emit({"event": "warning", "message": f"index not saved: {exc}"})
+            self.emit(ev.Warned(f"index not saved: {exc}"))
 
     def _on_bytes(self, n: int) -> None:
         self.stats.bytes_done += n
 
     def _on_retry(self, key: str, exc: MirrorError, attempt: int, delay: float) -> None:
         self.stats.retries += 1
-        self.emit({"event": "retry", "key": key, "attempt": attempt, "delay": round(delay, 3),
-                   "error": type(exc).__name__, "message": str(exc)})
+        self.emit(ev.Retry(key, attempt, round(delay, 3), type(exc).__name__, str(exc)))

@@ -7,6 +7,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable
 
+from ..events import Corrupt, Event, ViewDamaged
 from ..hashing import hash_file, xxh3_file
 from ..manifest import Manifest
 from .index import IndexRecord, StateIndex
@@ -58,7 +59,7 @@ def _size(path) -> int:
 
 
 def verify_store(layout: CacheLayout, manifests: list[Manifest], *, fast: bool, jobs: int = 2,
-                 on_event: Callable[[dict], None] | None = None) -> dict:
+                 on_event: Callable[[Event], None] | None = None) -> dict:
     """Hash every object (full BLAKE2b, or xxh3 against the index with `fast`); a damaged
     object is removed from the store (its views keep the bad bytes until repaired, and are
     listed). Views of the downloaded versions are checked against the objects they want."""
@@ -87,7 +88,7 @@ def verify_store(layout: CacheLayout, manifests: list[Manifest], *, fast: bool, 
             checked_bytes += size
             if problem:
                 corrupt.append({"file_hash": h, "path": str(store.path(h)), "problem": problem, "checked_by": how})
-                emit({"event": "corrupt", "file_hash": h, "problem": problem})
+                emit(Corrupt(h, problem))
                 with contextlib.suppress(FileNotFoundError):
                     store.remove(h)
                 index.drop(h)
@@ -117,7 +118,7 @@ def verify_store(layout: CacheLayout, manifests: list[Manifest], *, fast: bool, 
             want = (rec.xxh3 if rec is not None else None) if fast else h
             if want is not None and got != want:
                 views_wrong.append(rel)
-                emit({"event": "view_damaged", "view": rel})
+                emit(ViewDamaged(rel))
     return {"objects": len(objects), "bytes": checked_bytes, "mode": "fast" if fast else "full",
             "corrupt": corrupt, "views_wrong": sorted(views_wrong),
             "views_missing_content": sorted(views_missing_content),
