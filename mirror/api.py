@@ -265,39 +265,19 @@ class Mirror:
     def status(self) -> dict[str, Any]:
         """Per downloaded version: files present and missing, logical bytes (what the views
         add up to) against bytes on disk (each stored object counted once)."""
-        from .store.status import cache_status
-
-        layout = self.need_layout()
-        return cache_status(layout, self.session.local_manifests(), current=self.current_manifest())
+        return self._call(lambda s: s.status())
 
     def verify(self, *, fast: bool = False, repair: bool = False, jobs: int = 2,
                on_event: Callable[[Event], None] | None = None, wait: bool = False) -> dict[str, Any]:
         """Check every stored object (BLAKE2b, or with `fast` the xxh3 fingerprint in the
         index) and every view of the downloaded versions; with `repair`, fetch damaged
         content again and relink wrong views."""
-        from .store.status import verify_store
-
         layout = self.need_layout()
-        manifests = self.session.local_manifests()
         with CacheLock(layout.lock_path, wait=wait, command="vbo-mirror verify"):
-            report = verify_store(layout, manifests, fast=fast, jobs=jobs, on_event=on_event)
-            if repair and (report["corrupt"] or report["views_wrong"] or report["views_missing_content"]):
-                for rel in report["views_wrong"]:  # what a sync would replace anyway
-                    self.session.store.remove_view(rel)
-                bad = {c["file_hash"] for c in report["corrupt"]}
-                wrong = set(report["views_wrong"])
-                keys = {e.key for m in manifests for e in m.entries()
-                        if e.file_hash in bad or f"{m.view_dir}/{e.relative_path}" in wrong}
-                stats = self._call(lambda s: s.repair(manifests, keys, on_event=on_event))
-                report["repaired"] = {"files_fetched": stats.files_done, "views_linked": stats.files_linked,
-                                      "failures": [f.to_dict() for f in stats.failures]}
-                report["ok"] = not stats.failures
-        return report
+            return self._call(lambda s: s.verify(fast=fast, repair=repair, jobs=jobs, on_event=on_event))
 
     def rebuild_index(self, *, jobs: int = 2, wait: bool = False) -> dict[str, Any]:
         """Rebuild the state index from the store: every object is read and verified."""
-        from .store.status import rebuild_index
-
         layout = self.need_layout()
         with CacheLock(layout.lock_path, wait=wait, command="vbo-mirror index rebuild"):
-            return rebuild_index(layout, self.session.local_manifests(), jobs=jobs)
+            return self._call(lambda s: s.rebuild_index(jobs=jobs))

@@ -423,6 +423,39 @@ class Session:
         plan, local = await self.plan_for(cat, manifests, Selection(None, frozenset(keys), strays=False))
         return await self.execute(cat, plan, local, on_event=on_event)
 
+    # --- looking at the mirror (the caller holds the cache lock for verify and rebuild) ---------
+
+    async def status(self) -> dict[str, Any]:
+        from .store.status import cache_status
+
+        layout = self.need_layout()
+        return await asyncio.to_thread(cache_status, layout, self.local_manifests(), current=self.current_manifest())
+
+    async def verify(self, *, fast: bool = False, repair: bool = False, jobs: int = 2,
+                     on_event: Callable[[Event], None] | None = None) -> dict[str, Any]:
+        from .store.status import verify_store
+
+        layout = self.need_layout()
+        manifests = self.local_manifests()
+        report = await asyncio.to_thread(verify_store, layout, manifests, fast=fast, jobs=jobs, on_event=on_event)
+        if repair and (report["corrupt"] or report["views_wrong"] or report["views_missing_content"]):
+            for rel in report["views_wrong"]:  # what a sync would replace anyway
+                self.store.remove_view(rel)
+            bad = {c["file_hash"] for c in report["corrupt"]}
+            wrong = set(report["views_wrong"])
+            keys = {e.key for m in manifests for e in m.entries()
+                    if e.file_hash in bad or f"{m.view_dir}/{e.relative_path}" in wrong}
+            stats = await self.repair(manifests, keys, on_event=on_event)
+            report["repaired"] = {"files_fetched": stats.files_done, "views_linked": stats.files_linked,
+                                  "failures": [f.to_dict() for f in stats.failures]}
+            report["ok"] = not stats.failures
+        return report
+
+    async def rebuild_index(self, *, jobs: int = 2) -> dict[str, Any]:
+        from .store.status import rebuild_index
+
+        return await asyncio.to_thread(rebuild_index, self.need_layout(), self.local_manifests(), jobs=jobs)
+
     # --- measuring the endpoint and listing URLs -------------------------------------------------
 
     async def bench(self, version: str | None, *, jobs: tuple[int, ...], part_sizes: tuple[int, ...], budget: int,
