@@ -11,6 +11,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .semver import Version
 from .errors import ConfigError
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -49,8 +50,14 @@ class DatasetConfig:
         return self.manifest_template.format(version=version)
 
     def version_of(self, manifest_name: str) -> str | None:
+        """The version in a manifest file name; None for names that are not a manifest of
+        this dataset, or whose version is not a valid semantic version (`_v01.0.0.json`): such
+        an object in the bucket or in cache_dir is ignored, not an error for every command."""
         m = self.manifest_pattern.match(manifest_name)
-        return m.group("version") if m else None
+        if not m:
+            return None
+        version = m.group("version")
+        return version if Version.is_valid(version) else None
 
 
 def available_datasets() -> list[str]:

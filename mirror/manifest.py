@@ -28,6 +28,7 @@ _ENTRY_KEYS = {"url", "version_id", "file_hash"}
 _VHOST = re.compile(r"^(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])\.s3(?:[.-](?P<region>[a-z0-9-]+))?\.amazonaws\.com$")
 _PATHSTYLE = re.compile(r"^s3(?:[.-](?P<region>[a-z0-9-]+))?\.amazonaws\.com$")
 _MAX_KEY = 1024
+_MAX_NAME = 255  # bytes in one path segment: NAME_MAX of Linux filesystems
 
 
 class FileEntry(NamedTuple):
@@ -107,6 +108,8 @@ def check_key(key: str, *, prefix: str) -> str | None:
     segments = key.split("/")
     if any(s in ("", ".", "..") for s in segments):
         return "key has an empty, '.' or '..' segment"
+    if any(len(s.encode("utf-8", "surrogatepass")) > _MAX_NAME for s in segments):
+        return f"key has a path segment longer than {_MAX_NAME} bytes (the limit of a file name)"
     if not key.startswith(prefix):
         return f"key is outside the dataset prefix {prefix!r}"
     if len(segments) < 2:
@@ -121,7 +124,7 @@ def check_key(key: str, *, prefix: str) -> str | None:
 _FAST_URL = re.compile(
     r"https://([a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])\.s3[.-][a-z0-9-]+\.amazonaws\.com/([^%?#\x00-\x20\x7f\\]{1,1024})")
 _FAST_VERSION = re.compile(r"[^\x00/\\&?# ]{1,1024}")
-_KEY_SEGMENTS = r"(?:(?!\.\.?(?:/|\Z))[^/]+/)*(?!\.\.?\Z)[^/]+"
+_KEY_SEGMENTS = r"(?:(?!\.\.?(?:/|\Z))[^/]{1,255}/)*(?!\.\.?\Z)[^/]{1,255}"  # ASCII keys: chars = bytes
 
 
 _NEVER = re.compile(r"(?!)")
@@ -140,7 +143,7 @@ def _entry(source: str, kind: str, name: str, raw: object, ds: DatasetConfig, ke
     if type(raw) is dict and len(raw) == 3:
         url, version_id, file_hash = raw.get("url"), raw.get("version_id"), raw.get("file_hash")
         if (type(url) is str and type(version_id) is str and type(file_hash) is str
-                and HASH_RE.fullmatch(file_hash) and _FAST_VERSION.fullmatch(version_id)
+                and HASH_RE.fullmatch(file_hash) and _FAST_VERSION.fullmatch(version_id) and url.isascii()
                 and (m := _FAST_URL.fullmatch(url)) and m.group(1) == ds.bucket and key_ok.fullmatch(m.group(2))):
             return FileEntry(kind, name, url, ds.bucket, m.group(2), version_id, file_hash)
     return _entry_checked(source, kind, name, raw, ds)
@@ -173,6 +176,21 @@ def _entry_checked(source: str, kind: str, name: str, raw: object, ds: DatasetCo
     return FileEntry(kind, name, url, bucket, key, version_id, file_hash)
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _DuplicateKey(k)
+            seen.add(k)
+    return d
+
+
 def parse_manifest(data: bytes, *, source: str, dataset: DatasetConfig) -> Manifest:
     """Validate `data` completely and return the model; raise ManifestError on the first problem."""
     with gc_paused():
@@ -181,9 +199,16 @@ def parse_manifest(data: bytes, *, source: str, dataset: DatasetConfig) -> Manif
 
 def _parse_manifest(data: bytes, *, source: str, dataset: DatasetConfig) -> Manifest:
     try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(source, f"not valid JSON ({exc})") from None
+        doc = json.loads(data, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as exc:
+        raise ManifestError(source, f"key {exc.args[0]!r} appears twice in one JSON object "
+                            "(JSON parsers disagree on which one counts: refused)") from None
+    except RecursionError:
+        raise ManifestError(source, "not a manifest: JSON nested too deeply") from None
+    except UnicodeDecodeError as exc:
+        raise ManifestError(source, f"not valid JSON: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except ValueError as exc:  # JSONDecodeError, and numbers beyond Python's digit limit
+        raise ManifestError(source, f"not valid JSON ({str(exc)[:200]})") from None
     if not isinstance(doc, dict):
         raise ManifestError(source, "top level is not a JSON object")
     for key in _REQUIRED_KEYS:

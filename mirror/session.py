@@ -48,6 +48,7 @@ from .remote import OnDemand, RemoteSettings
 from .semver import Version
 from .store.index import StateIndex, reconcile
 from .store.facade import Store
+from .store.fsutil import store_error
 from .store.layout import CacheLayout
 from .store.lock import CacheLock
 from .store.scan import scan_local
@@ -111,10 +112,21 @@ class Session:
         """The manifest in use in cache_dir (AllenSDK's `_manifest_last_used.txt`), if any."""
         if self.layout is None:
             return None
+        path = self.layout.last_used
         try:
-            name = self.layout.last_used.read_text().strip()
+            raw = path.read_bytes()
         except FileNotFoundError:
             return None
+        except IsADirectoryError:
+            raise InputError(f"{path} is a directory, not the name of the version in use",
+                             hint="remove that directory, then pin a version: vbo-mirror manifests use VERSION") from None
+        except OSError as exc:
+            raise store_error(exc, f"reading {path}") from exc
+        try:
+            name = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise InputError(f"{path} is not UTF-8 text, so it names no version",
+                             hint="pin a version again: vbo-mirror manifests use VERSION") from None
         return name if self.dataset.version_of(name) is not None else None
 
     def local_manifests(self) -> list[Manifest]:

@@ -33,7 +33,8 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = 
     half. The temporary name is unique, so concurrent writers (threads or processes) of the
     same path never share one; the last rename wins, whole. `durable=False` skips both
     fsyncs, for state that only saves work (after a power cut it may be old or empty)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{secrets.token_hex(4)}")
+    # Short, whatever the final name: a name near the 255-byte limit must still have a temporary one.
+    tmp = path.with_name(f".vbo-tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)

@@ -15,6 +15,7 @@ import errno
 import fcntl
 import warnings
 import os
+import secrets
 import shutil
 import threading
 from pathlib import Path
@@ -69,7 +70,8 @@ class Linker:
         if dst.is_dir() and not dst.is_symlink():
             raise ViewBlocked(f"cannot make view {dst}: a directory is in its place",
                               hint="move that directory away and sync again")
-        tmp = dst.with_name(f".{dst.name}.vbo-link{os.getpid()}")
+        # Short and unique (not derived from dst's name: a 250-byte name has no room for a suffix).
+        tmp = dst.with_name(f".vbo-link-{os.getpid()}-{secrets.token_hex(4)}")
         modes = (self.mode,) if self.mode else self.chain
         last_exc: OSError | None = None
         for mode in modes:
