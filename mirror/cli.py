@@ -15,6 +15,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import functools  # noqa: E402
 import json  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING  # noqa: E402
 
 from .config import DEFAULT_DATASET  # noqa: E402
 from .engine.verify import Verify  # noqa: E402
-from .errors import InputError, MirrorError, MirrorWarning  # noqa: E402
+from .errors import InputError, MirrorError, MirrorWarning, Terminated  # noqa: E402
 from .remote.settings import TRANSPORTS, Timeouts  # noqa: E402
 
 # The API (asyncio, the store, the engine, pyarrow on demand) is imported by the commands that
@@ -95,8 +96,11 @@ def handle_errors(fn):
                 _err(f"  hint: {exc.hint}")
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
-            _err("vbo-mirror: interrupted")
+            _err("vbo-mirror: interrupted; what was downloaded is kept: run the same command again to resume")
             ctx.exit(130)
+        except Terminated as exc:
+            _err(f"vbo-mirror: {exc}; what was downloaded is kept: run the same command again to resume")
+            ctx.exit(128 + exc.signum)
 
     return wrapper
 
@@ -635,11 +639,19 @@ def sandbox_status_cmd(c: Ctx) -> None:
            f"sandbox running at {state['endpoint_url']} (pid {state['pid']})" if state else "no sandbox is running")
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
 def entry() -> None:
     """The `vbo-mirror` command. After the command has run and its output is flushed, the
     process ends without the interpreter's teardown: freeing every object of a 6,000-file
     plan one by one took ~60 ms, an eighth of a no-op resync. Nothing is lost by it: every
     file vbo-mirror writes is written and closed explicitly, and its threads are joined."""
+    # SIGTERM (a scheduler's kill) and SIGHUP (a closed terminal) end a run as Ctrl-C does:
+    # the job is cancelled, partials kept, the index saved, the lock released; exit 128+N.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminate)
     try:
         code = main(standalone_mode=False)
     except click.exceptions.Exit as exc:

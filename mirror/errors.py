@@ -172,6 +172,19 @@ class ViewBlocked(MirrorError):
     outcome = Action.SKIP_FILE
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP reached the command (a batch scheduler's kill, a closed terminal): the
+    run stops as on Ctrl-C (a BaseException like KeyboardInterrupt, so no `except Exception`
+    swallows it), keeping partials and saving the index."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        self.signame = signal.Signals(signum).name
+        super().__init__(f"stopped by {self.signame}")
+
+
 # --- warnings: things the user should know that do not stop anything -----------------------
 
 

@@ -5,7 +5,8 @@ this one loop (uvloop when installed), so what the session holds (connections, t
 lives across calls, and a caller that is itself inside a running loop (Jupyter) is served
 the same way as a script.
 
-Ctrl-C while a call runs: the KeyboardInterrupt arrives in the caller's thread, which
+Ctrl-C while a call runs (or, in the CLI, SIGTERM/SIGHUP, raised as `Terminated`): the
+KeyboardInterrupt arrives in the caller's thread, which
 cancels the job on the loop, waits until it has cleaned up (parts in flight stopped,
 partials and their resume state kept, the index saved), and then raises KeyboardInterrupt.
 """
@@ -15,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import threading
 from typing import Awaitable, Callable, TypeVar
+
+from .errors import Terminated
 
 T = TypeVar("T")
 
@@ -96,15 +99,15 @@ class LoopThread:
                 while not done.wait(0.1):
                     if caller.cancelling():
                         raise asyncio.CancelledError()
-        except (KeyboardInterrupt, asyncio.CancelledError):
+        except (KeyboardInterrupt, Terminated, asyncio.CancelledError):
             # `start` ran or runs before this (the loop takes callbacks in order).
             loop.call_soon_threadsafe(lambda: box["task"].cancel())
             while True:
                 try:
                     done.wait()  # the job's cleanup: stopping parts, keeping partials, saving the index
                     break
-                except KeyboardInterrupt:
-                    continue  # a second Ctrl-C does not abandon the cleanup
+                except (KeyboardInterrupt, Terminated):
+                    continue  # a second Ctrl-C (or SIGTERM) does not abandon the cleanup
             task = box["task"]
             if not task.cancelled():
                 task.exception()  # retrieved (an error in the cleanup): the interruption is what is reported

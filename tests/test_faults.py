@@ -348,3 +348,48 @@ def test_ctrl_c_from_inside_a_running_loop_cancels_the_job_and_a_rerun_resumes(s
     assert stats.failures == []
     assert_mirror(cache, replica, "1.0.1")
     m.close()
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_and_sighup_end_a_sync_as_ctrl_c_does(sandbox, replica, tmp_path, sig, code):
+    """A batch scheduler's SIGTERM or a closed terminal's SIGHUP: the run is cancelled, what
+    was published is in the saved index, the lock names no holder, the exit code says which
+    signal, and the same command resumes."""
+    from mirror.store.index import StateIndex
+
+    cache = tmp_path / "c"
+    argv = [sys.executable, "-m", "mirror.cli", "--json", "--cache-dir", str(cache)]
+    with FaultProxy(sandbox.url, rate=replica.total_bytes("1.0.1") / 15) as proxy:
+        proc = subprocess.Popen([*argv, "--endpoint-url", proxy.url, "sync", "--version", "1.0.1", "-j", "4"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        done = None
+        for line in proc.stdout:
+            event = json.loads(line)
+            if event["event"] == "file_done":
+                done = event
+                break
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == code, err
+        assert signal.Signals(sig).name in err and "run the same command again to resume" in err
+        assert (cache / ".vbo-mirror" / "lock").read_bytes() == b""
+        manifest = json.loads((cache / f"{PROJECT}_project_manifest_v1.0.1.json").read_bytes())
+        by_key = {e["url"].split(".amazonaws.com/", 1)[1]: e["file_hash"]
+                  for section in ("metadata_files", "data_files") for e in manifest[section].values()}
+        index = StateIndex(CacheLayout(cache))
+        assert index.load() and index.get(by_key[done["key"]]) is not None
+        proxy.rate = None
+        r = subprocess.run([*argv, "--endpoint-url", proxy.url, "sync", "--version", "1.0.1"], capture_output=True,
+                           text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert_mirror(cache, replica, "1.0.1")
+
+
+def test_a_symlink_at_the_lock_is_refused_and_its_target_untouched(cli, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (cli.cache_dir / ".vbo-mirror").mkdir(parents=True)
+    (cli.cache_dir / ".vbo-mirror" / "lock").symlink_to(victim)
+    r = cli("sync", "--version", "0.1.0", expect=4)
+    assert "is a symlink" in r.stderr
+    assert victim.read_text() == "precious"

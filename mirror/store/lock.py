@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -30,8 +31,15 @@ class CacheLock:
     def acquire(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            if self.path.parent.is_symlink():
+                raise StoreError(f"{self.path.parent} is a symlink: refusing to follow it out of the cache",
+                                 hint="remove that symlink; vbo-mirror recreates the directory")
+            # O_NOFOLLOW: a symlink planted at the lock's name is refused, never truncated through
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StoreError(f"the lock file {self.path} is a symlink: refusing to follow it",
+                                 hint="remove that symlink; vbo-mirror recreates the lock file") from exc
             raise StoreError(f"cannot create the lock file {self.path}: {exc.strerror}") from exc
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         while True:
