@@ -75,16 +75,22 @@ class Store:
         what was there. A view blocked by something of the user's raises ViewBlocked."""
         src = self.path(file_hash)
         for rel in views:
-            self.linker.link(src, self.layout.view_path(rel))
+            dst = self.layout.view_path(rel)
+            self.layout.real_parents(dst)  # a symlinked version directory is refused, not followed
+            self.linker.link(src, dst)
 
     def ensure_view(self, file_hash: str, view: str) -> bool:
         """Link `view` unless it already is a view of the object; True when it had to."""
-        return self.linker.ensure(self.path(file_hash), self.layout.view_path(view))
+        dst = self.layout.view_path(view)
+        self.layout.real_parents(dst)
+        return self.linker.ensure(self.path(file_hash), dst)
 
     def remove_view(self, rel: str) -> bool:
         """Remove one view; False when it was not there. A directory is never removed."""
+        path = self.layout.view_path(rel)
+        self.layout.real_parents(path)  # never delete through a symlinked directory
         try:
-            os.unlink(self.layout.view_path(rel))
+            os.unlink(path)
         except FileNotFoundError:
             return False
         except IsADirectoryError as exc:

@@ -16,9 +16,10 @@ On-disk formats carry a version in their names so a later layout can live beside
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, StoreError
 
 META = ".vbo-mirror"
 LAST_USED = "_manifest_last_used.txt"
@@ -49,6 +50,29 @@ class CacheLayout:
         if "/" in name or name.startswith("."):
             raise InputError(f"refusing manifest file name {name!r}")
         return self.root / name
+
+    def real_parents(self, path: Path) -> None:
+        """Refuse when a directory between cache_dir and `path` is a symlink: cache_dir may
+        be writable by others (shared scratch), and nothing vbo-mirror creates, writes,
+        renames, chmods or deletes may land outside it. cache_dir itself may be a symlink
+        (that is the user's choice); what is below it is checked. Directories not there yet
+        are fine (they will be made as real directories)."""
+        try:
+            rel = path.relative_to(self.root)
+        except ValueError:
+            raise StoreError(f"{path} is outside cache_dir {self.root}") from None
+        current = self.root
+        for part in rel.parts[:-1]:
+            current = current / part
+            try:
+                st = os.lstat(current)
+            except FileNotFoundError:
+                return
+            except NotADirectoryError:
+                return  # a file in the way: the operation itself reports it
+            if stat.S_ISLNK(st.st_mode):
+                raise StoreError(f"{current} is a symlink: vbo-mirror does not follow symlinks out of cache_dir",
+                                 hint="replace it by a real directory (or remove it; vbo-mirror recreates it)")
 
     def view_path(self, rel: str) -> Path:
         path = self.root / rel

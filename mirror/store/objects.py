@@ -39,14 +39,17 @@ class ResumeState:
         return (self.key, self.version_id, self.etag, self.size) == (other.key, other.version_id, other.etag, other.size)
 
 
-def open_direct(path: Path) -> int:
+def open_direct(path: Path, fd: int | None = None) -> int:
     """A second descriptor with O_DIRECT, or -1 where the filesystem (tmpfs, some network
-    filesystems) or the platform has none."""
+    filesystems) or the platform has none. Given the first descriptor, the same inode is
+    reopened through /proc/self/fd, so a name swapped meanwhile cannot redirect the writes."""
     flag = getattr(os, "O_DIRECT", 0)
     if not flag:
         return -1
     try:
-        return os.open(path, os.O_WRONLY | flag)
+        if fd is not None and os.path.isdir("/proc/self/fd"):
+            return os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | flag | os.O_CLOEXEC)
+        return os.open(path, os.O_WRONLY | flag | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
         if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
             return -1
@@ -159,6 +162,38 @@ class Partial:
                 p.unlink()
 
 
+def _open_own(path: Path) -> int:
+    """Open (creating) a file of ours for writing without following a symlink at its name:
+    a symlink planted there (cache_dir may be writable by others) is removed, never written
+    through; a file left read-only by an older run is made writable again."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(3):
+        try:
+            return os.open(path, flags, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a symlink: remove the link itself, then create ours
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                continue
+            if exc.errno == errno.EACCES and stat.S_ISREG(os.lstat(path).st_mode):
+                os.chmod(path, 0o644)  # a regular file (lstat: not a symlink) we left read-only
+                continue
+            raise
+    raise OSError(errno.ELOOP, "a symlink keeps reappearing", str(path))
+
+
+def _read_own(path: Path) -> bytes:
+    """A small file of ours, read without following a symlink (FileNotFoundError if not ours)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise FileNotFoundError(str(path)) from exc
+        raise
+    with os.fdopen(fd, "rb") as f:
+        return f.read(1 << 20)
+
+
 class ObjectStore:
     def __init__(self, layout: CacheLayout) -> None:
         self.layout = layout
@@ -175,15 +210,17 @@ class ObjectStore:
         path = self.layout.partial_path(file_hash)
         sidecar = path.with_name(path.name + ".json")
         try:
+            self.layout.real_parents(path)  # before mkdir: it would follow a symlinked directory
             path.parent.mkdir(parents=True, exist_ok=True)
+            fd = _open_own(path)
             state = want
             try:
-                raw = json.loads(sidecar.read_bytes())
+                raw = json.loads(_read_own(sidecar))
                 old = ResumeState(raw["key"], raw["version_id"], raw["etag"], int(raw["size"]),
                                   merge_ranges([[int(s), int(e)] for s, e in raw["done"]]))
-                if raw.get("v") == SIDECAR_VERSION and old.matches(want) and path.exists():
+                if raw.get("v") == SIDECAR_VERSION and old.matches(want):
                     # Trust only ranges that lie inside the file as it is on disk now.
-                    on_disk = path.stat().st_size
+                    on_disk = os.fstat(fd).st_size
                     state = ResumeState(want.key, want.version_id, want.etag, want.size,
                                         [[s, min(e, on_disk)] for s, e in old.done if s < on_disk])
             except (FileNotFoundError, ValueError, KeyError, TypeError):
@@ -192,12 +229,7 @@ class ObjectStore:
                 want.done = []
                 with contextlib.suppress(FileNotFoundError):
                     sidecar.unlink()
-            flags = os.O_RDWR | os.O_CREAT | (0 if state.done else os.O_TRUNC)
-            try:
-                fd = os.open(path, flags, 0o644)
-            except PermissionError:  # left read-only by an older run: it is ours to write
-                os.chmod(path, 0o644)
-                fd = os.open(path, flags, 0o644)
+                os.ftruncate(fd, 0)
             try:
                 if want.size > 0:
                     # Reserve the space now: a full disk is found before any transfer, not midway.
@@ -206,7 +238,7 @@ class ObjectStore:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                     os.close(fd)
                     raise
-            dfd = open_direct(path) if direct else -1
+            dfd = open_direct(path, fd) if direct else -1
         except OSError as exc:
             raise store_error(exc, f"opening {path}") from exc
         return Partial(path, state, fd, sum(e - s for s, e in state.done), dfd)
@@ -243,6 +275,7 @@ class ObjectStore:
         if hashlib.blake2b(data).hexdigest() != file_hash:
             raise IntegrityError(f"refusing to store content whose BLAKE2b is not {file_hash[:16]}…")
         final = self.path(file_hash)
+        self.layout.real_parents(final)
         atomic_write(final, data, mode=0o444)
         return final
 

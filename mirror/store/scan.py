@@ -28,9 +28,12 @@ def _walk(layout: CacheLayout, top: str) -> dict[str, tuple[int, int]]:
     out: dict[str, tuple[int, int]] = {}
     root = os.path.join(layout.root, top)
     try:
-        dev = os.stat(root, follow_symlinks=False).st_dev
+        st = os.stat(root, follow_symlinks=False)
     except (FileNotFoundError, NotADirectoryError):
         return out
+    if not stat.S_ISDIR(st.st_mode):
+        return out  # a symlinked version directory is not walked (nothing in it is ours to remove)
+    dev = st.st_dev
     stack = [(root, top)]
     while stack:
         path, rel = stack.pop()

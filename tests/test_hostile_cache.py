@@ -1,0 +1,87 @@
+"""A cache_dir that others can write into (shared scratch): symlinks planted in it are never
+followed out of it. Nothing outside cache_dir is created, written, chmodded or deleted."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from test_sync import PROJECT, assert_mirror, expected_files
+
+from mirror.store.layout import CacheLayout
+
+
+def _outside(tmp_path):
+    out = tmp_path / "outside"
+    out.mkdir()
+    victim = out / "victim.txt"
+    victim.write_text("precious")
+    os.chmod(victim, 0o644)
+    return out, victim
+
+
+def _hash_of(cli, version: str, suffix: str) -> tuple[str, str]:
+    """(view path, file_hash) of the first entry of `version` whose view ends with `suffix`."""
+    doc = json.loads((cli.cache_dir / f"{PROJECT}_project_manifest_v{version}.json").read_bytes())
+    for section in ("data_files", "metadata_files"):
+        for e in doc[section].values():
+            key = e["url"].split(".amazonaws.com/", 1)[1]
+            if key.endswith(suffix):
+                return f"{PROJECT}-{version}/{key.split('/', 1)[1]}", e["file_hash"]
+    raise AssertionError(suffix)
+
+
+def test_a_symlink_at_a_partial_is_replaced_not_written_through(cli, replica, tmp_path):
+    out, victim = _outside(tmp_path)
+    cli("manifests", "use", "1.0.1")
+    _, h = _hash_of(cli, "1.0.1", ".nwb")
+    partial = CacheLayout(cli.cache_dir).partial_path(h)
+    partial.parent.mkdir(parents=True)
+    partial.symlink_to(victim)
+    cli("sync", expect=0)
+    assert victim.read_text() == "precious" and (victim.stat().st_mode & 0o777) == 0o644
+    assert_mirror(cli.cache_dir, replica, "1.0.1")
+
+
+def test_a_symlinked_version_directory_is_refused_and_nothing_outside_is_touched(cli, replica, tmp_path):
+    out, victim = _outside(tmp_path)
+    cli("manifests", "use", "1.0.1")
+    (cli.cache_dir / f"{PROJECT}-1.0.1").symlink_to(out, target_is_directory=True)
+    r = cli("sync", expect=4)
+    assert f"{PROJECT}-1.0.1 is a symlink" in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["victim.txt"] and victim.read_text() == "precious"
+
+
+def test_a_user_file_behind_a_symlinked_version_directory_is_never_removed_as_a_stray(cli, replica, tmp_path):
+    """A stray in a real version directory is removed; the same file name reached through a
+    symlinked version directory is not even looked at."""
+    cli("sync", "--version", "1.0.1", expect=0)
+    out, victim = _outside(tmp_path)
+    view, _ = _hash_of(cli, "1.0.1", ".nwb")
+    os.link(cli.cache_dir / view, out / "a-view-of-ours.nwb")  # looks exactly like one of our views
+    real = cli.cache_dir / f"{PROJECT}-1.0.1"
+    real.rename(cli.cache_dir / "moved-away")
+    real.symlink_to(out, target_is_directory=True)
+    cli("sync", "--version", "1.0.1", expect=4)
+    assert (out / "a-view-of-ours.nwb").exists() and victim.read_text() == "precious"
+
+
+def test_a_symlinked_store_directory_is_refused(cli, replica, tmp_path):
+    out, victim = _outside(tmp_path)
+    cli("manifests", "use", "1.0.1")
+    _, h = _hash_of(cli, "1.0.1", ".nwb")
+    fan = CacheLayout(cli.cache_dir).object_path(h).parent.parent  # objects/ab
+    fan.parent.mkdir(parents=True)
+    fan.symlink_to(out, target_is_directory=True)
+    r = cli("sync", expect=4)
+    assert "is a symlink" in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["victim.txt"]
+
+
+def test_a_cache_dir_that_is_itself_a_symlink_is_the_users_choice(cli, replica, tmp_path):
+    real = tmp_path / "real-cache"
+    real.mkdir()
+    cli.cache_dir.symlink_to(real, target_is_directory=True)
+    cli("sync", "--version", "0.1.0", expect=0)
+    files = expected_files(replica, "0.1.0")
+    assert all((real / rel).read_bytes() == body for rel, body in files.items())
