@@ -141,17 +141,21 @@ def human_bytes(n: int | None) -> str:
 @click.option("--connect-timeout", type=float, default=10.0, show_default=True, help="Seconds.")
 @click.option("--read-timeout", type=float, default=60.0, show_default=True,
               help="Seconds between two reads of a response.")
+@click.option("--min-rate", type=float, default=1024.0, show_default=True,
+              help="Bytes/s a response must keep up over --min-rate-window, else it is retried from the "
+                   "byte reached (0: off; lean transport).")
+@click.option("--min-rate-window", type=float, default=30.0, show_default=True, help="Seconds.")
 @click.option("--transport", type=click.Choice(TRANSPORTS), default="lean", show_default=True,
               help="How object bodies are fetched: lean (straight into our buffers; fastest, see "
                    "benchmarks/RESULTS.md) or aiohttp.")
 @click.version_option(package_name="vbo-mirror")
 @click.pass_context
 def main(ctx: click.Context, dataset, cache_dir, endpoint_url, json_out, offline, signed,
-         connect_timeout, read_timeout, transport) -> None:
+         connect_timeout, read_timeout, min_rate, min_rate_window, transport) -> None:
     """Fast, verified, resumable mirror of the Allen Institute Visual Behavior Ophys release."""
+    timeouts = Timeouts(connect=connect_timeout, read=read_timeout, min_rate=min_rate, rate_window=min_rate_window)
     ctx.obj = Ctx(dataset=dataset, cache_dir=cache_dir, endpoint_url=endpoint_url, json_out=json_out,
-                  offline=offline, signed=signed, timeouts=Timeouts(connect=connect_timeout, read=read_timeout),
-                  transport=transport)
+                  offline=offline, signed=signed, timeouts=timeouts, transport=transport)
 
 
 # --- manifests -----------------------------------------------------------------------------

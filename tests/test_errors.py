@@ -155,3 +155,36 @@ def test_http_answers_map_to_error_kinds(status, code, kind):
     err = from_status(status, what="GET s3://b/k", code=code)
     assert type(err) is kind
     assert "GET s3://b/k" in str(err)
+
+
+def test_a_server_that_drips_a_few_bytes_before_each_break_is_not_retried_forever(tmp_path):
+    """Only real progress (a MiB, or the rest of the part) forgives earlier failures."""
+    from mirror.engine.runner import Engine
+    from mirror.engine.transfer import Verify
+    from mirror.limits import Limits
+    from mirror.model import ObjectRef
+    from mirror.plan import Fetch, Plan
+    from mirror.remote.http import BufferPool
+    from mirror.store.facade import Store
+    from mirror.store.index import StateIndex
+    from mirror.store.layout import CacheLayout
+
+    calls = []
+
+    class Remote:
+        buffers = BufferPool(64 << 10, 16)
+
+        async def get_into(self, ref, sink, *, start=0, end=None, size=None, if_match=None):
+            calls.append(start)
+            buf = self.buffers.take()
+            buf[:10] = b"x" * 10
+            sink(buf, 10)  # ten bytes, then the connection breaks
+            raise TransferError("broke after 10 bytes")
+
+    layout = CacheLayout(tmp_path)
+    engine = Engine(store=Store(layout, link_mode="copy"), remote=Remote(), index=StateIndex(layout),
+                    limits=Limits(jobs=1), policy=RetryPolicy(attempts=4, base_delay=0.0), verify=Verify.NONE)
+    size = 8 << 20
+    stats = asyncio.run(engine.run(Plan(("m",), (Fetch("a" * 128, ObjectRef("b", "k", "v"), size, None, ("v/k",)),))))
+    assert [type(f.error) for f in stats.failures] == [TransferError]
+    assert calls == [0, 10, 20, 30]  # each attempt resumed where the last stopped; four in all

@@ -243,3 +243,52 @@ def test_connect_failures_are_quick_and_named():
             with pytest.raises(ConnectFailed):
                 await fetch(c, f"http://127.0.0.1:{port}", BufferPool(64 << 10, 1))
     run(go())
+
+
+def test_a_response_that_drips_under_the_read_timeout_is_cut_by_the_minimum_rate():
+    """One byte every 0.2 s never trips a 1 s read timeout; a minimum rate of 1 KiB/s over
+    1 s ends it (without it the response would take 100,000 x 0.2 s)."""
+    from mirror.remote.http import TooSlow
+
+    def drip(w):
+        async def act(w):
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+            for _ in range(100):
+                w.write(b"x")
+                await w.drain()
+                await asyncio.sleep(0.2)
+        return act(w)
+
+    async def go():
+        async with RawServer([drip]) as srv:
+            async with HttpClient(max_connections=1, connect_timeout=2, read_timeout=1.0, min_rate=1024,
+                                  rate_window=1.0) as c:
+                c.WATCHDOG_TICK = 0.1
+                pool = BufferPool(64 << 10, 2)
+                t0 = time.monotonic()
+                with pytest.raises(TooSlow):
+                    await fetch(c, srv.url, pool)
+                assert time.monotonic() - t0 < 5
+    run(go())
+
+
+def test_a_slow_but_steady_response_is_not_cut():
+    """Above the minimum rate (here ~50 KB/s against 1 KiB/s), however slow, it completes."""
+    body = b"y" * 60_000
+
+    def steady(w):
+        async def act(w):
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+            for i in range(0, len(body), 5_000):
+                w.write(body[i:i + 5_000])
+                await w.drain()
+                await asyncio.sleep(0.1)
+        return act(w)
+
+    async def go():
+        async with RawServer([steady]) as srv:
+            async with HttpClient(max_connections=1, connect_timeout=2, read_timeout=1.0, min_rate=1024,
+                                  rate_window=0.3) as c:
+                c.WATCHDOG_TICK = 0.05
+                assert await fetch(c, srv.url, BufferPool(64 << 10, 2)) == body
+    run(go())

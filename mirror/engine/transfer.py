@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from ..store.facade import Store
 
 
+PROGRESS_BYTES = 1 << 20  # what an attempt must move to count as progress (see `_part`)
+
+
 @dataclass
 class Job:
     file_hash: str
@@ -206,8 +209,10 @@ class Transfer:
                 raise TransferError(f"GET s3://{ref.bucket}/{ref.key}: stream ended at byte {sink.pos} of {end}")
 
         def progressed() -> bool:
+            # Real progress (a MiB, or the rest of the part) forgives earlier failures; a server
+            # that drips a few bytes before each break must not be retried forever.
             nonlocal reached
-            moved, reached = sink.pos > reached, sink.pos
+            moved, reached = sink.pos - reached >= min(PROGRESS_BYTES, end - reached), sink.pos
             return moved
 
         await call_with_retries(attempt, policy=self.policy, pacer=self.pacer, progressed=progressed,

@@ -55,6 +55,10 @@ class Stalled(HttpError):
     """No byte arrived for the read timeout."""
 
 
+class TooSlow(Stalled):
+    """Bytes kept coming, but slower than the minimum rate over its window."""
+
+
 class BadResponse(HttpError):
     """Not a well-formed HTTP/1.1 answer."""
 
@@ -378,10 +382,16 @@ class HttpClient:
     WATCHDOG_TICK = 0.5
 
     def __init__(self, *, max_connections: int, connect_timeout: float, read_timeout: float,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, min_rate: float = 0.0, rate_window: float = 30.0) -> None:
+        """`min_rate` (bytes/s, 0: off) over `rate_window` seconds: a body that arrives slower
+        is aborted as Stalled, like curl's --speed-limit/--speed-time: a server that drips a
+        byte now and then never trips the read timeout, and would hold a sync forever."""
         self.max_connections = max_connections
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.min_rate = min_rate
+        self.rate_window = rate_window
+        self._window: dict[_Connection, tuple[int, float]] = {}
         self._ssl = ssl_context
         self._slots: asyncio.Semaphore | None = None
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
@@ -423,12 +433,25 @@ class HttpClient:
         for c in list(self._busy):
             if c.state not in (_HEAD, _BODY) or c.waiting_for_buffer:
                 self._seen[c] = (c.received, now)
+                self._window.pop(c, None)  # our own backpressure is not the server's slowness
                 continue
             last = self._seen.get(c)
             if last is None or last[0] != c.received:
                 self._seen[c] = (c.received, now)
             elif now - last[1] >= self.read_timeout:
                 c.abort(Stalled(f"no data for {self.read_timeout:g}s"))
+                continue
+            if self.min_rate > 0 and c.state == _BODY:
+                start = self._window.get(c)
+                if start is None:
+                    self._window[c] = (c.received, now)
+                elif now - start[1] >= self.rate_window:
+                    rate = (c.received - start[0]) / (now - start[1])
+                    if rate < self.min_rate:
+                        c.abort(TooSlow(f"slower than {self.min_rate:g} bytes/s for {self.rate_window:g}s "
+                                        f"({rate:.0f} bytes/s)"))
+                    else:
+                        self._window[c] = (c.received, now)
         self._timer = self.loop.call_later(self.WATCHDOG_TICK, self._watch)
 
     def _progress(self, c: _Connection) -> None:
@@ -437,6 +460,7 @@ class HttpClient:
     def _forget(self, c: _Connection) -> None:
         self._busy.discard(c)
         self._seen.pop(c, None)
+        self._window.pop(c, None)
         idle = self._idle.get(c.key)
         if idle and c in idle:
             idle.remove(c)

@@ -16,6 +16,8 @@ class Timeouts:
 
     connect: float = 10.0  # opening a connection (not waiting for a free one in the pool)
     read: float = 60.0  # without a byte of a response
+    min_rate: float = 1024.0  # bytes/s a response body must keep up over `rate_window` (0: off)
+    rate_window: float = 30.0
 
 
 @dataclass(frozen=True)
