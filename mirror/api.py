@@ -10,7 +10,6 @@ what it downloaded for the next run, and raises KeyboardInterrupt.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import weakref
 from pathlib import Path
@@ -41,12 +40,9 @@ T = TypeVar("T")
 
 
 def _shutdown(loop: LoopThread, session: Session) -> None:
-    """Close the session's connections on its loop, then stop the loop (at close(), garbage
-    collection or interpreter exit)."""
-    if loop.started:
-        with contextlib.suppress(Exception):
-            loop.run(session.aclose)
-        loop.stop()
+    """Cancel what still runs, close the session's connections, stop the loop (at close(),
+    garbage collection or interpreter exit)."""
+    loop.stop(before=session.aclose)
 
 
 class Mirror:
@@ -55,7 +51,9 @@ class Mirror:
     `endpoint_url` replaces the host of every S3 URL (bucket and key stay those of the
     manifest); `offline` works only from what cache_dir holds; `signed` uses the AWS
     credentials of the environment instead of anonymous requests; `link_mode` (auto, reflink,
-    hardlink, copy) is how views are made, tables and data files alike. `close()` (or a `with`
+    hardlink, copy) is how views are made, tables and data files alike (a sync may name
+    another for its run). Callbacks given to a method (`on_event`, ...) run on the Mirror's
+    loop thread and must not call the same Mirror. `close()` (or a `with`
     block) releases the connections and the loop thread; so does garbage collection.
     """
 
@@ -220,7 +218,7 @@ class Mirror:
         return self._call(lambda s: s.plan(Selection(version)))
 
     def sync(self, version: str | None = None, *, limits: Limits | None = None, verify: Verify = Verify.MANIFEST,
-             link_mode: str = "auto", wait: bool = False, policy: RetryPolicy | None = None,
+             link_mode: str | None = None, wait: bool = False, policy: RetryPolicy | None = None,
              on_event: Callable[[Event], None] | None = None, on_start: Callable[[Stats], None] | None = None) -> Stats:
         """Make every file of `version` present and verified in cache_dir. Returns the run's
         stats; `stats.failures` lists the files that could not be mirrored (each with its

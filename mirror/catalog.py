@@ -155,8 +155,8 @@ class Catalog:
                     found[(e.key, e.version_id)] = await call_with_retries(
                         lambda: remote.head(ObjectRef(e.bucket, e.key, e.version_id)), policy=METADATA_RETRIES)
                 except MirrorError as exc:
-                    if exc.outcome is Action.STOP_RUN:
-                        raise
+                    if exc.retry or exc.outcome is Action.STOP_RUN:
+                        raise  # only a version that is gone or denied is left out
 
         try:
             async with asyncio.TaskGroup() as tg:

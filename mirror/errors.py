@@ -7,7 +7,8 @@ text. Two class attributes say it, and nothing else decides:
 - `outcome`: what the run does once the error is final (not retryable, or its retries ran
   out): `Action.SKIP_FILE` fails this one file and the run goes on; `Action.STOP_RUN` stops
   everything, because nothing else can succeed either (the disk is full, the endpoint is
-  dead, the input is bad).
+  dead, the input is bad). A kind that does not say it concerns one file stops the run: the
+  conservative default for what nobody foresaw.
 
 Every library error (the HTTP client, botocore, OSError) is translated once, at the boundary
 where it is raised (`raise OurError(...) from exc`), so no code above `remote/` and `store/`

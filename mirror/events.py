@@ -3,18 +3,29 @@
 The engine and verify emit these; the renderers (the rich progress bar, plain lines, JSON
 lines) and a caller's `on_event` consume them. `to_dict()` is the JSON form, one object per
 line with its `"event"` name first. Events also read like the dicts they replaced
-(`e["event"]`, `e.get("key")`), so callbacks written for those keep working.
+(`e["event"]`, `e.get("key")`, `"key" in e`, `dict(e)`), so callbacks written for those
+keep working.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar, Iterator
 
 
 @dataclass(frozen=True)
-class Event:
+class Event(Mapping):
+    """Also a read-only Mapping of its JSON form (`e["key"]`, `"key" in e`, `dict(e)`); for
+    json.dumps use `e.to_dict()`."""
+
     name: ClassVar[str] = "event"
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"event": self.name}
@@ -29,8 +40,6 @@ class Event:
     def __getitem__(self, key: str) -> Any:
         return self.to_dict()[key]
 
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.to_dict().get(key, default)
 
 
 def _flat() -> Any:
@@ -84,6 +93,7 @@ class Retry(Event):
     delay: float
     error: str
     message: str
+    action: str = "retry"  # kept for readers of the JSON lines before error kinds carried their decisions
 
 
 @dataclass(frozen=True)

@@ -5,21 +5,25 @@ this one loop (uvloop when installed), so what the session holds (connections, t
 lives across calls, and a caller that is itself inside a running loop (Jupyter) is served
 the same way as a script.
 
-Ctrl-C while a call runs (or, in the CLI, SIGTERM/SIGHUP, raised as `Terminated`): the
-KeyboardInterrupt arrives in the caller's thread, which
-cancels the job on the loop, waits until it has cleaned up (parts in flight stopped,
-partials and their resume state kept, the index saved), and then raises KeyboardInterrupt.
+Interrupted while a call runs (Ctrl-C's KeyboardInterrupt; in the CLI, SIGTERM/SIGHUP
+raised as `Terminated`; or the cancellation of the caller's own asyncio task), the calling
+thread cancels the job on the loop, waits until it has cleaned up (parts in flight stopped,
+partials and their resume state kept, the index saved), and then re-raises.
+
+Callbacks a call is given (`on_event`, ...) run on the loop thread: they must not call the
+same Mirror again (that raises RuntimeError rather than deadlock).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 from .errors import Terminated
 
 T = TypeVar("T")
+_INTERRUPTS = (KeyboardInterrupt, Terminated, asyncio.CancelledError)
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -44,6 +48,7 @@ class LoopThread:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._closed = False
 
     @property
     def started(self) -> bool:
@@ -51,6 +56,8 @@ class LoopThread:
 
     def _ensure(self) -> asyncio.AbstractEventLoop:
         with self._lock:
+            if self._closed:
+                raise RuntimeError("this Mirror is closed")
             if self._loop is None:
                 ready = threading.Event()
 
@@ -73,52 +80,95 @@ class LoopThread:
             return self._loop
 
     def run(self, make: Callable[[], Awaitable[T]]) -> T:
-        """Run the coroutine `make()` on the loop and return its result (or raise its error).
-
-        Interrupted, it cancels the job, waits for the job's cleanup, and re-raises: a
-        KeyboardInterrupt in this thread (a script, Jupyter), or the cancellation of the
-        caller's own asyncio task (`asyncio.run`'s Ctrl-C handler cancels its main task; the
-        caller is blocked in here, so that is looked for every 0.1 s)."""
+        """Run the coroutine `make()` on the loop and return its result (or raise its error)."""
         if threading.current_thread() is self._thread:
-            raise RuntimeError("a Mirror method was called from inside vbo-mirror's own event loop")
+            raise RuntimeError("a Mirror method was called from its own event loop (from a callback?)")
         loop = self._ensure()
         caller = _caller_task()
         done = threading.Event()
-        box: dict[str, asyncio.Task] = {}
+        state: dict[str, Any] = {"task": None, "error": None, "cancel": False}
 
-        def start() -> None:
-            task = loop.create_task(make())
-            box["task"] = task
+        def start() -> None:  # on the loop
+            try:
+                if state["cancel"]:
+                    raise asyncio.CancelledError()
+                task = loop.create_task(make())
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                state["error"] = exc
+                done.set()
+                return
+            state["task"] = task
             task.add_done_callback(lambda _: done.set())
 
-        loop.call_soon_threadsafe(start)
+        def cancel() -> None:  # on the loop, after `start` if that was scheduled (callbacks run in order)
+            state["cancel"] = True
+            if state["task"] is not None:
+                state["task"].cancel()
+            elif state["error"] is None:
+                state["error"] = asyncio.CancelledError()
+                done.set()  # `start` was never scheduled: nothing runs
+
         try:
+            loop.call_soon_threadsafe(start)
             if caller is None:
                 done.wait()
             else:
                 while not done.wait(0.1):
                     if caller.cancelling():
                         raise asyncio.CancelledError()
-        except (KeyboardInterrupt, Terminated, asyncio.CancelledError):
-            # `start` ran or runs before this (the loop takes callbacks in order).
-            loop.call_soon_threadsafe(lambda: box["task"].cancel())
+        except _INTERRUPTS:
+            while True:
+                try:
+                    loop.call_soon_threadsafe(cancel)
+                    break
+                except _INTERRUPTS:
+                    continue  # interrupted again before the cancel was on its way: send it again
             while True:
                 try:
                     done.wait()  # the job's cleanup: stopping parts, keeping partials, saving the index
                     break
-                except (KeyboardInterrupt, Terminated):
+                except _INTERRUPTS:
                     continue  # a second Ctrl-C (or SIGTERM) does not abandon the cleanup
-            task = box["task"]
-            if not task.cancelled():
+            task = state["task"]
+            if task is not None and not task.cancelled():
                 task.exception()  # retrieved (an error in the cleanup): the interruption is what is reported
             raise
-        return box["task"].result()
+        if state["error"] is not None:
+            raise state["error"]
+        task = state["task"]
+        if task.cancelled() and self._closed:
+            raise RuntimeError("the Mirror was closed while this call ran; its job was cancelled")
+        return task.result()
 
-    def stop(self) -> None:
+    def stop(self, before: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Cancel whatever runs on the loop and wait for it (each job cleans up as on Ctrl-C),
+        then await `before()` (closing connections) and stop the loop. Later calls raise.
+        From the loop thread itself (a Mirror collected there) it is done asynchronously."""
         with self._lock:
+            self._closed = True
             loop, thread = self._loop, self._thread
-            self._loop = self._thread = None
-        if loop is not None and thread is not None:
-            loop.call_soon_threadsafe(loop.stop)
-            if thread is not threading.current_thread():
-                thread.join(timeout=10)
+        if loop is None or thread is None:
+            return
+
+        async def finish(stop_after: bool) -> None:
+            me = asyncio.current_task()
+            others = [t for t in asyncio.all_tasks() if t is not me]
+            for t in others:
+                t.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+            try:
+                if before is not None:
+                    await before()
+            finally:
+                if stop_after:
+                    loop.stop()
+
+        if threading.current_thread() is thread:
+            loop.create_task(finish(True))
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(finish(False), loop).result(timeout=60)
+        except Exception:  # noqa: BLE001 - closing is best effort; the loop is stopped anyway
+            pass
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)

@@ -38,6 +38,7 @@ from .errors import (
     StoreError,
     TransferError,
     UnknownVersionError,
+    ViewBlocked,
 )
 from .gcpause import gc_paused
 from .limits import Limits
@@ -80,22 +81,15 @@ class Session:
 
     # --- what the session owns -------------------------------------------------------------
 
-    def catalog(self) -> Catalog:
-        """A Catalog for one operation, on the session's remote (None offline)."""
+    def catalog(self, remote: OnDemand | None = None) -> Catalog:
+        """A Catalog for one operation, on the session's remote (or `remote`; None offline)."""
         if self.offline:
             return Catalog(self.dataset, self.layout, None, store=self.store)
-        if self._remote is None:
-            self._remote = OnDemand(self.settings, self.limits)
-        return Catalog(self.dataset, self.layout, self._remote, manifest_etags=self._manifest_etags, store=self.store)
-
-    async def use_limits(self, limits: Limits) -> None:
-        """A call with other limits (connections, buffers) gets a remote sized for them."""
-        if limits == self.limits:
-            return
-        self.limits = limits
-        if self._remote is not None:
-            old, self._remote = self._remote, None
-            await old.aclose()
+        if remote is None:
+            if self._remote is None:
+                self._remote = OnDemand(self.settings, self.limits)
+            remote = self._remote
+        return Catalog(self.dataset, self.layout, remote, manifest_etags=self._manifest_etags, store=self.store)
 
     async def aclose(self) -> None:
         if self._remote is not None:
@@ -258,8 +252,10 @@ class Session:
             missing = [e for e in wanted if (e.key, e.version_id) not in self._infos
                        and (e.key, e.version_id) not in self._headed]
             if missing:
-                self._headed.update((e.key, e.version_id) for e in missing)
                 self._infos.update(await cat.head_infos(missing))
+                # Asked and answered (404/403 included): not asked again. After an error that
+                # was raised, nothing is recorded and the next call tries again.
+                self._headed.update((e.key, e.version_id) for e in missing)
         elif self.layout is not None:
             index = StateIndex(self.layout)
             index.load()
@@ -349,24 +345,29 @@ class Session:
         return (await self.plan_for(cat, await self.select(cat, selection.version), selection))[0]
 
     async def sync(self, selection: Selection, *, limits: Limits | None = None, verify: Verify = Verify.MANIFEST,
-                   link_mode: str = "auto", policy: RetryPolicy | None = None,
+                   link_mode: str | None = None, policy: RetryPolicy | None = None,
                    on_event: Callable[[Event], None] | None = None,
                    on_start: Callable[[Stats], None] | None = None) -> Stats:
-        if limits is not None:
-            await self.use_limits(limits)
-        cat = self.catalog()
-        manifests = await self.select(cat, selection.version)
-        plan, local = await self.plan_for(cat, manifests, selection)
-        return await self.execute(cat, plan, local, verify=verify, link_mode=link_mode, policy=policy,
-                                  on_event=on_event, on_start=on_start)
+        # Other limits than the session's (connections, buffers): a remote sized for this run
+        # only; the session's own is left as it is (another thread may be using it).
+        own = OnDemand(self.settings, limits) if limits is not None and limits != self.limits else None
+        try:
+            cat = self.catalog(own)
+            manifests = await self.select(cat, selection.version)
+            plan, local = await self.plan_for(cat, manifests, selection)
+            return await self.execute(cat, plan, local, limits=limits, verify=verify, link_mode=link_mode,
+                                      policy=policy, on_event=on_event, on_start=on_start)
+        finally:
+            if own is not None:
+                await own.aclose()
 
-    async def execute(self, cat: Catalog, plan: Plan, local: LocalState, *, verify: Verify = Verify.MANIFEST,
-                      link_mode: str = "auto", policy: RetryPolicy | None = None,
+    async def execute(self, cat: Catalog, plan: Plan, local: LocalState, *, limits: Limits | None = None,
+                      verify: Verify = Verify.MANIFEST, link_mode: str | None = None, policy: RetryPolicy | None = None,
                       on_event: Callable[[Event], None] | None = None,
                       on_start: Callable[[Stats], None] | None = None) -> Stats:
         layout = self.need_layout()
         self._check_space(plan)
-        store = self.store.with_link_mode(link_mode)
+        store = self.store.with_link_mode(link_mode or self.store.link_mode)  # None: the Mirror's
         index = store.new_index()
 
         def prepare_index() -> dict:
@@ -381,7 +382,7 @@ class Session:
         # With nothing to do the index is left alone (pyarrow need not even load), unless it is
         # missing: then this run rebuilds it from the store.
         busy = bool(plan.fetch or plan.link or plan.remove or plan.replace)
-        engine = Engine(store=store, remote=cat.remote, index=index, limits=self.limits,
+        engine = Engine(store=store, remote=cat.remote, index=index, limits=limits or self.limits,
                         policy=policy, verify=verify, on_event=on_event or (lambda e: None), pacer=self.pacer,
                         prepare_index=prepare_index if busy or not layout.index_path.exists() else None)
         if on_start:
@@ -452,7 +453,8 @@ class Session:
         report = await asyncio.to_thread(verify_store, layout, manifests, fast=fast, jobs=jobs, on_event=on_event)
         if repair and (report["corrupt"] or report["views_wrong"] or report["views_missing_content"]):
             for rel in report["views_wrong"]:  # what a sync would replace anyway
-                self.store.remove_view(rel)
+                with contextlib.suppress(ViewBlocked):  # a directory in the way: the repair reports it
+                    self.store.remove_view(rel)
             bad = {c["file_hash"] for c in report["corrupt"]}
             wrong = set(report["views_wrong"])
             keys = {e.key for m in manifests for e in m.entries()

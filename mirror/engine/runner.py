@@ -46,6 +46,9 @@ class Failure:
         return {"key": self.key, "version_id": self.version_id, "error": type(self.error).__name__,
                 "message": str(self.error), "views": list(self.views)}
 
+    def __getitem__(self, name: str):  # reads as the dict it used to be: f["key"], f["message"]
+        return self.to_dict()[name]
+
 
 @dataclass
 class Stats:
@@ -248,6 +251,14 @@ class Engine:
         return self.limits.parts_per_file if self._waiting <= 0 else 1
 
     def _failed(self, key: str, version_id: str | None, exc: MirrorError, views: list[str]) -> None:
+        # Kept without tracebacks: their frames hold this engine (its index, its pools) alive
+        # for as long as the caller keeps the stats.
+        seen: set[int] = set()
+        e: BaseException | None = exc
+        while e is not None and id(e) not in seen:
+            seen.add(id(e))
+            e.__traceback__ = None
+            e = e.__cause__ or e.__context__
         self.stats.failures.append(Failure(key, version_id, exc, tuple(views)))
         self.emit(ev.FileFailed(key, type(exc).__name__, str(exc)))
 

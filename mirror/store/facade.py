@@ -1,10 +1,12 @@
-"""`Store`: the one writer of cache_dir.
+"""`Store`: the one writer of cache_dir during syncs, fetches and table reads.
 
-Everything vbo-mirror puts into, changes in or removes from cache_dir goes through here:
+Everything those put into, change in or remove from cache_dir goes through here:
 partial downloads and their publication, small verified objects held in memory (metadata
 tables), views (made by one `Linker`, so tables and data files follow the same link mode),
-stray views, manifests and the pin of the current one, and the state index. The engine and
-the catalog are handed a Store; neither builds its own.
+stray views, manifests and the pin of the current one, and the state index (handed out by
+`new_index`; the engine commits it off the event loop). The engine and the catalog are
+handed a Store; neither builds its own. `verify --repair` and `index rebuild`
+(store/status.py) work on the store directly, under the exclusive cache lock.
 """
 
 from __future__ import annotations

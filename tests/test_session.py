@@ -1,0 +1,95 @@
+"""The Mirror as a long-lived session: one loop thread, closing it while a call runs, link
+mode and limits given once, events and failures readable as they used to be."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import pytest
+from faultproxy import FaultProxy
+from test_sync import assert_mirror
+
+from mirror.api import Mirror
+from mirror.limits import Limits
+from mirror.store.layout import CacheLayout
+from mirror.store.lock import CacheLock
+
+SMALL_PARTS = Limits(jobs=4, part_size=64 << 10)
+
+
+def test_closing_a_mirror_while_another_thread_syncs_cancels_that_sync_cleanly(sandbox, replica, tmp_path):
+    cache = tmp_path / "c"
+    with FaultProxy(sandbox.url, rate=replica.total_bytes("1.0.1") / 20) as proxy:
+        m = Mirror(cache, endpoint_url=proxy.url)
+        m.load_manifest("1.0.1")
+        started = threading.Event()
+        out: dict = {}
+
+        def worker():
+            try:
+                out["stats"] = m.sync(limits=SMALL_PARTS, on_event=lambda e: e["event"] == "file_start" and started.set())
+            except BaseException as exc:  # noqa: BLE001 - what the thread saw is the point
+                out["error"] = exc
+
+        t = threading.Thread(target=worker)
+        t.start()
+        assert started.wait(20)
+        m.close()
+        t.join(20)
+        assert not t.is_alive(), "the other thread's call never returned"
+        assert isinstance(out.get("error"), RuntimeError) and "closed" in str(out["error"])
+        assert not [x.name for x in threading.enumerate() if x.name.startswith(("vbo-io", "vbo-index", "vbo-mirror"))]
+        with CacheLock(CacheLayout(cache).lock_path):  # released: taken at once, no waiting
+            pass
+        with pytest.raises(RuntimeError, match="closed"):
+            m.list_manifest_file_names()  # a closed Mirror stays closed
+        proxy.rate = None
+        with Mirror(cache, endpoint_url=proxy.url) as again:
+            assert again.sync(limits=SMALL_PARTS).failures == []
+    assert_mirror(cache, replica, "1.0.1")
+
+
+def test_a_mirror_link_mode_holds_for_sync_too(sandbox, replica, tmp_path):
+    cache = tmp_path / "c"
+    with Mirror(cache, endpoint_url=sandbox.url, link_mode="copy") as m:
+        m.load_manifest("0.1.0")
+        m.sync()
+        man = m.manifest()
+    views = [CacheLayout(cache).view_path(f"{man.view_dir}/{e.relative_path}") for e in man.entries()]
+    assert views and all(os.stat(v).st_nlink == 1 for v in views)  # copies, not hard links
+
+
+def test_other_limits_for_one_sync_leave_the_mirror_own_alone(sandbox, replica, tmp_path):
+    with Mirror(tmp_path / "c", endpoint_url=sandbox.url) as m:
+        m.load_manifest("0.1.0")
+        own = m.session.limits
+        assert m.sync(limits=SMALL_PARTS).failures == []
+        assert m.session.limits == own
+
+
+def test_events_and_failures_read_like_the_dicts_they_were(sandbox, replica, tmp_path):
+    got = []
+    with Mirror(tmp_path / "c", endpoint_url=sandbox.url) as m:
+        m.load_manifest("0.1.0")
+        m.sync(on_event=got.append)
+    start = got[0]
+    assert start["event"] == "start" and "fetch" in start and dict(start) == start.to_dict() == {**start}
+    assert json.loads(json.dumps(start.to_dict()))["event"] == "start"
+    assert {e["event"] for e in got} >= {"start", "file_start", "file_done", "summary"}
+
+
+def test_calls_take_the_same_loop_thread_and_callbacks_run_on_it(sandbox, replica, tmp_path):
+    names = set()
+    with Mirror(tmp_path / "c", endpoint_url=sandbox.url) as m:
+        m.load_manifest("0.1.0")
+        m.sync(on_event=lambda e: names.add(threading.current_thread().name))
+        before = threading.active_count()
+        m.list_manifest_file_names()
+        m.status()
+        assert threading.active_count() == before  # no thread per call
+        with pytest.raises(RuntimeError, match="own event loop"):
+            m.sync(on_event=lambda e: m.status())  # calling the Mirror from its own callback
+    assert names == {"vbo-mirror-loop"}
+    assert not [t for t in threading.enumerate() if t.name == "vbo-mirror-loop"]
