@@ -22,6 +22,7 @@ SMALL_PARTS = Limits(jobs=4, part_size=64 << 10)
 def test_closing_a_mirror_while_another_thread_syncs_cancels_that_sync_cleanly(sandbox, replica, tmp_path):
     cache = tmp_path / "c"
     with FaultProxy(sandbox.url, rate=replica.total_bytes("1.0.1") / 20) as proxy:
+        threads_before = {x.ident for x in threading.enumerate()}
         m = Mirror(cache, endpoint_url=proxy.url)
         m.load_manifest("1.0.1")
         started = threading.Event()
@@ -40,7 +41,7 @@ def test_closing_a_mirror_while_another_thread_syncs_cancels_that_sync_cleanly(s
         t.join(20)
         assert not t.is_alive(), "the other thread's call never returned"
         assert isinstance(out.get("error"), RuntimeError) and "closed" in str(out["error"])
-        assert not [x.name for x in threading.enumerate() if x.name.startswith(("vbo-io", "vbo-index", "vbo-mirror"))]
+        assert [x.name for x in threading.enumerate() if x.ident not in threads_before] == []  # loop, I/O, index
         with CacheLock(CacheLayout(cache).lock_path):  # released: taken at once, no waiting
             pass
         with pytest.raises(RuntimeError, match="closed"):
@@ -82,6 +83,7 @@ def test_events_and_failures_read_like_the_dicts_they_were(sandbox, replica, tmp
 
 def test_calls_take_the_same_loop_thread_and_callbacks_run_on_it(sandbox, replica, tmp_path):
     names = set()
+    threads_before = {x.ident for x in threading.enumerate()}
     with Mirror(tmp_path / "c", endpoint_url=sandbox.url) as m:
         m.load_manifest("0.1.0")
         m.sync(on_event=lambda e: names.add(threading.current_thread().name))
@@ -92,4 +94,4 @@ def test_calls_take_the_same_loop_thread_and_callbacks_run_on_it(sandbox, replic
         with pytest.raises(RuntimeError, match="own event loop"):
             m.sync(on_event=lambda e: m.status())  # calling the Mirror from its own callback
     assert names == {"vbo-mirror-loop"}
-    assert not [t for t in threading.enumerate() if t.name == "vbo-mirror-loop"]
+    assert [t.name for t in threading.enumerate() if t.ident not in threads_before] == []
