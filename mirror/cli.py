@@ -444,6 +444,9 @@ def status_cmd(c: Ctx) -> None:
         lines.append(f"  store: {s['objects']} objects, {human_bytes(s['bytes_on_disk'])} on disk for "
                      f"{human_bytes(s['logical_bytes'])} of views"
                      + (f"; {s['partials']} partial downloads ({human_bytes(s['partial_bytes'])})" if s['partials'] else ""))
+        if s["unverified_objects"]:
+            lines.append(f"  {s['unverified_objects']} objects were published unverified (--verify none): the next "
+                         "sync checks their BLAKE2b before using them (or run `vbo-mirror verify`)")
         return "\n".join(lines)
 
     c.emit(s, text)

@@ -8,7 +8,7 @@ across versions and keys.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Mapping, NamedTuple
 
 from .manifest import FileEntry, Manifest
@@ -41,6 +41,7 @@ class LocalState:
     objects: Mapping[str, int]  # verified store objects: hash → size
     views: Mapping[str, str | None]  # existing view → hash it is a view of (None: something else)
     extra_files: frozenset[str] = frozenset()  # files under the target version dirs not wanted
+    unverified: Mapping[str, int] = field(default_factory=dict)  # objects published unverified (not in `objects`)
 
 
 @dataclass(frozen=True)

@@ -326,8 +326,11 @@ class Session:
             return [await cat.load(n) for n in names]
         return [await self.manifest(cat, version)]
 
-    async def plan_for(self, cat: Catalog, manifests: list[Manifest],
-                       selection: Selection = Selection()) -> tuple[Plan, LocalState]:
+    async def plan_for(self, cat: Catalog, manifests: list[Manifest], selection: Selection = Selection(), *,
+                       verify: Verify | None = None) -> tuple[Plan, LocalState]:
+        """`verify`: the mode of the sync to come. With BLAKE2b, objects an earlier run published
+        unverified are hashed here first (kept if right, removed to be fetched again if not);
+        with none, they are taken as they are. A dry run (None) plans them as fetches."""
         layout = self.need_layout()
         with gc_paused():  # several objects per entry, none in a cycle: see mirror/gcpause.py
             targets: list[Target] = []
@@ -335,10 +338,23 @@ class Session:
             for m in manifests:
                 targets += targets_of(m, [e for e in m.entries() if e.key in keys] if keys is not None else None)
             dirs = [m.view_dir for m in manifests] if selection.strays else []
-            local = await asyncio.to_thread(scan_local, layout, targets, stray_dirs=dirs)
+            trust = verify is not None and not verify.blake2b
+            local = await asyncio.to_thread(scan_local, layout, targets, stray_dirs=dirs, trust_unverified=trust)
+            if local.unverified and verify is not None and verify.blake2b:
+                await asyncio.to_thread(self._verify_unverified, list(local.unverified))
+                local = await asyncio.to_thread(scan_local, layout, targets, stray_dirs=dirs)
             need = [t.entry for t in targets if t.entry.file_hash not in local.objects]
             infos = await self.sizes(cat, need) if need else {}
             return make_plan(targets, local, infos, manifests=[m.name for m in manifests]), local
+
+    def _verify_unverified(self, hashes: list[str]) -> dict:
+        index = self.store.new_index()
+        index.load()
+        result = self.store.verify_unverified(hashes, index=index, jobs=self.limits.io_threads)
+        if index.dirty:
+            with contextlib.suppress(Exception):  # the index is a summary: the store decided
+                self.store.commit_index(index)
+        return result
 
     async def plan(self, selection: Selection) -> Plan:
         cat = self.catalog()
@@ -354,7 +370,7 @@ class Session:
         try:
             cat = self.catalog(own)
             manifests = await self.select(cat, selection.version)
-            plan, local = await self.plan_for(cat, manifests, selection)
+            plan, local = await self.plan_for(cat, manifests, selection, verify=verify)
             return await self.execute(cat, plan, local, limits=limits, verify=verify, link_mode=link_mode,
                                       policy=policy, on_event=on_event, on_start=on_start)
         finally:
@@ -416,13 +432,13 @@ class Session:
         entry = tbl.entry_for_id(m, await self.table(cat, m, spec.table), spec, int(item_id))
         path = layout.view_path(f"{m.view_dir}/{entry.relative_path}")
         selection = Selection.files(m.manifest_version, [entry.key])
-        plan, local = await self.plan_for(cat, [m], selection)
+        plan, local = await self.plan_for(cat, [m], selection)  # outside the lock: looks only
         if plan.fetch or plan.link or plan.replace:
             lock = CacheLock(layout.lock_path, wait=True, timeout=600, command="vbo-mirror get")
             await asyncio.to_thread(lock.acquire)  # waiting for a running sync must not block the loop
             try:
                 # Planned again under the lock: a sync that just finished may have done it all.
-                plan, local = await self.plan_for(cat, [m], selection)
+                plan, local = await self.plan_for(cat, [m], selection, verify=Verify.MANIFEST)
                 stats = await self.execute(cat, plan, local, on_event=on_event)
             finally:
                 lock.release()
@@ -433,7 +449,8 @@ class Session:
     async def repair(self, manifests: list[Manifest], keys: set[str],
                      on_event: Callable[[Event], None] | None = None) -> Stats:
         cat = self.catalog()
-        plan, local = await self.plan_for(cat, manifests, Selection(None, frozenset(keys), strays=False))
+        plan, local = await self.plan_for(cat, manifests, Selection(None, frozenset(keys), strays=False),
+                                          verify=Verify.MANIFEST)
         return await self.execute(cat, plan, local, on_event=on_event)
 
     # --- looking at the mirror (the caller holds the cache lock for verify and rebuild) ---------

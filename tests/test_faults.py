@@ -393,3 +393,25 @@ def test_a_symlink_at_the_lock_is_refused_and_its_target_untouched(cli, tmp_path
     r = cli("sync", "--version", "0.1.0", expect=4)
     assert "is a symlink" in r.stderr
     assert victim.read_text() == "precious"
+
+
+def test_content_published_unverified_is_never_trusted_by_a_default_sync(cli, replica, sandbox):
+    """--verify none publishes under the manifest hash without checking it; those objects are
+    marked, shown by status, and a default sync checks their BLAKE2b before using them: a
+    corrupt one is fetched again, a good one kept (and no longer marked)."""
+    from mirror.sandbox.replica import payload
+    from mirror.store.objects import ObjectStore
+
+    big = biggest(replica, "0.1.0")
+    with FaultProxy(sandbox.url, rules=[Rule(big.key, "corrupt", times=99)]) as proxy:
+        cli("sync", "--version", "0.1.0", "--verify", "none", endpoint=proxy.url, expect=0)
+    layout = CacheLayout(cli.cache_dir)
+    stored = [h for h, _, _ in ObjectStore(layout).iter_objects()]
+    assert stored and sorted(ObjectStore(layout).unverified()) == sorted(stored)  # all of that run's objects
+    assert cli("status", json_out=True).data["unverified_objects"] == len(stored)
+    view = cli.cache_dir / f"{PROJECT}-0.1.0" / big.key.split("/", 1)[1]
+    assert view.read_bytes() != payload(big.seed, big.size)  # the corrupt bytes went in, unchecked
+    r = cli("--json", "sync", "--version", "0.1.0", expect=0)
+    assert summary(r.stdout)["files_fetched"] == 1  # only the corrupt one: the good ones were checked locally
+    assert_mirror(cli.cache_dir, replica, "0.1.0")
+    assert cli("status", json_out=True).data["unverified_objects"] == 0

@@ -280,8 +280,9 @@ class Engine:
         return self._index_ready is None or self._index_ready.done()
 
     def _record(self, item: Fetch, job: Job, d: Digests) -> None:
+        # verified_at 0: published without its BLAKE2b checked (the store's mark says so too)
         rec = IndexRecord(item.file_hash, job.size, d.xxh3, job.ref.key, job.ref.version_id, job.etag,
-                          StateIndex.now())
+                          StateIndex.now() if self.verify.blake2b else 0.0)
         if not self._index_loaded():
             self._early.append(rec)
             return

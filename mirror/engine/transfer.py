@@ -144,7 +144,7 @@ class Transfer:
         digests = writer.ordered.hasher.digests()
         problem = self._check(digests, hashed)
         if problem is None:
-            self.store.publish(self.job.file_hash, partial)
+            self.store.publish(self.job.file_hash, partial, verified=self.verify.blake2b)
             if link is not None:
                 try:
                     link()

@@ -12,6 +12,7 @@ handed a Store; neither builds its own. `verify --repair` and `index rebuild`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 from pathlib import Path
@@ -43,8 +44,37 @@ class Store:
     def open_partial(self, file_hash: str, want: ResumeState, *, direct: bool = False) -> Partial:
         return self.objects.open_partial(file_hash, want, direct=direct)
 
-    def publish(self, file_hash: str, partial: Partial) -> Path:
-        return self.objects.publish(file_hash, partial)
+    def publish(self, file_hash: str, partial: Partial, *, verified: bool = True) -> Path:
+        return self.objects.publish(file_hash, partial, verified=verified)
+
+    def verify_unverified(self, hashes: list[str], *, index: StateIndex | None = None, jobs: int = 2) -> dict:
+        """BLAKE2b of objects published unverified: the mark is cleared where the bytes match
+        their name, the object removed (to be fetched again) where they do not."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from ..hashing import hash_file
+        from .objects import mark_verified
+
+        def check(h: str):
+            try:
+                return h, hash_file(self.path(h))
+            except FileNotFoundError:
+                return h, None
+
+        good, bad = [], []
+        with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="vbo-verify") as pool:
+            for h, d in pool.map(check, hashes):
+                if d is not None and d.blake2b == h:
+                    mark_verified(self.path(h))
+                    good.append(h)
+                    if index is not None and (rec := index.get(h)) is not None:
+                        index.put(dataclasses.replace(rec, xxh3=d.xxh3, verified_at=StateIndex.now()))
+                else:
+                    self.objects.remove(h)
+                    bad.append(h)
+                    if index is not None:
+                        index.drop(h)
+        return {"verified": good, "removed": bad}
 
     def read_verified(self, file_hash: str) -> bytes | None:
         """A small object's bytes if they are whole; a damaged one is removed (to be fetched

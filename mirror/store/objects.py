@@ -162,6 +162,22 @@ class Partial:
                 p.unlink()
 
 
+# Store objects are read-only. One published without its BLAKE2b checked (`--verify none`, or
+# an ETag-only check) carries the owner-execute bit as its mark, on the inode itself (no
+# second file to fall out of step, and the stat a scan does anyway reads it): no default-mode
+# operation trusts it until its BLAKE2b has been computed (then the mark is cleared).
+VERIFIED_MODE = 0o444
+UNVERIFIED_MODE = 0o544
+
+
+def is_unverified(mode: int) -> bool:
+    return bool(mode & stat.S_IXUSR)
+
+
+def mark_verified(path: Path) -> None:
+    os.chmod(path, VERIFIED_MODE)
+
+
 def _open_own(path: Path) -> int:
     """Open (creating) a file of ours for writing without following a symlink at its name:
     a symlink planted there (cache_dir may be writable by others) is removed, never written
@@ -243,7 +259,7 @@ class ObjectStore:
             raise store_error(exc, f"opening {path}") from exc
         return Partial(path, state, fd, sum(e - s for s, e in state.done), dfd)
 
-    def publish(self, file_hash: str, partial: Partial) -> Path:
+    def publish(self, file_hash: str, partial: Partial, *, verified: bool = True) -> Path:
         """Make the bytes durable, then give them their final name, read-only; drop the sidecar.
 
         The data is synced before the rename, so a name never points at bytes a crash could
@@ -258,7 +274,7 @@ class ObjectStore:
             os.replace(partial.path, final)
             # Read-only only once it has its final name: a .partial always stays writable, so
             # a crash here can never leave one that the next run cannot reopen.
-            os.chmod(final, 0o444)
+            os.chmod(final, VERIFIED_MODE if verified else UNVERIFIED_MODE)
             if partial.state.done or partial.checkpointed:
                 with contextlib.suppress(FileNotFoundError):
                     partial.sidecar.unlink()
@@ -301,6 +317,10 @@ class ObjectStore:
                         st = e.stat()
                         if stat.S_ISREG(st.st_mode):
                             yield name, st.st_size, (st.st_dev, st.st_ino)
+
+    def unverified(self) -> list[str]:
+        """Hashes of objects that carry the unverified mark."""
+        return [h for h, _, _ in self.iter_objects() if is_unverified(os.stat(self.path(h)).st_mode)]
 
     def partials(self) -> list[Path]:
         root = self.layout.objects

@@ -18,7 +18,7 @@ from typing import Iterable
 
 from ..plan import LocalState, Target
 from .layout import CacheLayout
-from .objects import ObjectStore
+from .objects import ObjectStore, is_unverified
 from .views import view_matches
 
 
@@ -76,7 +76,8 @@ class _FanOut:
         return file_hash[2:4] in names
 
 
-def scan_local(layout: CacheLayout, targets: Iterable[Target], *, stray_dirs: Iterable[str] = ()) -> LocalState:
+def scan_local(layout: CacheLayout, targets: Iterable[Target], *, stray_dirs: Iterable[str] = (),
+               trust_unverified: bool = False) -> LocalState:
     """`stray_dirs`: version directories (relative to cache_dir) in which files that are
     views of store objects but wanted by no target are reported for removal. Files that are
     not views of ours (a user's notes, say) are never touched.
@@ -87,6 +88,7 @@ def scan_local(layout: CacheLayout, targets: Iterable[Target], *, stray_dirs: It
     target wants."""
     store = ObjectStore(layout)
     objects: dict[str, int] = {}
+    unverified: dict[str, int] = {}
     inode_of: dict[str, tuple[int, int]] = {}
     targets = list(targets)
     hashes = {t.entry.file_hash for t in targets}
@@ -102,6 +104,9 @@ def scan_local(layout: CacheLayout, targets: Iterable[Target], *, stray_dirs: It
         except (FileNotFoundError, NotADirectoryError):
             continue
         if stat.S_ISREG(st.st_mode):
+            if is_unverified(st.st_mode) and not trust_unverified:
+                unverified[h] = st.st_size  # not trusted: the caller checks it (or fetches it again)
+                continue
             objects[h] = st.st_size
             inode_of[h] = (st.st_dev, st.st_ino)
     tops = {t.view.split("/", 1)[0] for t in targets} | set(stray_dirs)
@@ -127,4 +132,4 @@ def scan_local(layout: CacheLayout, targets: Iterable[Target], *, stray_dirs: It
     if unwanted:
         inodes = {ino for _, _, ino in store.iter_objects()}
         extra = {rel for rel, ino in unwanted if ino in inodes}
-    return LocalState(objects=objects, views=views, extra_files=frozenset(extra))
+    return LocalState(objects=objects, views=views, extra_files=frozenset(extra), unverified=unverified)

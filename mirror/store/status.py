@@ -12,7 +12,7 @@ from ..hashing import hash_file, xxh3_file
 from ..manifest import Manifest
 from .index import IndexRecord, StateIndex
 from .layout import CacheLayout
-from .objects import ObjectStore
+from .objects import ObjectStore, is_unverified, mark_verified
 from .views import view_matches
 
 
@@ -44,6 +44,7 @@ def cache_status(layout: CacheLayout, manifests: Iterable[Manifest], *, current:
         "cache_dir": str(layout.root),
         "versions": versions,
         "objects": len(objects),
+        "unverified_objects": len(store.unverified()),  # published without BLAKE2b (--verify none)
         "bytes_on_disk": sum(size for size, _ in objects.values()),
         "logical_bytes": sum(v["logical_bytes"] for v in versions),
         "partials": len(partials),
@@ -73,7 +74,8 @@ def verify_store(layout: CacheLayout, manifests: list[Manifest], *, fast: bool, 
         h, size = item
         rec = index.get(h)
         path = store.path(h)
-        if fast and rec is not None and rec.xxh3:
+        unverified = is_unverified(os.stat(path).st_mode)
+        if fast and rec is not None and rec.xxh3 and not unverified:  # a fingerprint of unchecked bytes proves nothing
             got = xxh3_file(path)
             return h, size, None if got == rec.xxh3 else f"xxh3 {got} != {rec.xxh3} in the index", got, "xxh3"
         d = hash_file(path)
@@ -93,6 +95,9 @@ def verify_store(layout: CacheLayout, manifests: list[Manifest], *, fast: bool, 
                     store.remove(h)
                 index.drop(h)
             else:
+                if how == "blake2b":
+                    with contextlib.suppress(FileNotFoundError):
+                        mark_verified(store.path(h))  # an object published unverified is verified now
                 rec = index.get(h)
                 index.put(IndexRecord(h, size, xxh3 if how == "blake2b" else rec.xxh3, rec.key if rec else None,
                                       rec.version_id if rec else None, rec.etag if rec else None, StateIndex.now()))
