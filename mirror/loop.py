@@ -71,6 +71,7 @@ class LoopThread:
                     finally:
                         try:
                             loop.run_until_complete(loop.shutdown_asyncgens())
+                            loop.run_until_complete(loop.shutdown_default_executor())  # to_thread's threads
                         finally:
                             loop.close()
 
