@@ -468,6 +468,8 @@ def verify_cmd(c: Ctx, fast: bool, repair: bool, jobs: int, wait: bool) -> None:
         lines += [f"  CORRUPT {x['path']}: {x['problem']}" for x in r["corrupt"]]
         lines += [f"  WRONG VIEW {v}" for v in r["views_wrong"]]
         lines += [f"  VIEW OF DAMAGED CONTENT {v}" for v in r["views_missing_content"]]
+        if r["orphan_partials_removed"]:
+            lines.append(f"  removed {len(r['orphan_partials_removed'])} partial downloads no downloaded version wants")
         if "repaired" in r:
             rep = r["repaired"]
             lines.append(f"  repaired: {rep['files_fetched']} files fetched again, {rep['views_linked']} views relinked"

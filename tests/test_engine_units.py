@@ -4,6 +4,7 @@ the ordered hasher (parts landing out of order), the multipart ETag, the retry b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import random
@@ -379,3 +380,58 @@ def test_typed_events_render_the_same_to_json_lines_and_plain_text(capsys):
     assert capsys.readouterr().err.splitlines() == ["vbo-mirror: failed: k/c: gone",
                                                     "vbo-mirror: warning: index not saved: disk full"]
     assert stream[3]["event"] == "file_failed" and stream[3].get("missing", 7) == 7  # dict-style reads still work
+
+
+def test_a_part_streaming_in_is_checkpointed_every_few_mib_so_a_kill_loses_little(tmp_path):
+    """No cleanup runs after kill -9: what saves the bytes is the checkpoint taken while the
+    part streams in. Here the server sends 6 MiB and then hangs; the resume state on disk
+    must already cover at least 4 MiB of it."""
+    import json
+
+    from mirror.engine.runner import Engine
+    from mirror.engine.transfer import Verify
+    from mirror.engine.writer import CHECKPOINT_BYTES
+    from mirror.limits import Limits
+    from mirror.model import ObjectRef
+    from mirror.plan import Fetch, Plan
+    from mirror.remote.http import BufferPool
+    from mirror.store.facade import Store
+    from mirror.store.index import StateIndex
+    from mirror.store.layout import CacheLayout
+
+    hanging = asyncio.Event()
+
+    class Remote:
+        buffers = BufferPool(1 << 20, 16)
+
+        async def get_into(self, ref, sink, *, start=0, end=None, size=None, if_match=None):
+            for _ in range(6):
+                buf = self.buffers.take()
+                buf[:] = b"z" * len(buf)
+                sink(buf, len(buf))
+                await asyncio.sleep(0.01)
+            hanging.set()
+            await asyncio.sleep(60)
+
+    layout = CacheLayout(tmp_path)
+    h = "c" * 128
+    engine = Engine(store=Store(layout, link_mode="copy"), remote=Remote(), index=StateIndex(layout),
+                    limits=Limits(jobs=1, part_size=64 << 20), verify=Verify.NONE)
+    sidecar = layout.partial_path(h).with_name(h + ".partial.json")
+
+    async def go():
+        task = asyncio.create_task(engine.run(Plan(("m",), (Fetch(h, ObjectRef("b", "k", "v"), 32 << 20, None,
+                                                                     ("v/k",)),))))
+        await hanging.wait()
+        for _ in range(100):  # the checkpoint is written by a worker thread once the writes land
+            if sidecar.exists():
+                break
+            await asyncio.sleep(0.02)
+        state = json.loads(sidecar.read_text())
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return state
+
+    state = asyncio.run(go())
+    assert state["done"] and state["done"][0][0] == 0 and state["done"][0][1] >= CHECKPOINT_BYTES

@@ -415,3 +415,40 @@ def test_content_published_unverified_is_never_trusted_by_a_default_sync(cli, re
     assert summary(r.stdout)["files_fetched"] == 1  # only the corrupt one: the good ones were checked locally
     assert_mirror(cli.cache_dir, replica, "0.1.0")
     assert cli("status", json_out=True).data["unverified_objects"] == 0
+
+
+def test_sigterm_mid_file_keeps_the_bytes_that_arrived(sandbox, replica, tmp_path):
+    """The file in flight when the run stops is resumed, not fetched again from its start,
+    even when it was one whole-object GET (no ranged parts to checkpoint)."""
+    big = biggest(replica, "0.1.0")
+    cache = tmp_path / "c"
+    argv = [sys.executable, "-m", "mirror.cli", "--json", "--cache-dir", str(cache)]
+    with FaultProxy(sandbox.url, rate=big.size / 4) as proxy:  # the biggest file takes ~4 s
+        proc = subprocess.Popen([*argv, "--endpoint-url", proxy.url, "sync", "--version", "0.1.0", "-j", "1"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for line in proc.stdout:
+            e = json.loads(line)
+            if e["event"] == "file_start" and e["key"] == big.key:
+                break
+        time.sleep(2)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+        assert proc.returncode == 143
+        proxy.rate = None
+        r = subprocess.run([*argv, "--endpoint-url", proxy.url, "sync", "--version", "0.1.0"], capture_output=True,
+                           text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert summary(r.stdout)["bytes_resumed"] >= big.size // 4  # about half had arrived
+    assert_mirror(cache, replica, "0.1.0")
+
+
+def test_partials_nobody_wants_are_removed_by_verify(cli, replica):
+    cli("sync", "--version", "0.1.0")
+    layout = CacheLayout(cli.cache_dir)
+    orphan = layout.partial_path("e" * 128)
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"half of something")
+    orphan.with_name(orphan.name + ".json").write_text("{}")
+    r = cli("--offline", "verify", json_out=True, expect=0).data
+    assert r["orphan_partials_removed"] == [orphan.name]
+    assert not orphan.exists() and not orphan.with_name(orphan.name + ".json").exists()

@@ -10,13 +10,14 @@ an object that changed on the server fails this one file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import concurrent.futures
 import functools
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from ..errors import IntegrityError, MirrorError, ObjectChanged, TransferError
+from ..errors import IntegrityError, MirrorError, ObjectChanged, ObjectNotFound, TransferError
 from ..hashing import Digests, MultiHasher
 from ..limits import Limits
 from ..model import ObjectRef, multipart_count
@@ -119,14 +120,17 @@ class Transfer:
                 last = IntegrityError(f"s3://{job.ref.bucket}/{job.ref.key} (version {job.ref.version_id}): {problem}")
                 if attempt + 1 < self.policy.integrity_attempts:
                     self.report.on_retry(job.ref.key, last, attempt + 1, 0.0)
-            except ObjectChanged:
-                keep = False  # these bytes belong to an object that no longer exists
+            except (ObjectChanged, ObjectNotFound):
+                keep = False  # these bytes belong to an object (version) that no longer exists
                 raise
             finally:
-                # Cleanup runs even when cancelled: let in-flight writes land, then close.
+                # Cleanup runs even when cancelled: let in-flight writes land, record what they
+                # wrote (an interrupted attempt keeps the bytes that arrived), then close.
                 writer.close()
                 self._settle()
                 if keep:
+                    with contextlib.suppress(MirrorError):
+                        partial.checkpoint(writer.written())
                     partial.close()
                 else:
                     partial.discard()

@@ -184,9 +184,27 @@ class FileWriter:
         self.pending: set[concurrent.futures.Future] = set()
         self.error: MirrorError | None = None
         self.closed = False
+        self.sinks: list[PartSink] = []
 
     def sink(self, offset: int) -> "PartSink":
-        return PartSink(self, offset)
+        sink = PartSink(self, offset)
+        self.sinks.append(sink)
+        return sink
+
+    def written(self) -> list[tuple[int, int]]:
+        """For each part, the prefix whose writes have all landed (after `settle`): what a
+        checkpoint at the end of an interrupted attempt records, so a Ctrl-C, a SIGTERM or a
+        failure keeps the bytes that arrived."""
+        out = []
+        for sink in self.sinks:
+            landed = sink.start
+            for fut, end in zip(sink.futures, sink.ends):
+                if not fut.done() or fut.cancelled() or fut.exception() is not None:
+                    break
+                landed = end
+            if landed > sink.start:
+                out.append((sink.start, landed))
+        return out
 
     def _submit(self, offset: int, buf: bytearray, n: int) -> concurrent.futures.Future:
         fut = self.executor.submit(self._land, offset, buf, n)
@@ -231,16 +249,24 @@ class FileWriter:
         self.ordered.drop()
 
 
+# While a part streams in, its landed prefix is recorded every so many bytes, so that even a
+# kill -9 (no cleanup at all) costs at most about this much per connection on the next run.
+CHECKPOINT_BYTES = 4 << 20
+
+
 class PartSink:
     """The sink of one ranged part: buffers land at consecutive offsets from `start`. `pos`
     is where the next byte goes, so a retry asks for [pos, end)."""
 
-    __slots__ = ("writer", "pos", "futures")
+    __slots__ = ("writer", "start", "pos", "futures", "ends", "marked")
 
     def __init__(self, writer: FileWriter, start: int) -> None:
         self.writer = writer
+        self.start = start
         self.pos = start
         self.futures: list[concurrent.futures.Future] = []
+        self.ends: list[int] = []  # where each write's bytes end
+        self.marked = start  # the last position a checkpoint was asked for
 
     def __call__(self, buf: bytearray, n: int) -> None:
         w = self.writer
@@ -252,4 +278,29 @@ class PartSink:
         offset = self.pos
         self.pos += n
         self.futures.append(w._submit(offset, buf, n))
+        self.ends.append(self.pos)
         w._on_bytes(n)
+        if self.pos - self.marked >= CHECKPOINT_BYTES:
+            self.marked = self.pos
+            self._checkpoint_when_landed(self.pos, list(self.futures))
+
+    def _checkpoint_when_landed(self, upto: int, futures: list[concurrent.futures.Future]) -> None:
+        """Once every write up to `upto` has landed, record [start, upto) (in a worker thread;
+        nothing waits for it, and a partial closed meanwhile ignores it)."""
+        left = [len(futures)]
+        lock = threading.Lock()
+        w, start = self.writer, self.start
+
+        def one_done(_: concurrent.futures.Future) -> None:
+            with lock:
+                left[0] -= 1
+                if left[0]:
+                    return
+            if all(not f.cancelled() and f.exception() is None for f in futures) and not w.closed:
+                try:
+                    w.executor.submit(w.partial.checkpoint, [(start, upto)])
+                except RuntimeError:
+                    pass  # the pool is shutting down: the end-of-attempt checkpoint covers it
+
+        for f in futures:
+            f.add_done_callback(one_done)

@@ -276,6 +276,14 @@ class _Connection(asyncio.BufferedProtocol):
                 self._take_buffer(buf)
         return waiter
 
+    def hand_over(self) -> None:
+        """Give the sink what the current buffer holds, now (it is handed over only when full
+        otherwise): a cancelled caller keeps, and records for resume, every byte that came."""
+        if self.state == _BODY and self._buf is not None and self._fill and self._sink is not None:
+            buf, n, self._buf, self._fill = self._buf, self._fill, None, 0
+            with contextlib.suppress(BaseException):
+                self._sink(buf, n)
+
     def abort(self, reason: HttpError) -> None:
         if self._reason is None:
             self._reason = reason
@@ -568,6 +576,7 @@ class Exchange:
         try:
             await fut
         except asyncio.CancelledError:
+            self.conn.hand_over()  # before the caller's cleanup closes what the sink writes to
             self.conn.abort(StreamBroken("cancelled"))
             raise
 

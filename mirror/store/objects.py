@@ -138,6 +138,8 @@ class Partial:
         if not ranges:
             return
         with self._lock:
+            if self.fd < 0:
+                return  # closed (published or discarded): a late checkpoint must not bring a sidecar back
             try:
                 self.state.done = merge_ranges([*self.state.done, *([s, e] for s, e in ranges)])
                 atomic_write(self.sidecar, json.dumps({"v": SIDECAR_VERSION, **self.state.__dict__}).encode(),

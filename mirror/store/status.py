@@ -102,6 +102,16 @@ def verify_store(layout: CacheLayout, manifests: list[Manifest], *, fast: bool, 
                 index.put(IndexRecord(h, size, xxh3 if how == "blake2b" else rec.xxh3, rec.key if rec else None,
                                       rec.version_id if rec else None, rec.etag if rec else None, StateIndex.now()))
     index.commit()
+    # Partials no downloaded version wants any more (their version was deleted on S3, or the
+    # manifest that wanted them was removed): nothing will ever finish them.
+    wanted = {e.file_hash for m in manifests for e in m.entries()}
+    orphans = []
+    for p in store.partials():
+        if p.name.removesuffix(".partial") not in wanted:
+            for f in (p, p.with_name(p.name + ".json")):
+                with contextlib.suppress(FileNotFoundError):
+                    f.unlink()
+            orphans.append(p.name)
     bad = {c["file_hash"] for c in corrupt}
     views_wrong, views_missing_content, copies = [], [], []
     for m in manifests:
@@ -126,7 +136,7 @@ def verify_store(layout: CacheLayout, manifests: list[Manifest], *, fast: bool, 
                 emit(ViewDamaged(rel))
     return {"objects": len(objects), "bytes": checked_bytes, "mode": "fast" if fast else "full",
             "corrupt": corrupt, "views_wrong": sorted(views_wrong),
-            "views_missing_content": sorted(views_missing_content),
+            "views_missing_content": sorted(views_missing_content), "orphan_partials_removed": sorted(orphans),
             "ok": not corrupt and not views_wrong}
 
 
