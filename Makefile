@@ -1,11 +1,12 @@
 # vbo-mirror: `make demo` runs the main job on a built-in local dataset; `make test` runs the tests;
-# `make bench` runs the sync throughput benchmark (benchmarks/RESULTS.md).
+# `make bench` runs the sync throughput benchmark (benchmarks/RESULTS.md); `make reliability` the
+# reliability battery (benchmarks/RELIABILITY.md).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench reliability clean
 
 install: $(STAMP)
 
@@ -31,6 +32,12 @@ bench: install
 	@for c in rclone iptables ip curl perf; do command -v $$c >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(BENCH_DEBS); fi
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+
+# The reliability battery: faults (cut, 500, 503 SlowDown, corrupt, stall), kill -9, a full
+# disk (a tmpfs: needs root, else skipped), concurrent runs, hostile manifests and caches,
+# against moto on 127.0.0.1; writes benchmarks/RELIABILITY.md (~6 min on 2 cores).
+reliability: install
+	$(BIN)/python benchmarks/reliability.py
 
 clean:
 	rm -rf $(VENV) demo-cache .pytest_cache

@@ -19,6 +19,7 @@ from .errors import Action, AccessDenied, IntegrityError, ManifestError, MirrorE
 from .manifest import FileEntry, Manifest, parse_manifest
 from .model import ObjectInfo, ObjectRef, strip_etag
 from .semver import Version
+from .store.fsutil import read_no_follow
 from .store.index import StateIndex
 from .store.layout import CacheLayout
 
@@ -92,7 +93,7 @@ class Catalog:
             return None
         path = self.layout.manifest_path(name)
         try:
-            data = path.read_bytes()
+            data = read_no_follow(path, "a manifest")
         except FileNotFoundError:
             return None
         return parse_manifest(data, source=str(path), dataset=self.dataset)

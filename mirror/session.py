@@ -49,7 +49,7 @@ from .remote import OnDemand, RemoteSettings
 from .semver import Version
 from .store.index import StateIndex, reconcile
 from .store.facade import Store
-from .store.fsutil import store_error
+from .store.fsutil import read_no_follow, store_error
 from .store.layout import CacheLayout
 from .store.lock import CacheLock
 from .store.scan import scan_local
@@ -108,7 +108,7 @@ class Session:
             return None
         path = self.layout.last_used
         try:
-            raw = path.read_bytes()
+            raw = read_no_follow(path, "the version in use")
         except FileNotFoundError:
             return None
         except IsADirectoryError:

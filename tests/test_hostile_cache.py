@@ -85,3 +85,17 @@ def test_a_cache_dir_that_is_itself_a_symlink_is_the_users_choice(cli, replica, 
     cli("sync", "--version", "0.1.0", expect=0)
     files = expected_files(replica, "0.1.0")
     assert all((real / rel).read_bytes() == body for rel, body in files.items())
+
+
+def test_a_symlink_at_a_cached_manifest_is_not_read_through(cli, replica, tmp_path):
+    """Even a valid manifest elsewhere is not taken through a symlink planted in cache_dir."""
+    out, _ = _outside(tmp_path)
+    cli("manifests", "use", "0.1.0")
+    name = f"{PROJECT}_project_manifest_v0.1.0.json"
+    elsewhere = out / name
+    elsewhere.write_bytes((cli.cache_dir / name).read_bytes())
+    (cli.cache_dir / name).unlink()
+    (cli.cache_dir / name).symlink_to(elsewhere)
+    r = cli("--offline", "sync", "--version", "0.1.0", expect=4)
+    assert "is a symlink" in r.stderr
+    assert not (cli.cache_dir / f"{PROJECT}-0.1.0").exists()

@@ -67,3 +67,17 @@ def pwrite_all(fd: int, buffers: list[bytes], offset: int) -> int:
             n = os.pwrite(fd, view, pos)
             view, pos = view[n:], pos + n
     return total
+
+
+def read_no_follow(path: Path, what: str) -> bytes:
+    """A file of cache_dir, read without following a symlink planted at its name (cache_dir may
+    be writable by others): FileNotFoundError if absent, StoreError if a symlink."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StoreError(f"{path} is a symlink: vbo-mirror does not read {what} through a symlink",
+                             hint="remove the symlink; vbo-mirror writes the file again") from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
