@@ -86,6 +86,9 @@ class LoopThread:
             raise RuntimeError("a Mirror method was called from its own event loop (from a callback?)")
         loop = self._ensure()
         caller = _caller_task()
+        # A call made while its task is already being cancelled (from a finally, say) runs;
+        # only a cancellation that arrives during the call interrupts it.
+        cancelled_before = caller.cancelling() if caller is not None else 0
         done = threading.Event()
         state: dict[str, Any] = {"task": None, "error": None, "cancel": False}
 
@@ -115,7 +118,7 @@ class LoopThread:
                 done.wait()
             else:
                 while not done.wait(0.1):
-                    if caller.cancelling():
+                    if caller.cancelling() > cancelled_before:
                         raise asyncio.CancelledError()
         except _INTERRUPTS:
             while True:

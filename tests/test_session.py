@@ -95,3 +95,28 @@ def test_calls_take_the_same_loop_thread_and_callbacks_run_on_it(sandbox, replic
             m.sync(on_event=lambda e: m.status())  # calling the Mirror from its own callback
     assert names == {"vbo-mirror-loop"}
     assert [t.name for t in threading.enumerate() if t.ident not in threads_before] == []
+
+
+def test_a_call_from_a_task_that_is_already_being_cancelled_still_runs(sandbox, replica, tmp_path):
+    """Cleanup code in a cancelled task (a finally block) may still ask the Mirror something."""
+    import asyncio
+
+    with Mirror(tmp_path / "c", endpoint_url=sandbox.url) as m:
+        m.load_manifest("0.1.0")
+        seen = []
+
+        async def cell():
+            try:
+                await asyncio.sleep(10)
+            finally:
+                seen.append(m.status()["cache_dir"])
+
+        async def main():
+            task = asyncio.create_task(cell())
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        asyncio.run(main())
+    assert seen == [str(tmp_path / "c")]
