@@ -52,7 +52,8 @@ class Mirror:
     manifest); `offline` works only from what cache_dir holds; `signed` uses the AWS
     credentials of the environment instead of anonymous requests; `link_mode` (auto, reflink,
     hardlink, copy) is how views are made, tables and data files alike (a sync may name
-    another for its run). Callbacks given to a method (`on_event`, ...) run on the Mirror's
+    another for its run). `on_status(line)` hears about long steps before a transfer (listing
+    object versions, HEADs for sizes the listing lacks). Callbacks given to a method (`on_event`, ...) run on the Mirror's
     loop thread and must not call the same Mirror. `close()` (or a `with`
     block) releases the connections and the loop thread; so does garbage collection.
     """
@@ -69,6 +70,7 @@ class Mirror:
         transport: str = "lean",
         limits: Limits = Limits(),
         link_mode: str = "auto",
+        on_status: Callable[[str], None] | None = None,
     ) -> None:
         self.dataset = load_dataset(dataset) if isinstance(dataset, str) else dataset
         self.layout = CacheLayout(cache_dir) if cache_dir is not None else None
@@ -77,7 +79,7 @@ class Mirror:
         self.timeouts = timeouts
         self.transport = transport
         self.session = Session(self.dataset, self.layout, self.remote_settings(), offline=offline, limits=limits,
-                               link_mode=link_mode)
+                               link_mode=link_mode, on_status=on_status)
         self._loop = LoopThread()
         self._finalizer = weakref.finalize(self, _shutdown, self._loop, self.session)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from .config import DatasetConfig
 from .engine.policy import RetryPolicy, call_with_retries, first_error
@@ -142,27 +142,36 @@ class Catalog:
         except AccessDenied:
             return None
 
-    async def head_infos(self, entries: Iterable[FileEntry]) -> dict[tuple[str, str], ObjectInfo]:
-        """Size and ETag by HEAD, for versions the listing did not show. A version that is
-        gone or denied is left out (its size stays unknown, and the sync fails that one file
-        with the server's own answer); only an error that stops everything is raised."""
+    async def head_infos(self, entries: Iterable[FileEntry], *,
+                         on_progress: Callable[[int, int], None] | None = None) -> dict[tuple[str, str], ObjectInfo]:
+        """Size and ETag by HEAD, for versions the listing did not show: HEAD_CONCURRENCY
+        workers over the list (not a task per entry: a plan may lack 200,000 sizes), with
+        `on_progress(done, total)` after each. A version that is gone or denied is left out
+        (its size stays unknown, and the sync fails that one file with the server's own
+        answer); any other error, once its retries are spent, is raised."""
         remote = self._need_remote("learn file sizes from S3")
+        todo = list(entries)
         found: dict[tuple[str, str], ObjectInfo] = {}
-        sem = asyncio.Semaphore(HEAD_CONCURRENCY)
+        pending = iter(todo)
+        done = 0
 
-        async def head(e: FileEntry) -> None:
-            async with sem:
+        async def worker() -> None:
+            nonlocal done
+            for e in pending:
                 try:
                     found[(e.key, e.version_id)] = await call_with_retries(
                         lambda: remote.head(ObjectRef(e.bucket, e.key, e.version_id)), policy=METADATA_RETRIES)
                 except MirrorError as exc:
                     if exc.retry or exc.outcome is Action.STOP_RUN:
                         raise  # only a version that is gone or denied is left out
+                done += 1
+                if on_progress is not None:
+                    on_progress(done, len(todo))
 
         try:
             async with asyncio.TaskGroup() as tg:
-                for e in entries:
-                    tg.create_task(head(e))
+                for _ in range(min(HEAD_CONCURRENCY, len(todo))):
+                    tg.create_task(worker())
         except BaseExceptionGroup as eg:
             raise first_error(eg) from eg
         return found

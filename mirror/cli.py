@@ -55,7 +55,7 @@ class Ctx:
 
             self._mirror = Mirror(self.cache_dir, dataset=self.dataset, endpoint_url=self.endpoint_url,
                                   offline=self.offline, signed=self.signed, timeouts=self.timeouts,
-                                  transport=self.transport)
+                                  transport=self.transport, on_status=_status_line)
         return self._mirror
 
     def emit(self, data: Any, text: str | Callable[[], str] | None = None) -> None:
@@ -73,6 +73,11 @@ class Ctx:
 
 def _err(msg: str) -> None:
     click.echo(msg, err=True)
+
+
+def _status_line(line: str) -> None:
+    """Long steps before a transfer (listing, HEADs): a line on stderr, with or without --json."""
+    click.echo(f"vbo-mirror: {line}", err=True)
 
 
 def handle_errors(fn):

@@ -61,8 +61,14 @@ if TYPE_CHECKING:
 
 
 class Session:
+    STATUS_SECONDS = 2.0  # a long step (listing, HEADs) says how far it is at most this often
+
     def __init__(self, dataset: DatasetConfig, layout: CacheLayout | None, settings: RemoteSettings, *,
-                 offline: bool = False, limits: Limits = Limits(), link_mode: str = "auto") -> None:
+                 offline: bool = False, limits: Limits = Limits(), link_mode: str = "auto",
+                 on_status: Callable[[str], None] | None = None) -> None:
+        """`on_status`: one line at a time on long steps before a transfer starts (the CLI
+        prints them on stderr)."""
+        self.on_status = on_status
         self.dataset = dataset
         self.layout = layout
         self.store = Store(layout, link_mode=link_mode) if layout is not None else None  # the one writer
@@ -147,6 +153,24 @@ class Session:
                 cat.remote = None  # for this operation; the next one tries the endpoint again
                 return local
         return sort_manifest_names(self.dataset, {*self._online_names, *local})
+
+    def _status(self, line: str) -> None:
+        if self.on_status is not None:
+            self.on_status(line)
+
+    def _progress_line(self, what: str) -> Callable[[int, int], None]:
+        """done/total, said at most every STATUS_SECONDS, and once at the end."""
+        import time
+
+        last = [time.monotonic()]
+
+        def report(done: int, total: int) -> None:
+            now = time.monotonic()
+            if done == total or now - last[0] >= self.STATUS_SECONDS:
+                last[0] = now
+                self._status(f"{what} {done:,}/{total:,}")
+
+        return report
 
     async def list_manifests(self) -> list[str]:
         return await self.available(self.catalog())
@@ -247,12 +271,14 @@ class Session:
             return self._infos
         if cat.remote is not None:
             if self._listing is None:
+                self._status(f"listing the object versions under s3://{self.dataset.bucket}/{self.dataset.prefix}")
                 self._listing = await cat.list_versions() or {}
                 self._infos.update(self._listing)
             missing = [e for e in wanted if (e.key, e.version_id) not in self._infos
                        and (e.key, e.version_id) not in self._headed]
             if missing:
-                self._infos.update(await cat.head_infos(missing))
+                self._status(f"{len(missing):,} object sizes the listing lacks: asking each by HEAD")
+                self._infos.update(await cat.head_infos(missing, on_progress=self._progress_line("HEAD")))
                 # Asked and answered (404/403 included): not asked again. After an error that
                 # was raised, nothing is recorded and the next call tries again.
                 self._headed.update((e.key, e.version_id) for e in missing)

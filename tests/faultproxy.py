@@ -30,6 +30,7 @@ class Rule:
     code: str = "SlowDown"
     method: str = "GET"
     hits: int = 0
+    in_query: bool = False  # match `key` against the path and the query (?versions, ...)
 
 
 @dataclass
@@ -88,7 +89,8 @@ class FaultProxy:
 
     def _match(self, request: web.Request) -> Rule | None:
         for rule in self.rules:
-            if rule.method == request.method and rule.key in request.path and rule.hits < rule.times:
+            where = request.path_qs if rule.in_query else request.path
+            if rule.method == request.method and rule.key in where and rule.hits < rule.times:
                 rule.hits += 1
                 return rule
         return None
