@@ -292,3 +292,36 @@ def test_a_slow_but_steady_response_is_not_cut():
                 c.WATCHDOG_TICK = 0.05
                 assert await fetch(c, srv.url, BufferPool(64 << 10, 2)) == body
     run(go())
+
+
+def test_a_response_much_slower_than_its_peers_is_cut_as_a_straggler():
+    """Five responses in flight, one at a fiftieth of the others' rate: that one is cut (to be
+    asked again on another connection); the others are left alone and complete."""
+    from mirror.remote.http import Straggler
+
+    fast_body = b"f" * 300_000
+
+    def paced(body: bytes, chunk: int):
+        def action(w):
+            async def act(w):
+                w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+                for i in range(0, len(body), chunk):
+                    w.write(body[i:i + chunk])
+                    await w.drain()
+                    await asyncio.sleep(0.05)
+            return act(w)
+        return action
+
+    script = [paced(fast_body, 10_000) for _ in range(4)] + [paced(b"s" * 300_000, 200)]
+
+    async def go():
+        async with RawServer(script) as srv:
+            async with HttpClient(max_connections=5, connect_timeout=2, read_timeout=5, straggler_factor=8,
+                                  straggler_window=0.4, straggler_peers=4) as c:
+                c.WATCHDOG_TICK = 0.05
+                pool = BufferPool(64 << 10, 10)
+                return await asyncio.gather(*(fetch(c, srv.url, pool) for _ in range(5)), return_exceptions=True)
+
+    results = run(go())
+    assert sum(isinstance(r, Straggler) for r in results) == 1
+    assert sorted(r for r in results if isinstance(r, bytes)) == [fast_body] * 4

@@ -51,7 +51,8 @@ class Remote:
         self._s3_lock = asyncio.Lock()
         if s.transport == "lean":
             self._http = HttpClient(max_connections=self.limits.pool_size, connect_timeout=t.connect,
-                                    read_timeout=t.read, min_rate=t.min_rate, rate_window=t.rate_window)
+                                    read_timeout=t.read, min_rate=t.min_rate, rate_window=t.rate_window,
+                                    straggler_factor=t.straggler_factor, straggler_window=t.straggler_window)
             self._http.start()
             self._stack.push_async_callback(self._http.close)
         else:

@@ -59,6 +59,10 @@ class TooSlow(Stalled):
     """Bytes kept coming, but slower than the minimum rate over its window."""
 
 
+class Straggler(TooSlow):
+    """Much slower than the other responses in flight: asked again on another connection."""
+
+
 class BadResponse(HttpError):
     """Not a well-formed HTTP/1.1 answer."""
 
@@ -390,7 +394,8 @@ class HttpClient:
     WATCHDOG_TICK = 0.5
 
     def __init__(self, *, max_connections: int, connect_timeout: float, read_timeout: float,
-                 ssl_context: ssl.SSLContext | None = None, min_rate: float = 0.0, rate_window: float = 30.0) -> None:
+                 ssl_context: ssl.SSLContext | None = None, min_rate: float = 0.0, rate_window: float = 30.0,
+                 straggler_factor: float = 0.0, straggler_window: float = 5.0, straggler_peers: int = 4) -> None:
         """`min_rate` (bytes/s, 0: off) over `rate_window` seconds: a body that arrives slower
         is aborted as Stalled, like curl's --speed-limit/--speed-time: a server that drips a
         byte now and then never trips the read timeout, and would hold a sync forever."""
@@ -400,6 +405,15 @@ class HttpClient:
         self.min_rate = min_rate
         self.rate_window = rate_window
         self._window: dict[_Connection, tuple[int, float]] = {}
+        # Stragglers (as the AWS CRT does): over each `straggler_window` of body bytes, a
+        # response more than `straggler_factor` times slower than the median of at least
+        # `straggler_peers` others is cut, one per tick, and retried from the byte reached on
+        # another connection (a slow server disk or a bad path rarely hits two connections).
+        self.straggler_factor = straggler_factor
+        self.straggler_window = straggler_window
+        self.straggler_peers = straggler_peers
+        self._strag: dict[_Connection, tuple[int, float]] = {}
+        self._rates: dict[_Connection, float] = {}
         self._ssl = ssl_context
         self._slots: asyncio.Semaphore | None = None
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
@@ -442,6 +456,8 @@ class HttpClient:
             if c.state not in (_HEAD, _BODY) or c.waiting_for_buffer:
                 self._seen[c] = (c.received, now)
                 self._window.pop(c, None)  # our own backpressure is not the server's slowness
+                self._strag.pop(c, None)
+                self._rates.pop(c, None)
                 continue
             last = self._seen.get(c)
             if last is None or last[0] != c.received:
@@ -460,6 +476,24 @@ class HttpClient:
                                         f"({rate:.0f} bytes/s)"))
                     else:
                         self._window[c] = (c.received, now)
+            if self.straggler_factor > 0:
+                if c.state != _BODY:
+                    self._strag.pop(c, None)
+                    self._rates.pop(c, None)
+                elif (start := self._strag.get(c)) is None:
+                    self._strag[c] = (c.received, now)
+                elif now - start[1] >= self.straggler_window:
+                    self._rates[c] = (c.received - start[0]) / (now - start[1])
+                    self._strag[c] = (c.received, now)
+        if self.straggler_factor > 0 and len(self._rates) >= self.straggler_peers:
+            rates = sorted(self._rates.values())
+            median = rates[len(rates) // 2]
+            slow, rate = min(self._rates.items(), key=lambda kv: kv[1])
+            if median > 0 and rate * self.straggler_factor < median:
+                self._rates.pop(slow, None)
+                self._strag.pop(slow, None)
+                slow.abort(Straggler(f"a straggler: {rate:.0f} bytes/s against a median of {median:.0f} "
+                                     f"over the other {len(rates) - 1} responses in flight"))
         self._timer = self.loop.call_later(self.WATCHDOG_TICK, self._watch)
 
     def _progress(self, c: _Connection) -> None:
@@ -469,6 +503,8 @@ class HttpClient:
         self._busy.discard(c)
         self._seen.pop(c, None)
         self._window.pop(c, None)
+        self._strag.pop(c, None)
+        self._rates.pop(c, None)
         idle = self._idle.get(c.key)
         if idle and c in idle:
             idle.remove(c)

@@ -18,6 +18,8 @@ class Timeouts:
     read: float = 60.0  # without a byte of a response
     min_rate: float = 1024.0  # bytes/s a response body must keep up over `rate_window` (0: off)
     rate_window: float = 30.0
+    straggler_factor: float = 8.0  # a response this many times slower than its peers' median is retried (0: off)
+    straggler_window: float = 5.0
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,8 @@ def from_exception(exc: BaseException, *, what: str, url: str, connect_timeout: 
     if isinstance(exc, http.HttpError):
         if isinstance(exc, (http.ConnectFailed, http.ConnectTimeout)):
             return unreachable(url, connect_timeout, exc)
+        if isinstance(exc, http.Straggler):
+            return TransferError(f"{what}: asked again on another connection: {exc}")
         if isinstance(exc, http.TooSlow):
             return TransferError(f"{what}: the answer came too slowly: {exc}",
                                  hint="on a slow link, lower --min-rate (or 0 to turn the check off)")
