@@ -69,7 +69,7 @@ def pwrite_all(fd: int, buffers: list[bytes], offset: int) -> int:
     return total
 
 
-def read_no_follow(path: Path, what: str) -> bytes:
+def read_no_follow(path: Path, what: str, *, limit: int = -1) -> bytes:
     """A file of cache_dir, read without following a symlink planted at its name (cache_dir may
     be writable by others): FileNotFoundError if absent, StoreError if a symlink."""
     try:
@@ -80,4 +80,4 @@ def read_no_follow(path: Path, what: str) -> bytes:
                              hint="remove the symlink; vbo-mirror writes the file again") from None
         raise
     with os.fdopen(fd, "rb") as f:
-        return f.read()
+        return f.read(limit)

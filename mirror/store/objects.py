@@ -20,8 +20,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import IntegrityError
-from .fsutil import atomic_write, pwrite_all, store_error
+from ..errors import IntegrityError, StoreError
+from .fsutil import atomic_write, pwrite_all, read_no_follow, store_error
 from .layout import CacheLayout
 
 SIDECAR_VERSION = 1
@@ -200,18 +200,6 @@ def _open_own(path: Path) -> int:
     raise OSError(errno.ELOOP, "a symlink keeps reappearing", str(path))
 
 
-def _read_own(path: Path) -> bytes:
-    """A small file of ours, read without following a symlink (FileNotFoundError if not ours)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise FileNotFoundError(str(path)) from exc
-        raise
-    with os.fdopen(fd, "rb") as f:
-        return f.read(1 << 20)
-
-
 class ObjectStore:
     def __init__(self, layout: CacheLayout) -> None:
         self.layout = layout
@@ -233,7 +221,7 @@ class ObjectStore:
             fd = _open_own(path)
             state = want
             try:
-                raw = json.loads(_read_own(sidecar))
+                raw = json.loads(read_no_follow(sidecar, "resume state", limit=1 << 20))
                 old = ResumeState(raw["key"], raw["version_id"], raw["etag"], int(raw["size"]),
                                   merge_ranges([[int(s), int(e)] for s, e in raw["done"]]))
                 if raw.get("v") == SIDECAR_VERSION and old.matches(want):
@@ -241,8 +229,8 @@ class ObjectStore:
                     on_disk = os.fstat(fd).st_size
                     state = ResumeState(want.key, want.version_id, want.etag, want.size,
                                         [[s, min(e, on_disk)] for s, e in old.done if s < on_disk])
-            except (FileNotFoundError, ValueError, KeyError, TypeError):
-                pass
+            except (FileNotFoundError, StoreError, ValueError, KeyError, TypeError):
+                pass  # no usable resume state (missing, a planted symlink, malformed): start afresh
             if state is want:
                 want.done = []
                 with contextlib.suppress(FileNotFoundError):
