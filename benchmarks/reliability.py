@@ -30,7 +30,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import random
 import re
 import shutil
@@ -47,9 +46,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from aiohttp import web
+from common import machine_info
 from conftest import write_dataset_config
-from faultproxy import HOP, FaultProxy, Rule
+from faultproxy import FaultProxy, Rule
 from test_bad_input import BUCKET as HOSTILE_BUCKET
 from test_bad_input import CASES as HOSTILE_CASES
 from test_bad_input import PREFIX as HOSTILE_PREFIX
@@ -83,78 +82,6 @@ LIVE: set[subprocess.Popen] = set()  # CLI processes started and not yet reaped
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-# --- the proxy: FaultProxy + a stall action + a byte count -----------------------------------
-
-
-class BatteryProxy(FaultProxy):
-    """tests/faultproxy.py's proxy, plus what the battery needs and it lacks:
-
-    - action "stall": send `after` bytes of the body, then nothing while holding the
-      connection open (until the client gives up, at most `stall_max` s);
-    - `payload_bytes`: response body bytes of GETs of `count_keys`, counted as they are
-      handed to the socket (what the server sent; a killed client may not have read the
-      last socket buffer of it, so this errs high, never low);
-    - `rate` slows only those GETs (the version's files), not manifests or listings, so a
-      run reaches its transfers as soon as it would on a fast link.
-    The rest (rules, rate, requests, 127.0.0.1, lifecycle) is FaultProxy's."""
-
-    def __init__(self, upstream: str, *, count_keys=(), stall_max: float = 30.0, **kw) -> None:
-        super().__init__(upstream, **kw)
-        self.count_keys = tuple(count_keys)
-        self.stall_max = stall_max
-        self.payload_bytes = 0
-
-    async def _hold(self, request: web.Request) -> None:
-        deadline = time.monotonic() + self.stall_max
-        while time.monotonic() < deadline:
-            t = request.transport
-            if t is None or t.is_closing():
-                return
-            await asyncio.sleep(0.05)
-
-    async def _answer(self, request: web.Request) -> web.StreamResponse:
-        rule = self._match(request)
-        if rule is not None and rule.action == "status":
-            body = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{rule.code}</Code>"
-                    f"<Message>injected</Message></Error>").encode()
-            return web.Response(status=rule.status, body=body, content_type="application/xml")
-        counted = request.method == "GET" and any(k in request.path for k in self.count_keys)
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
-        data = await request.read()
-        async with self._session.request(request.method, self.upstream + request.path_qs, headers=headers,
-                                         data=data or None, allow_redirects=False) as up:
-            resp = web.StreamResponse(status=up.status)
-            for k, v in up.headers.items():
-                if k.lower() not in HOP and k.lower() != "content-encoding":
-                    resp.headers[k] = v
-            await resp.prepare(request)
-            sent = 0
-            flipped = False
-            async for chunk in up.content.iter_chunked(16 << 10):
-                if rule is not None and rule.action in ("cut", "stall") and sent + len(chunk) > rule.after:
-                    head = chunk[: rule.after - sent]
-                    await resp.write(head)
-                    if counted and up.status < 300:
-                        self.payload_bytes += len(head)
-                    if rule.action == "stall":
-                        await self._hold(request)
-                    else:
-                        await asyncio.sleep(0.05)
-                    request.transport.abort() if request.transport is not None else None
-                    return resp
-                if rule is not None and rule.action == "corrupt" and not flipped and chunk:
-                    chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
-                    flipped = True
-                await resp.write(chunk)
-                if counted and up.status < 300:
-                    self.payload_bytes += len(chunk)
-                sent += len(chunk)
-                if self.rate and counted:
-                    await asyncio.sleep(len(chunk) / self.rate)
-            await resp.write_eof()
-            return resp
 
 
 # --- running the CLI --------------------------------------------------------------------------
@@ -409,7 +336,7 @@ def section_faults(ctx: Ctx) -> list[dict]:
         cache = ctx.cache(f"fault-{kind}-{int(rate * 100)}-{seed}")
         rules = fault_rules(ctx, kind, rate, seed) if kind != "none" else []
         extra = ["--read-timeout", f"{STALL_READ_TIMEOUT:g}"] if kind == "stall" else []
-        with BatteryProxy(ctx.sb.url, rules=rules, count_keys=ctx.keys) as proxy:
+        with FaultProxy(ctx.sb.url, rules=rules, count_keys=ctx.keys) as proxy:
             ctx.check_sockets()
             r1 = cli(SYNC_ARGS, cache=cache, endpoint=proxy.url, extra=extra)
             served = sum(r.hits for r in rules)
@@ -452,7 +379,7 @@ def section_kill(ctx: Ctx) -> tuple[list[dict], list[str]]:
     for link, rate in KILL_LINKS:
         # calibration: one unkilled sync through the same proxy settings
         cache = ctx.cache("kill-calibration")
-        with BatteryProxy(ctx.sb.url, rate=rate, count_keys=ctx.keys) as proxy:
+        with FaultProxy(ctx.sb.url, rate=rate, rate_keys=ctx.keys, count_keys=ctx.keys) as proxy:
             ctx.check_sockets()
             cal = cli(SYNC_ARGS, cache=cache, endpoint=proxy.url)
             cal_bytes = proxy.payload_bytes
@@ -475,7 +402,7 @@ def kill_seed(ctx: Ctx, link: str, rate: float, seed: int, kills: int) -> dict:
     odd_exits = []
     first_complete = None
     details = []
-    with BatteryProxy(ctx.sb.url, rate=rate, count_keys=ctx.keys) as proxy:
+    with FaultProxy(ctx.sb.url, rate=rate, rate_keys=ctx.keys, count_keys=ctx.keys) as proxy:
         for i in range(kills):
             delay = rng.uniform(0.0, KILL_WINDOW)
             b0 = proxy.payload_bytes
@@ -595,7 +522,7 @@ def section_disk(ctx: Ctx) -> list[dict]:
                         row["note"] = f"the first version did not fit (exit {rc_text(r0.rc)})"
                 sync = ["sync", "--version", version, "-j", "4", "--part-size", "64KiB"]
                 if filler:
-                    with BatteryProxy(ctx.sb.url, rate=KILL_RATE, count_keys=ctx.keys) as proxy:
+                    with FaultProxy(ctx.sb.url, rate=KILL_RATE, rate_keys=ctx.keys, count_keys=ctx.keys) as proxy:
                         p = spawn(argv_for(sync, cache=cache, endpoint=proxy.url))
                         while p.poll() is None and proxy.payload_bytes < 0.3 * ctx.version_bytes:
                             time.sleep(0.01)
@@ -664,7 +591,7 @@ def section_concurrency(ctx: Ctx) -> list[dict]:
     rows = []
     # two syncs of one cache: the second exits 3 at once; a third with --wait queues behind
     cache = ctx.cache("two-syncs")
-    with BatteryProxy(ctx.sb.url, rate=KILL_RATE, count_keys=ctx.keys) as proxy:
+    with FaultProxy(ctx.sb.url, rate=KILL_RATE, rate_keys=ctx.keys, count_keys=ctx.keys) as proxy:
         a = spawn(argv_for(SYNC_ARGS, cache=cache, endpoint=proxy.url))
         held = wait_for_lock(cache, a)
         b = cli(SYNC_ARGS, cache=cache, endpoint=proxy.url)
@@ -698,7 +625,7 @@ def section_concurrency(ctx: Ctx) -> list[dict]:
     msgs = set()
     cmds = {"status": ["status"], "tables": ["tables", "--version", VERSION], "verify --fast": ["verify", "--fast"]}
     rounds = 0
-    with BatteryProxy(ctx.sb.url, rate=KILL_RATE, count_keys=ctx.keys) as proxy:
+    with FaultProxy(ctx.sb.url, rate=KILL_RATE, rate_keys=ctx.keys, count_keys=ctx.keys) as proxy:
         s = spawn(argv_for(SYNC_ARGS, cache=cache, endpoint=proxy.url))
         while s.poll() is None and rounds < 50:
             rounds += 1
@@ -939,17 +866,8 @@ def table(rows: list[dict]) -> str:
 
 
 def machine() -> str:
-    mem_kib = 0
-    with open("/proc/meminfo") as fh:
-        for line in fh:
-            if line.startswith("MemTotal:"):
-                mem_kib = int(line.split()[1])
-    model = ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
-        model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
-    nproc = subprocess.run(["nproc"], check=False, capture_output=True, text=True).stdout.strip()
-    return (f"{nproc} cores ({model}), {mem_kib / 2**20:.1f} GiB RAM, Linux {platform.release()}, "
-            f"Python {platform.python_version()}")
+    m = machine_info(ROOT)
+    return f"{m['nproc']} cores ({m['cpu']}), {m['ram_gib']:.1f} GiB RAM, Linux {m['kernel']}, Python {m['python']}"
 
 
 def commit() -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -23,7 +24,7 @@ class Rule:
     or absent when `range` is ""), at most `times` times."""
 
     key: str
-    action: str  # "cut" | "status" | "corrupt"
+    action: str  # "cut" | "status" | "corrupt" | "stall" (send `after` bytes, then hold the connection)
     times: int = 1
     after: int = 0  # cut: bytes sent before the connection drops
     status: int = 503
@@ -43,6 +44,10 @@ class FaultProxy:
     in_flight: int = 0
     max_in_flight: int = 0  # requests being answered at once, at most
     ssl_context: object = None  # an ssl.SSLContext: serve https
+    rate_keys: tuple = ()  # with `rate`: slow only GETs whose path contains one of these (empty: every body)
+    count_keys: tuple = ()  # GETs whose body bytes are counted in `payload_bytes` as they are sent
+    payload_bytes: int = 0  # counted bytes (sent to the socket: a killed client may not have read them all)
+    stall_max: float = 30.0  # action "stall": hold the connection at most this long
 
     def __post_init__(self) -> None:
         self._loop = asyncio.new_event_loop()
@@ -122,21 +127,39 @@ class FaultProxy:
             await resp.prepare(request)
             sent = 0
             flipped = False
+            counted = up.status < 300 and request.method == "GET" and any(k in request.path for k in self.count_keys)
+            paced = bool(self.rate) and (not self.rate_keys or any(k in request.path for k in self.rate_keys))
             async for chunk in up.content.iter_chunked(16 << 10):
-                if rule is not None and rule.action == "cut" and sent + len(chunk) > rule.after:
-                    await resp.write(chunk[: rule.after - sent])
-                    await asyncio.sleep(0.05)
-                    request.transport.abort() if hasattr(request.transport, "abort") else request.transport.close()
+                if rule is not None and rule.action in ("cut", "stall") and sent + len(chunk) > rule.after:
+                    head = chunk[: rule.after - sent]
+                    await resp.write(head)
+                    if counted:
+                        self.payload_bytes += len(head)
+                    if rule.action == "stall":
+                        await self._hold(request)  # nothing more, connection open, until the client gives up
+                    else:
+                        await asyncio.sleep(0.05)
+                    if request.transport is not None:
+                        request.transport.abort()
                     return resp
                 if rule is not None and rule.action == "corrupt" and not flipped and chunk:
                     chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
                     flipped = True
                 await resp.write(chunk)
+                if counted:
+                    self.payload_bytes += len(chunk)
                 sent += len(chunk)
-                if self.rate:
+                if paced:
                     await asyncio.sleep(len(chunk) / self.rate)
             await resp.write_eof()
             return resp
+
+    async def _hold(self, request: web.Request) -> None:
+        deadline = time.monotonic() + self.stall_max
+        while time.monotonic() < deadline:
+            if request.transport is None or request.transport.is_closing():
+                return
+            await asyncio.sleep(0.05)
 
     def gets(self, key_part: str = "") -> list[tuple[str, dict]]:
         return [(p, h) for m, p, h in self.requests if m == "GET" and key_part in p]

@@ -64,6 +64,18 @@ def stall_after(data: bytes):
     return act
 
 
+def paced(body: bytes, chunk: int, pause: float, *, length: int | None = None):
+    """An answer whose body comes `chunk` bytes at a time, `pause` s apart; `length` announces
+    more than is sent (a response that never ends)."""
+    async def act(w):
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (len(body) if length is None else length))
+        for i in range(0, len(body), chunk):
+            w.write(body[i:i + chunk])
+            await w.drain()
+            await asyncio.sleep(pause)
+    return act
+
+
 async def fetch(client: HttpClient, url: str, pool: BufferPool, *, hold: list | None = None) -> bytes:
     got = bytearray()
 
@@ -250,17 +262,8 @@ def test_a_response_that_drips_under_the_read_timeout_is_cut_by_the_minimum_rate
     1 s ends it (without it the response would take 100,000 x 0.2 s)."""
     from mirror.remote.http import TooSlow
 
-    def drip(w):
-        async def act(w):
-            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
-            for _ in range(100):
-                w.write(b"x")
-                await w.drain()
-                await asyncio.sleep(0.2)
-        return act(w)
-
     async def go():
-        async with RawServer([drip]) as srv:
+        async with RawServer([paced(b"x" * 100, 1, 0.2, length=100_000)]) as srv:
             async with HttpClient(max_connections=1, connect_timeout=2, read_timeout=1.0, min_rate=1024,
                                   rate_window=1.0) as c:
                 c.WATCHDOG_TICK = 0.1
@@ -276,17 +279,8 @@ def test_a_slow_but_steady_response_is_not_cut():
     """Above the minimum rate (here ~50 KB/s against 1 KiB/s), however slow, it completes."""
     body = b"y" * 60_000
 
-    def steady(w):
-        async def act(w):
-            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
-            for i in range(0, len(body), 5_000):
-                w.write(body[i:i + 5_000])
-                await w.drain()
-                await asyncio.sleep(0.1)
-        return act(w)
-
     async def go():
-        async with RawServer([steady]) as srv:
+        async with RawServer([paced(body, 5_000, 0.1)]) as srv:
             async with HttpClient(max_connections=1, connect_timeout=2, read_timeout=1.0, min_rate=1024,
                                   rate_window=0.3) as c:
                 c.WATCHDOG_TICK = 0.05
@@ -301,18 +295,7 @@ def test_a_response_much_slower_than_its_peers_is_cut_as_a_straggler():
 
     fast_body = b"f" * 300_000
 
-    def paced(body: bytes, chunk: int):
-        def action(w):
-            async def act(w):
-                w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
-                for i in range(0, len(body), chunk):
-                    w.write(body[i:i + chunk])
-                    await w.drain()
-                    await asyncio.sleep(0.05)
-            return act(w)
-        return action
-
-    script = [paced(fast_body, 10_000) for _ in range(4)] + [paced(b"s" * 300_000, 200)]
+    script = [paced(fast_body, 10_000, 0.05) for _ in range(4)] + [paced(b"s" * 300_000, 200, 0.05)]
 
     async def go():
         async with RawServer(script) as srv:
