@@ -435,3 +435,57 @@ def test_a_part_streaming_in_is_checkpointed_every_few_mib_so_a_kill_loses_littl
 
     state = asyncio.run(go())
     assert state["done"] and state["done"][0][0] == 0 and state["done"][0][1] >= CHECKPOINT_BYTES
+
+
+def test_a_slow_part_is_checkpointed_within_a_second_not_only_every_few_mib(tmp_path):
+    """On a slow link 4 MiB can take minutes: the checkpoint is also taken by time. Here the
+    server sends 3 x 16 KiB, 0.3 s apart, and then hangs; the resume state on disk must cover
+    what came before the last buffer without waiting for 4 MiB."""
+    import json
+
+    from mirror.engine.runner import Engine
+    from mirror.engine.transfer import Verify
+    from mirror.limits import Limits
+    from mirror.model import ObjectRef
+    from mirror.plan import Fetch, Plan
+    from mirror.remote.http import BufferPool
+    from mirror.store.facade import Store
+    from mirror.store.index import StateIndex
+    from mirror.store.layout import CacheLayout
+
+    hanging = asyncio.Event()
+
+    class Remote:
+        buffers = BufferPool(1 << 20, 16)
+
+        async def get_into(self, ref, sink, *, start=0, end=None, size=None, if_match=None):
+            for _ in range(3):
+                buf = self.buffers.take()
+                buf[:16 << 10] = b"z" * (16 << 10)
+                sink(buf, 16 << 10)
+                await asyncio.sleep(0.3)
+            hanging.set()
+            await asyncio.sleep(60)
+
+    layout = CacheLayout(tmp_path)
+    h = "c" * 128
+    engine = Engine(store=Store(layout, link_mode="copy"), remote=Remote(), index=StateIndex(layout),
+                    limits=Limits(jobs=1, part_size=64 << 20), verify=Verify.NONE)
+    sidecar = layout.partial_path(h).with_name(h + ".partial.json")
+
+    async def go():
+        task = asyncio.create_task(engine.run(Plan(("m",), (Fetch(h, ObjectRef("b", "k", "v"), 32 << 20, None,
+                                                                     ("v/k",)),))))
+        await hanging.wait()
+        for _ in range(100):  # the checkpoint is written by a worker thread once the writes land
+            if sidecar.exists():
+                break
+            await asyncio.sleep(0.02)
+        state = json.loads(sidecar.read_text())
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return state
+
+    state = asyncio.run(go())
+    assert state["done"] and state["done"][0][0] == 0 and state["done"][0][1] >= 32 << 10

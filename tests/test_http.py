@@ -139,6 +139,40 @@ def test_a_stalled_response_ends_after_the_read_timeout_not_never():
     run(go())
 
 
+def test_bytes_held_in_a_buffer_are_handed_over_within_two_ticks_even_if_it_never_fills():
+    """A slow response must not keep its bytes in a half-full buffer (a kill -9 would lose
+    them, and the resume state cannot record them): after a tick or two the watchdog hands
+    over the whole blocks that arrived, in order, and the body still ends byte-exact."""
+    body = bytes(range(256)) * 64  # 16 KiB, in a 64 KiB buffer that it never fills
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+
+    async def slow(w):
+        w.write(head + body[:10000])
+        await w.drain()
+        await asyncio.sleep(1.0)
+        w.write(body[10000:])
+        await w.drain()
+
+    async def go():
+        async with RawServer([slow]) as srv:
+            async with HttpClient(max_connections=1, connect_timeout=2, read_timeout=5) as c:
+                c.WATCHDOG_TICK = 0.1
+                pool = BufferPool(64 << 10, 2)
+                got: list[tuple[float, bytes]] = []
+                t0 = time.monotonic()
+
+                def sink(buf, n):
+                    got.append((time.monotonic() - t0, bytes(memoryview(buf)[:n])))
+                    pool.give(buf)
+
+                async with c.get(srv.url + "/obj", {}) as ex:
+                    await ex.read_into(sink, pool, ex.response.length)
+        early = [chunk for at, chunk in got if at < 0.9]
+        assert early and len(early[0]) == 8192  # whole 4 KiB blocks only, handed over mid-body
+        assert b"".join(chunk for _, chunk in got) == body
+    run(go())
+
+
 def test_a_server_that_never_answers_is_a_stall_too():
     async def go():
         async with RawServer([stall_after(b"")]) as srv:

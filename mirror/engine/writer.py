@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import os
 import threading
+import time
 from typing import Callable
 
 from ..errors import MirrorError
@@ -252,13 +253,15 @@ class FileWriter:
 # While a part streams in, its landed prefix is recorded every so many bytes, so that even a
 # kill -9 (no cleanup at all) costs at most about this much per connection on the next run.
 CHECKPOINT_BYTES = 4 << 20
+# ... and at least this often while bytes keep coming: on a slow link 4 MiB can take minutes.
+CHECKPOINT_SECONDS = 0.25
 
 
 class PartSink:
     """The sink of one ranged part: buffers land at consecutive offsets from `start`. `pos`
     is where the next byte goes, so a retry asks for [pos, end)."""
 
-    __slots__ = ("writer", "start", "pos", "futures", "ends", "marked")
+    __slots__ = ("writer", "start", "pos", "futures", "ends", "marked", "marked_at")
 
     def __init__(self, writer: FileWriter, start: int) -> None:
         self.writer = writer
@@ -267,6 +270,7 @@ class PartSink:
         self.futures: list[concurrent.futures.Future] = []
         self.ends: list[int] = []  # where each write's bytes end
         self.marked = start  # the last position a checkpoint was asked for
+        self.marked_at = time.monotonic()  # ... and when
 
     def __call__(self, buf: bytearray, n: int) -> None:
         w = self.writer
@@ -280,8 +284,9 @@ class PartSink:
         self.futures.append(w._submit(offset, buf, n))
         self.ends.append(self.pos)
         w._on_bytes(n)
-        if self.pos - self.marked >= CHECKPOINT_BYTES:
-            self.marked = self.pos
+        now = time.monotonic()
+        if self.pos - self.marked >= CHECKPOINT_BYTES or now - self.marked_at >= CHECKPOINT_SECONDS:
+            self.marked, self.marked_at = self.pos, now
             self._checkpoint_when_landed(self.pos, list(self.futures))
 
     def _checkpoint_when_landed(self, upto: int, futures: list[concurrent.futures.Future]) -> None:

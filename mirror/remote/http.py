@@ -27,6 +27,7 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 HEAD_MAX = 64 << 10  # status line + headers
+FLUSH_ALIGN = 4096  # what the watchdog hands over of a buffer held too long: whole blocks (O_DIRECT)
 ERROR_BODY_MAX = 8 << 10
 USER_AGENT = b"vbo-mirror"
 
@@ -165,6 +166,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._pool: BufferPool | None = None
         self._reason: BaseException | None = None
         self.keep_alive = True
+        self._held: bytearray | None = None  # the buffer the watchdog saw holding bytes last tick
 
     # --- asyncio protocol ---------------------------------------------------------------
 
@@ -288,6 +290,31 @@ class _Connection(asyncio.BufferedProtocol):
             with contextlib.suppress(BaseException):
                 self._sink(buf, n)
 
+    def flush(self) -> None:
+        """Hand the sink the whole blocks this buffer holds and go on in a fresh buffer (the
+        unaligned tail, under one block, is copied over). Called by the watchdog for a buffer
+        that has held bytes for a tick: on a slow link a buffer would otherwise hold seconds
+        of data that a kill -9 throws away, and that the resume state never records."""
+        if self.state != _BODY or self._buf is None or self._sink is None or self._pool is None:
+            return
+        n = self._fill - self._fill % FLUSH_ALIGN
+        if n <= 0:
+            return
+        fresh = self._pool.take()
+        if fresh is None:
+            return  # every buffer is in use: keep holding (the writes are behind anyway)
+        buf, tail = self._buf, self._fill - n
+        if tail:
+            fresh[:tail] = buf[n:self._fill]
+        self._buf, self._fill = fresh, tail
+        try:
+            self._sink(buf, n)
+        except BaseException as exc:  # the sink refused (an earlier write failed): stop here
+            self.keep_alive = False
+            self.state = _DEAD
+            self._reject(exc)
+            self.transport.abort()
+
     def abort(self, reason: HttpError) -> None:
         if self._reason is None:
             self._reason = reason
@@ -391,7 +418,9 @@ class HttpClient:
     in all. Waiting for a free connection is not counted against the connect timeout: only
     opening a socket (and TLS) is."""
 
-    WATCHDOG_TICK = 0.5
+    # Also how long a buffer holds bytes at most (a tick or two) before the watchdog hands
+    # them over (`_Connection.flush`); a fast response fills its buffer well within a tick.
+    WATCHDOG_TICK = 0.25
 
     def __init__(self, *, max_connections: int, connect_timeout: float, read_timeout: float,
                  ssl_context: ssl.SSLContext | None = None, min_rate: float = 0.0, rate_window: float = 30.0,
@@ -465,6 +494,12 @@ class HttpClient:
             elif now - last[1] >= self.read_timeout:
                 c.abort(Stalled(f"no data for {self.read_timeout:g}s"))
                 continue
+            if c.state == _BODY and c._buf is not None and c._fill >= FLUSH_ALIGN:
+                if c._held is c._buf:
+                    c.flush()
+                    c._held = None
+                else:
+                    c._held = c._buf
             if self.min_rate > 0 and c.state == _BODY:
                 start = self._window.get(c)
                 if start is None:
