@@ -214,20 +214,26 @@ class Mirror:
 
     # --- sync: plan, fetch, views ----------------------------------------------------------
 
-    def plan(self, version: str | None = None) -> Plan:
+    def plan(self, version: str | Selection | None = None) -> Plan:
         """A dry run: what a sync of `version` ('all', 'latest', a version; default the
-        current one) would fetch, link, leave and remove. Nothing is written but manifests."""
-        return self._call(lambda s: s.plan(Selection(version)))
+        current one, or a `Selection`) would fetch, link, leave and remove. Nothing is
+        written but manifests."""
+        return self._call(lambda s: s.plan(version if isinstance(version, Selection) else Selection(version)))
 
-    def sync(self, version: str | None = None, *, limits: Limits | None = None, verify: Verify = Verify.MANIFEST,
-             link_mode: str | None = None, wait: bool = False, policy: RetryPolicy | None = None,
-             on_event: Callable[[Event], None] | None = None, on_start: Callable[[Stats], None] | None = None) -> Stats:
+    def sync(self, version: str | Selection | None = None, *, limits: Limits | None = None,
+             verify: Verify = Verify.MANIFEST, link_mode: str | None = None, wait: bool = False,
+             policy: RetryPolicy | None = None, on_event: Callable[[Event], None] | None = None,
+             on_start: Callable[[Stats], None] | None = None) -> Stats:
         """Make every file of `version` present and verified in cache_dir. Returns the run's
         stats; `stats.failures` lists the files that could not be mirrored (each with its
-        error). `limits` (default: the Mirror's) sizes connections, requests and memory."""
+        error). `limits` (default: the Mirror's) sizes connections, requests and memory.
+        A `Selection` picks files by metadata (`where`, `ids`) and/or one shard of them:
+        shards of one selection run at the same time into one cache_dir."""
+        selection = version if isinstance(version, Selection) else Selection(version)
         layout = self.need_layout()
-        with CacheLock(layout.lock_path, wait=wait, command="vbo-mirror sync"):
-            return self._call(lambda s: s.sync(Selection(version), limits=limits, verify=verify, link_mode=link_mode,
+        command = "vbo-mirror sync" + (f" --shard {selection.shard}" if selection.shard else "")
+        with CacheLock(layout.lock_path, wait=wait, command=command, shared=selection.shard is not None):
+            return self._call(lambda s: s.sync(selection, limits=limits, verify=verify, link_mode=link_mode,
                                                policy=policy, on_event=on_event, on_start=on_start))
 
     # --- measuring the endpoint ---------------------------------------------------------------
@@ -258,9 +264,10 @@ class Mirror:
 
     # --- looking at the mirror -------------------------------------------------------------------
 
-    def urls(self, version: str | None = None) -> list[str]:
-        """Direct download URLs (with ?versionId=) of every file of `version`, for wget/aria2."""
-        return self._call(lambda s: s.urls(version))
+    def urls(self, version: str | Selection | None = None) -> list[str]:
+        """Direct download URLs (with ?versionId=) of every file of `version` (or of a
+        `Selection`: by metadata, one shard), for wget/aria2."""
+        return self._call(lambda s: s.urls(version if isinstance(version, Selection) else Selection(version)))
 
     def status(self) -> dict[str, Any]:
         """Per downloaded version: files present and missing, logical bytes (what the views

@@ -340,6 +340,49 @@ version_option = click.option("--version", "version", default=None,
                               help="V, 'latest' or 'all' (default: the current version).")
 
 
+def selection_options(fn):
+    """The selection options of plan, sync and urls: by metadata, and one shard."""
+    for opt in reversed([
+        click.option("--where", default=None, metavar="EXPR",
+                     help="Only data files whose metadata rows match, e.g. 'cre_line == \"Sst-IRES-Cre\" and "
+                          "imaging_depth > 200' (behavior_session_table, ophys_experiment_table; the tables "
+                          "always come along). Operators: == != < <= > >= in, not in, is null, and or not, "
+                          ".startswith() .endswith() .contains()."),
+        click.option("--ids", "ids_file", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+                     help="Only data files of these ids: one behavior_session_id / ophys_experiment_id per "
+                          "line, or a CSV with such a column (a session's id also picks its experiments)."),
+        click.option("--tables-only", is_flag=True, help="Only the metadata tables, no data file."),
+        click.option("--shard", default=None, metavar="K/N",
+                     help="Only shard K of N (0-based, e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT): "
+                          "a size-balanced split by content; N shards run at once into one cache_dir."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _selection(version: str | None, shard: str | None = None, where: str | None = None,
+               ids_file: str | None = None, tables_only: bool = False):
+    from .model import Selection, Shard
+
+    if tables_only and (where is not None or ids_file is not None):
+        raise InputError("--tables-only selects no data file: drop --where/--ids, or --tables-only")
+    ids = None
+    if ids_file is not None:
+        from .select import read_ids
+
+        column, values = read_ids(Path(ids_file))
+        ids = (column, tuple(values))
+    if where is not None:
+        from .select import parse
+
+        parse(where)  # a syntax error is reported before anything is fetched
+    try:
+        return Selection(version, shard=Shard.parse(shard) if shard else None, where=where, ids=ids,
+                         tables_only=tables_only)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
 def _plan_text(plan) -> str:
     s = plan.summary()
     lines = [f"plan for {', '.join(s['manifests'])}",
@@ -349,16 +392,33 @@ def _plan_text(plan) -> str:
              f"  present  {s['present']['files']:>7} files  {human_bytes(s['present']['bytes'])}",
              f"  replace  {s['replace']:>7} views  (wrong content at a view path)",
              f"  remove   {s['remove']['files']:>7} views  (stray views no manifest wants)"]
+    for name, r in (s.get("selection") or {}).items():
+        if r.get("tables_only"):
+            lines.insert(1, f"  selected: the metadata tables of {name} only")
+            continue
+        why = [f"where {r['where']}"] if r.get("where") else []
+        if r.get("ids"):
+            i = r["ids"]
+            why.append(f"{i['given']} ids" + (f" ({i['column']})" if i["column"] else "")
+                       + (f", {i['not_found']} not found (e.g. {', '.join(map(str, i['not_found_first']))})"
+                          if i.get("not_found") else ""))
+        rows = "; ".join(f"{t}: {x['matched']} of {x['rows']} rows, {x['files']} files" for t, x in r["tables"].items())
+        lines.insert(1, f"  selected in {name}: {r['files']} data files + the tables ({' and '.join(why)}; {rows})")
+    if "shard" in s:
+        lines[0] += f", shard {s['shard']}"
+        lines.append(f"  then     {s['steal']['files']:>7} files  {human_bytes(s['steal']['bytes'])}  of the other shards "
+                     "that no process is fetching by then (one that died, or has not started)")
     return "\n".join(lines)
 
 
 @main.command("plan")
 @version_option
+@selection_options
 @click.pass_obj
 @handle_errors
-def plan_cmd(c: Ctx, version: str | None) -> None:
+def plan_cmd(c: Ctx, version: str | None, **sel) -> None:
     """Dry run: what a sync would fetch, link, keep and remove (--json: the whole plan)."""
-    plan = c.mirror.plan(version)
+    plan = c.mirror.plan(_selection(version, **sel))
     if c.json:  # one line, no indentation: a plan can hold a million items
         click.echo(json.dumps(plan.to_dict(), separators=(",", ":")))
     else:
@@ -385,6 +445,9 @@ def _summary_text(s: dict) -> str:
             + (f", {s['removed']} stray views removed" if s['removed'] else "")
             + f" in {s['seconds']:.1f}s ({s['mb_per_s']:.1f} MB/s)"
             + (f", {s['retries']} retries" if s['retries'] else ""))
+    if s.get("shard"):
+        text = f"shard {s['shard']}: " + text + (f"; {s['files_elsewhere']} left to other shards fetching them"
+                                                  if s["files_elsewhere"] else "")
     if s["failures"]:
         text += f"\n{len(s['failures'])} files FAILED:" + "".join(f"\n  {f['key']}: {f['message']}" for f in s["failures"])
     return text
@@ -401,18 +464,25 @@ def _summary_text(s: dict) -> str:
 @click.option("--link-mode", type=click.Choice(["auto", "reflink", "hardlink", "copy"]), default="auto",
               show_default=True, help="How views are made: auto = reflink, else hard link, else copy.")
 @click.option("--wait", is_flag=True, help="If another run holds the cache, wait for it instead of exiting.")
+@click.option("--bwlimit", default=None, metavar="RATE",
+              help="Cap this process's download rate over all connections, e.g. 200MB/s, 1Gbit/s, 50MiB/s "
+                   "(with --shard: per process).")
+@selection_options
 @click.pass_obj
 @handle_errors
-def sync_cmd(c: Ctx, version, jobs, part_size, verify, link_mode, wait) -> None:
+def sync_cmd(c: Ctx, version, jobs, part_size, verify, link_mode, wait, bwlimit, **sel) -> None:
     """Fetch, verify and link every file of a version; resumes whatever an earlier run left."""
     from .limits import Limits
 
     try:
-        limits = Limits(jobs=jobs, part_size=parse_size(part_size))
+        from .remote.ratelimit import parse_rate
+
+        limits = Limits(jobs=jobs, part_size=parse_size(part_size), bwlimit=parse_rate(bwlimit) if bwlimit else None)
     except ValueError as exc:
         raise InputError(str(exc)) from None
+    selection = _selection(version, **sel)
     stats = _run_with_progress(c, lambda on_event, on_start: c.mirror.sync(
-        version, limits=limits, verify=Verify(verify), link_mode=link_mode, wait=wait,
+        selection, limits=limits, verify=Verify(verify), link_mode=link_mode, wait=wait,
         on_event=on_event, on_start=on_start))
     s = stats.summary()
     if not c.json:
@@ -491,11 +561,12 @@ def verify_cmd(c: Ctx, fast: bool, repair: bool, jobs: int, wait: bool) -> None:
 
 @main.command("urls")
 @version_option
+@selection_options
 @click.pass_obj
 @handle_errors
-def urls_cmd(c: Ctx, version: str | None) -> None:
+def urls_cmd(c: Ctx, version: str | None, **sel) -> None:
     """Direct download URLs with ?versionId= for every file, one per line (wget -i / aria2c -i)."""
-    c.emit(c.mirror.urls(version))
+    c.emit(c.mirror.urls(_selection(version, **sel)))
 
 
 @main.group("index")

@@ -27,6 +27,7 @@ class Limits:
     threads: int | None = None  # writer/hasher threads; default cores + 1
     parts_per_file: int = 4  # ranged parts of one object in flight at once
     direct_io: bool = True  # write bodies with O_DIRECT where the filesystem allows it
+    bwlimit: float | None = None  # bytes/s over every connection of the process (--bwlimit)
 
     def __post_init__(self) -> None:
         if self.jobs < 1:
@@ -41,6 +42,8 @@ class Limits:
             raise ValueError("threads must be at least 1")
         if self.parts_per_file < 1:
             raise ValueError("parts per file must be at least 1")
+        if self.bwlimit is not None and self.bwlimit < KiB:
+            raise ValueError("the bandwidth limit must be at least 1 KiB/s")
         if self.memory < 4 * MiB:
             raise ValueError("memory must be at least 4 MiB")
 

@@ -26,18 +26,50 @@ class ObjectInfo(NamedTuple):
 
 @dataclass(frozen=True)
 class Selection:
-    """What a sync, a plan or a `get` is about: today a version (None: the current one;
-    'latest'; 'all'; a version) and, optionally, some of its files by key; metadata queries
-    and id lists come next. `strays`: remove files of those versions that no manifest wants
-    (a whole-version sync does; picking single files does not)."""
+    """What a sync, a plan or a `get` is about: a version (None: the current one; 'latest';
+    'all'; a version) and, optionally, some of its files: by key, by metadata (`where`,
+    `ids`, `tables_only`), one shard. `strays`: remove files of those versions that no
+    manifest wants (a whole-version sync does; any narrower selection does not)."""
 
     version: str | None = None
     keys: frozenset[str] | None = None  # None: every file of the version(s)
     strays: bool = True
+    shard: "Shard | None" = None
+    # By metadata: data files picked by rows of the tables (the tables themselves always come
+    # along); `tables_only`: the metadata tables and no data file.
+    where: str | None = None
+    ids: tuple[str | None, tuple[int, ...]] | None = None  # (id column or None, ids): see tables.select_files
+    tables_only: bool = False
+
+    @property
+    def by_metadata(self) -> bool:
+        return self.where is not None or self.ids is not None or self.tables_only
 
     @classmethod
     def files(cls, version: str | None, keys) -> "Selection":
         return cls(version, frozenset(keys), strays=False)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard `index` of `count` (0-based, as SLURM_ARRAY_TASK_ID with --array=0-N)."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not (self.count >= 1 and 0 <= self.index < self.count):
+            raise ValueError(f"shard {self.index}/{self.count}: K/N needs 0 <= K < N")
+
+    @classmethod
+    def parse(cls, text: str) -> "Shard":
+        k, sep, n = text.partition("/")
+        if not sep or not k.strip().isdigit() or not n.strip().isdigit():
+            raise ValueError(f"--shard {text!r}: expected K/N, e.g. 0/4 (K counts from 0, as SLURM_ARRAY_TASK_ID)")
+        return cls(int(k), int(n))
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
 
 
 def strip_etag(etag: str | None) -> str | None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, NamedTuple
 
 from .manifest import FileEntry, Manifest
-from .model import ObjectInfo, ObjectRef
+from .model import ObjectInfo, ObjectRef, Shard
 
 
 class Target(NamedTuple):
@@ -53,12 +53,18 @@ class Plan:
     present_bytes: int = 0
     replace: tuple[str, ...] = ()  # views whose content is wrong: removed, then linked
     remove: tuple[str, ...] = ()  # files in the version dirs that no manifest wants
+    # With --shard: which one, and the other shards' fetches that this one takes on once its
+    # own are done, unless another process holds them (a shard that died or has not started).
+    shard: "Shard | None" = None
+    steal: tuple[Fetch, ...] = ()
+    selection: dict | None = None  # by metadata: per manifest, what matched (tables.select_files)
 
     def __repr__(self) -> str:
         # Short on purpose: asyncio's Runner reprs the task holding a run's result when it
         # restores its SIGINT handler, and the dataclass repr of a 100,000-entry plan took ~1.7 s.
         return (f"Plan({', '.join(self.manifests)}: fetch {len(self.fetch)}, link {len(self.link)}, "
-                f"present {len(self.present)}, replace {len(self.replace)}, remove {len(self.remove)})")
+                f"present {len(self.present)}, replace {len(self.replace)}, remove {len(self.remove)}"
+                + (f", shard {self.shard}, steal {len(self.steal)}" if self.shard else "") + ")")
 
     @property
     def fetch_bytes(self) -> int:
@@ -84,6 +90,10 @@ class Plan:
             "present": {"files": len(self.present), "bytes": self.present_bytes},
             "replace": len(self.replace),
             "remove": {"files": len(self.remove)},
+            **({"shard": str(self.shard), "steal": {"files": len(self.steal),
+                                                    "bytes": sum(f.size or 0 for f in self.steal)}}
+               if self.shard else {}),
+            **({"selection": self.selection} if self.selection else {}),
         }
 
     def to_dict(self) -> dict:
@@ -98,6 +108,8 @@ class Plan:
             "present_items": list(self.present),
             "replace_items": list(self.replace),
             "remove_items": list(self.remove),
+            **({"steal_items": [{"file_hash": f.file_hash, "key": f.ref.key, "size": f.size, "views": list(f.views)}
+                                for f in self.steal]} if self.shard else {}),
         }
 
 
@@ -150,3 +162,31 @@ def make_plan(
     remove = sorted(p for p in local.extra_files if p not in wanted)
     return Plan(tuple(manifests), tuple(fetch), tuple(links), tuple(present), present_bytes,
                 tuple(sorted(replace)), tuple(remove))
+
+
+def shard_of(sizes: Mapping[str, int], shard: Shard) -> set[str]:
+    """The content hashes shard `shard.index` of `shard.count` fetches: a deterministic,
+    size-balanced split of `sizes` (hash -> bytes; every hash in exactly one shard). Largest
+    first, each to the least loaded shard (ties: the lowest index), so every process that
+    is given the same sizes computes the same split, and the shards' bytes differ by at most
+    the largest object. Content, not keys, is split: every view of one object is made by the
+    shard that fetched it."""
+    import heapq
+
+    loads = [(0, i) for i in range(shard.count)]
+    mine: set[str] = set()
+    for h, size in sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0])):
+        load, i = heapq.heappop(loads)
+        if i == shard.index:
+            mine.add(h)
+        heapq.heappush(loads, (load + size, i))
+    return mine
+
+
+def split_for_shard(plan: Plan, own: Plan, shard: Shard) -> Plan:
+    """A shard's plan from two plans over its own targets (`own`) and the others' (`plan`):
+    its own work, the links and presence of the rest (cheap, and harmless to repeat), and the
+    others' fetches as steals; stray views are removed by shard 0 only."""
+    return Plan(own.manifests, own.fetch, own.link + plan.link, own.present + plan.present,
+                own.present_bytes + plan.present_bytes, tuple(sorted(own.replace + plan.replace)),
+                own.remove if shard.index == 0 else (), shard, plan.fetch, own.selection)

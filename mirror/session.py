@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import warnings
@@ -44,13 +45,14 @@ from .gcpause import gc_paused
 from .limits import Limits
 from .manifest import Manifest, ManifestDiff, compare_manifests
 from .model import ObjectInfo, ObjectRef, Selection
-from .plan import LocalState, Plan, Target, make_plan, targets_of
+from .plan import LocalState, Plan, Target, make_plan, shard_of, split_for_shard, targets_of
 from .remote import OnDemand, RemoteSettings
 from .semver import Version
 from .store.index import StateIndex, reconcile
 from .store.facade import Store
 from .store.fsutil import read_no_follow, store_error
 from .store.layout import CacheLayout
+from .store.claims import Claims
 from .store.lock import CacheLock
 from .store.scan import scan_local
 
@@ -352,6 +354,31 @@ class Session:
             return [await cat.load(n) for n in names]
         return [await self.manifest(cat, version)]
 
+    async def selected(self, cat: Catalog, m: Manifest, selection: Selection, reports: dict | None = None) -> list:
+        """The entries of `m` that `selection` picks: by key, by metadata (the tables always
+        come along; `reports[m.name]` says what matched), or every one."""
+        if selection.by_metadata:
+            entries = list(m.metadata_files.values())
+            if selection.tables_only:
+                report = {"tables_only": True, "files": 0}
+            else:
+                from . import select as sel
+                from . import tables as tbl
+
+                kinds = list(self.dataset.file_kinds.values())
+                tables = {k.table: await self.table(cat, m, k.table) for k in kinds}
+                picked, report = tbl.select_files(
+                    m, tables, kinds, where=sel.parse(selection.where) if selection.where is not None else None,
+                    ids=(selection.ids[0], list(selection.ids[1])) if selection.ids is not None else None)
+                entries += picked
+            if reports is not None:
+                reports[m.name] = report
+        else:
+            entries = list(m.entries())
+        if selection.keys is not None:
+            entries = [e for e in entries if e.key in selection.keys]
+        return entries
+
     async def plan_for(self, cat: Catalog, manifests: list[Manifest], selection: Selection = Selection(), *,
                        verify: Verify | None = None) -> tuple[Plan, LocalState]:
         """`verify`: the mode of the sync to come. With BLAKE2b, objects an earlier run published
@@ -360,10 +387,10 @@ class Session:
         layout = self.need_layout()
         with gc_paused():  # several objects per entry, none in a cycle: see mirror/gcpause.py
             targets: list[Target] = []
-            keys = selection.keys
+            reports: dict = {}
             for m in manifests:
-                targets += targets_of(m, [e for e in m.entries() if e.key in keys] if keys is not None else None)
-            dirs = [m.view_dir for m in manifests] if selection.strays else []
+                targets += targets_of(m, await self.selected(cat, m, selection, reports))
+            dirs = [m.view_dir for m in manifests] if selection.strays and not selection.by_metadata else []
             trust = verify is not None and not verify.blake2b
             local = await asyncio.to_thread(scan_local, layout, targets, stray_dirs=dirs, trust_unverified=trust)
             if local.unverified and verify is not None and verify.blake2b:
@@ -371,7 +398,33 @@ class Session:
                 local = await asyncio.to_thread(scan_local, layout, targets, stray_dirs=dirs)
             need = [t.entry for t in targets if t.entry.file_hash not in local.objects]
             infos = await self.sizes(cat, need) if need else {}
-            return make_plan(targets, local, infos, manifests=[m.name for m in manifests]), local
+            names = [m.name for m in manifests]
+            if selection.shard is None:
+                plan = make_plan(targets, local, infos, manifests=names)
+            else:
+                plan = self._shard_plan(targets, local, infos, names, selection)
+            if reports:
+                plan = dataclasses.replace(plan, selection=reports)
+            return plan, local
+
+    @staticmethod
+    def _shard_plan(targets: list[Target], local: LocalState, infos: dict, names: list[str],
+                    selection: Selection) -> Plan:
+        """Split by content over every selected object (not only what is missing), so that all
+        shards compute the same split whenever they start and whatever is done by then."""
+        sizes: dict[str, int] = {}
+        for t in targets:
+            e = t.entry
+            if e.file_hash not in sizes:
+                known = local.objects.get(e.file_hash, local.unverified.get(e.file_hash))
+                if known is None:
+                    info = infos.get((e.key, e.version_id))
+                    known = info.size if info else 0  # unknown (offline): every shard sees the same 0
+                sizes[e.file_hash] = known
+        mine = shard_of(sizes, selection.shard)
+        own = make_plan([t for t in targets if t.entry.file_hash in mine], local, infos, manifests=names)
+        rest = make_plan([t for t in targets if t.entry.file_hash not in mine], local, infos, manifests=names)
+        return split_for_shard(rest, own, selection.shard)
 
     def _verify_unverified(self, hashes: list[str]) -> dict:
         index = self.store.new_index()
@@ -423,18 +476,25 @@ class Session:
 
         # With nothing to do the index is left alone (pyarrow need not even load), unless it is
         # missing: then this run rebuilds it from the store.
-        busy = bool(plan.fetch or plan.link or plan.remove or plan.replace)
+        busy = bool(plan.fetch or plan.link or plan.remove or plan.replace or plan.steal)
+        claims = Claims(layout.claims_path) if plan.shard else None
         engine = Engine(store=store, remote=cat.remote, index=index, limits=limits or self.limits,
                         policy=policy, verify=verify, on_event=on_event or (lambda e: None), pacer=self.pacer,
-                        prepare_index=prepare_index if busy or not layout.index_path.exists() else None)
+                        prepare_index=prepare_index if busy or not layout.index_path.exists() else None,
+                        claims=claims)
         if on_start:
             on_start(engine.stats)
-        return await engine.run(plan)
+        try:
+            return await engine.run(plan)
+        finally:
+            if claims is not None:
+                claims.close()
 
     def _check_space(self, plan: Plan) -> None:
         """Refuse up front when the fetch cannot fit, rather than fill the disk midway."""
         layout = self.need_layout()
-        need = sum(f.size or 0 for f in plan.fetch if not self.store.partial_exists(f.file_hash))
+        # A shard counts the other shards' fetches too: they all land in this one cache_dir.
+        need = sum(f.size or 0 for f in (*plan.fetch, *plan.steal) if not self.store.partial_exists(f.file_hash))
         if not need:
             return
         probe = layout.root
@@ -532,12 +592,22 @@ class Session:
         return await run_matrix(self.settings, choose(targets, budget), jobs=list(jobs), part_sizes=list(part_sizes),
                                 repeat=repeat, to_disk=to_disk, on_cell=on_cell or (lambda c: None))
 
-    async def urls(self, version: str | None) -> list[str]:
+    async def urls(self, selection: Selection) -> list[str]:
         cat = self.catalog()
+        entries = []
+        for m in await self.select(cat, selection.version):
+            entries += await self.selected(cat, m, selection)
+        if selection.shard is not None:
+            infos = await self.sizes(cat, entries)
+            sizes: dict[str, int] = {}
+            for e in entries:
+                info = infos.get((e.key, e.version_id))
+                sizes.setdefault(e.file_hash, info.size if info else 0)
+            mine = shard_of(sizes, selection.shard)
+            entries = [e for e in entries if e.file_hash in mine]
         seen: dict[str, None] = {}
-        for m in await self.select(cat, version):
-            for e in m.entries():
-                seen.setdefault(self.settings.object_url(ObjectRef(e.bucket, e.key, e.version_id)), None)
+        for e in entries:
+            seen.setdefault(self.settings.object_url(ObjectRef(e.bucket, e.key, e.version_id)), None)
         return list(seen)
 
 

@@ -61,3 +61,73 @@ def entry_for_id(manifest: Manifest, table: pa.Table, kind: FileKind, item_id: i
                             "but data_files has no such entry")
     return entry
 
+
+
+def select_files(manifest: Manifest, tables: dict[str, pa.Table], kinds: list[FileKind], *,
+                 where=None, ids: tuple[str | None, list[int]] | None = None) -> tuple[list[FileEntry], dict]:
+    """The data files that rows of the file-carrying tables (`kinds`: behavior sessions,
+    ophys experiments) pick, and a report of why: rows matched per table.
+
+    `where` (a parsed mirror.select.Expr) applies to every such table that has all of its
+    columns; none having them is an error naming the unknown column. `ids` (column, ids):
+    rows whose column holds one of the ids, in every such table with that column; without a
+    column (a bare list), behavior_session_id and ophys_experiment_id are both tried, so a
+    behavior session's id also picks its ophys experiments. Both given: rows must match both.
+    """
+    from . import select as sel
+
+    report: dict = {"where": where.text if where is not None else None, "tables": {}}
+    if ids is not None:
+        column, values = ids
+        report["ids"] = {"column": column, "given": len(values)}
+        id_columns = [column] if column else ["behavior_session_id", "ophys_experiment_id"]
+        id_array = pa.array(values, pa.int64())
+    picked: dict[str, FileEntry] = {}
+    found_ids: set[int] = set()
+    unknown: list[sel.UnknownColumn] = []
+    applied = 0
+    for kind in kinds:
+        table = tables[kind.table]
+        mask = None
+        if where is not None:
+            try:
+                mask = sel.evaluate(where, table, table_name=kind.table)
+            except sel.UnknownColumn as exc:
+                unknown.append(exc)
+                continue
+        if ids is not None:
+            # id columns of integers only (a session's list of its experiments, "[1, 2]", is not one)
+            cols = [c for c in id_columns if c in table.column_names and pa.types.is_integer(table[c].type)]
+            if not cols:
+                continue
+            hit = None
+            for c in cols:
+                col = table[c]
+                one = pc.fill_null(pc.is_in(col, value_set=id_array), False)
+                found_ids.update(v for v in pc.filter(col, one).to_pylist() if v is not None)
+                hit = one if hit is None else pc.or_(hit, one)
+            mask = hit if mask is None else pc.and_(mask, hit)
+        applied += 1
+        rows = table.filter(mask) if mask is not None else table
+        files = 0
+        for fid in rows["file_id"].to_pylist():
+            if fid is None:
+                continue
+            entry = manifest.data_files.get(str(int(fid)))
+            if entry is None:
+                raise ManifestError(manifest.name, f"{kind.table} names file_id {fid}, but data_files has no such entry")
+            if entry.key not in picked:
+                picked[entry.key] = entry
+                files += 1
+        report["tables"][kind.table] = {"rows": table.num_rows, "matched": rows.num_rows, "files": files}
+    if where is not None and applied == 0 and unknown:
+        raise unknown[0]  # no file-carrying table has every column named
+    if ids is not None:
+        if applied == 0:
+            raise InputError(f"no table of {manifest.name} has a {' or '.join(id_columns)} column",
+                             hint="name the id column in a CSV header (behavior_session_id, ophys_experiment_id, ...)")
+        missing = [v for v in values if v not in found_ids]
+        report["ids"]["not_found"] = len(missing)
+        report["ids"]["not_found_first"] = missing[:5]
+    report["files"] = len(picked)
+    return list(picked.values()), report

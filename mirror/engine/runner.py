@@ -21,6 +21,7 @@ from ..errors import Action, MirrorError, OfflineError, ViewBlocked
 from ..hashing import Digests
 from ..plan import Fetch, Plan
 from ..store.index import IndexRecord, StateIndex
+from ..store.claims import Claims
 from ..store.facade import Store
 from ..limits import Limits
 from .policy import Pacer, RetryPolicy, call_with_retries, first_error
@@ -66,6 +67,8 @@ class Stats:
     bytes_present: int = 0
     removed: int = 0
     retries: int = 0
+    files_elsewhere: int = 0  # (--shard) another process was fetching them: its run makes their views
+    shard: str | None = None
     in_flight: set[str] = field(default_factory=set)
     failures: list[Failure] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
@@ -91,6 +94,7 @@ class Stats:
             "seconds": round(secs, 3),
             "mb_per_s": round(self.bytes_done / secs / 1e6, 2) if secs > 0 else 0.0,
             "retries": self.retries,
+            **({"shard": self.shard, "files_elsewhere": self.files_elsewhere} if self.shard else {}),
             "failures": [f.to_dict() for f in self.failures],
         }
 
@@ -102,11 +106,12 @@ class Engine:
     def __init__(self, *, store: Store, remote: Remote | None, index: StateIndex,
                  limits: Limits = Limits(), policy: RetryPolicy | None = None, verify: Verify = Verify.MANIFEST,
                  on_event: Callable[[Event], None] = lambda e: None, pacer: Pacer | None = None,
-                 prepare_index: Callable[[], dict] | None = None) -> None:
+                 prepare_index: Callable[[], dict] | None = None, claims: Claims | None = None) -> None:
         """`prepare_index` loads the index and brings it in step with the store; it runs in a
         thread of its own while the transfers start (reading Parquet means importing pyarrow),
         and the engine records into the index only once it is done. None: the index is left
-        alone (a run with nothing to do)."""
+        alone (a run with nothing to do). `claims` (shards sharing cache_dir): each object is
+        fetched under its claim, so two processes never fetch the same one."""
         self.store = store  # every write to cache_dir goes through it
         self.remote = remote
         self.index = index
@@ -124,12 +129,15 @@ class Engine:
         self._committing: tuple[concurrent.futures.Future, tuple] | None = None
         self._index_pool: ThreadPoolExecutor | None = None
         self._waiting = 0  # files not yet taken by a worker
+        self.claims = claims
+        self._deferred: list[Fetch] = []  # our own objects another process held: waited for at the end
 
     async def run(self, plan: Plan) -> Stats:
         st = self.stats
         st.files_total = plan.views_total
         st.bytes_total = plan.fetch_bytes
         st.files_present, st.bytes_present = len(plan.present), plan.present_bytes
+        st.shard = str(plan.shard) if plan.shard else None
         self.emit(ev.Started(plan.summary()))
         executor = ThreadPoolExecutor(max_workers=self.limits.io_threads, thread_name_prefix="vbo-io")
         self._index_pool = index_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vbo-index")
@@ -151,6 +159,11 @@ class Engine:
                     raise OfflineError(f"{len(plan.fetch)} files ({plan.fetch_bytes} bytes) need fetching "
                                        "and vbo-mirror is offline", hint="drop --offline to fetch them")
                 await self._fetch_all(plan.fetch, executor)
+            if plan.steal and self.remote is not None:
+                await self._fetch_all(plan.steal, executor, mode="steal")
+            if self._deferred:
+                deferred, self._deferred = tuple(self._deferred), []
+                await self._fetch_all(deferred, executor, mode="wait")
             for rel in plan.remove:
                 try:
                     self.store.remove_view(rel)
@@ -168,7 +181,9 @@ class Engine:
         self.emit(ev.Summary(st.summary()))
         return st
 
-    async def _fetch_all(self, items: tuple[Fetch, ...], executor: ThreadPoolExecutor) -> None:
+    async def _fetch_all(self, items: tuple[Fetch, ...], executor: ThreadPoolExecutor, mode: str = "own") -> None:
+        """`mode` (with claims): "own" defers an object another process holds to the end,
+        "steal" leaves it to that process, "wait" waits for the claim."""
         gets = asyncio.Semaphore(self.limits.jobs)
         queue: asyncio.Queue[Fetch | None] = asyncio.Queue(maxsize=self.limits.jobs * 2)
         workers = min(self.limits.jobs, len(items))
@@ -184,7 +199,10 @@ class Engine:
         async def work() -> None:
             while (item := await queue.get()) is not None:
                 self._waiting -= 1
-                await self._fetch_one(item, gets, executor)
+                if self.claims is None:
+                    await self._fetch_one(item, gets, executor)
+                else:
+                    await self._fetch_claimed(item, gets, executor, mode)
 
         async def tick() -> None:
             while True:
@@ -206,6 +224,50 @@ class Engine:
         except BaseExceptionGroup as eg:
             inner = first_error(eg)
             raise inner from eg
+
+    CLAIM_POLL_SECONDS = 0.25
+
+    async def _fetch_claimed(self, item: Fetch, gets: asyncio.Semaphore, executor: ThreadPoolExecutor,
+                             mode: str) -> None:
+        claims, h = self.claims, item.file_hash
+        while not claims.try_claim(h):
+            if mode == "steal":
+                self.stats.files_elsewhere += 1
+                return
+            if mode == "own":
+                self._deferred.append(item)
+                return
+            await asyncio.sleep(self.CLAIM_POLL_SECONDS)  # its holder is fetching it: not for long
+        try:
+            if self.store.has_object(h):  # published by another process since we planned
+                if await asyncio.get_running_loop().run_in_executor(executor, self._link_fetched, item):
+                    return
+            if mode == "steal":
+                self.stats.bytes_total += item.size or 0
+                self.stats.files_total += len(item.views)
+            await self._fetch_one(item, gets, executor)
+        finally:
+            claims.release(h)
+
+    def _link_fetched(self, item: Fetch) -> bool:
+        """In a worker thread: views of an object another process has just published (checked
+        first if it was published unverified and this run checks BLAKE2b). False: it was not
+        right after all (removed): fetch it."""
+        h = item.file_hash
+        if self.verify.blake2b and self.store.is_unverified(h):
+            self.store.verify_unverified([h])
+            if not self.store.has_object(h):
+                return False
+        try:
+            self._link(h, list(item.views))
+        except ViewBlocked as exc:
+            self._failed(item.ref.key, item.ref.version_id, exc, list(item.views))
+            return True
+        size = item.size or 0
+        self.stats.files_linked += len(item.views)
+        self.stats.bytes_linked += size * len(item.views)
+        self.stats.bytes_total -= size
+        return True
 
     async def _fetch_one(self, item: Fetch, gets: asyncio.Semaphore, executor: ThreadPoolExecutor) -> None:
         st = self.stats

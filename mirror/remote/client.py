@@ -14,6 +14,7 @@ from ..errors import MirrorError, ProtocolError
 from ..limits import Limits
 from . import listing
 from .http import BufferPool, HttpClient, Sink
+from .ratelimit import TokenBucket
 from .translate import from_exception, from_status
 from .settings import TRANSPORTS, RemoteSettings, Timeouts  # noqa: F401 (re-exported)
 from ..model import ObjectInfo, ObjectRef, strip_etag
@@ -31,6 +32,7 @@ class Remote:
         self.settings = settings
         self.limits = limits
         self.buffers = BufferPool(limits.receive_buffer, limits.buffers)
+        self.bucket = TokenBucket(limits.bwlimit) if limits.bwlimit else None
         self._stack = contextlib.AsyncExitStack()
         self._http: HttpClient | None = None
         self._aiohttp = None
@@ -52,7 +54,8 @@ class Remote:
         if s.transport == "lean":
             self._http = HttpClient(max_connections=self.limits.pool_size, connect_timeout=t.connect,
                                     read_timeout=t.read, min_rate=t.min_rate, rate_window=t.rate_window,
-                                    straggler_factor=t.straggler_factor, straggler_window=t.straggler_window)
+                                    straggler_factor=t.straggler_factor, straggler_window=t.straggler_window,
+                                    bucket=self.bucket)
             self._http.start()
             self._stack.push_async_callback(self._http.close)
         else:
@@ -295,7 +298,7 @@ class Remote:
             _check_answer(resp.status, resp.headers.get("Content-Range"), int(length) if length else None,
                           resp.headers.get("x-amz-version-id"), ref=ref, ranged=ranged, start=start, end=end,
                           size=size, what=what)
-            await _copy_into_buffers(resp.content, sink, self.buffers)
+            await _copy_into_buffers(resp.content, sink, self.buffers, self.bucket)
         finally:
             resp.release()
 
@@ -315,7 +318,7 @@ class Remote:
         return bytes(data)
 
 
-async def _copy_into_buffers(content, sink: Sink, pool: BufferPool) -> None:
+async def _copy_into_buffers(content, sink: Sink, pool: BufferPool, bucket: TokenBucket | None = None) -> None:
     """aiohttp hands over its own chunks: copy them into pool buffers for the sink (the extra
     copy is this transport's price)."""
     loop = asyncio.get_running_loop()
@@ -328,6 +331,8 @@ async def _copy_into_buffers(content, sink: Sink, pool: BufferPool) -> None:
                 if content.at_eof():
                     break
                 continue
+            if bucket is not None:
+                await bucket.wait(len(chunk))
             view = memoryview(chunk)
             while view:
                 if buf is None:

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import urlsplit
 
+from .ratelimit import TokenBucket
+
 HEAD_MAX = 64 << 10  # status line + headers
 FLUSH_ALIGN = 4096  # what the watchdog hands over of a buffer held too long: whole blocks (O_DIRECT)
 ERROR_BODY_MAX = 8 << 10
@@ -167,6 +169,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._reason: BaseException | None = None
         self.keep_alive = True
         self._held: bytearray | None = None  # the buffer the watchdog saw holding bytes last tick
+        self.throttled = False  # paused by the --bwlimit bucket
 
     # --- asyncio protocol ---------------------------------------------------------------
 
@@ -180,7 +183,7 @@ class _Connection(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int):
         if self.state == _BODY:
             buf = self._buf
-            end = self._fill + self._remaining
+            end = self._fill + min(self._remaining, self.client.read_cap)
             if self._fill == 0 and end >= len(buf):
                 return buf
             return memoryview(buf)[self._fill:min(len(buf), end)]
@@ -193,8 +196,14 @@ class _Connection(asyncio.BufferedProtocol):
         if self.state == _BODY:
             self._fill += nbytes
             self._remaining -= nbytes
+            bucket = self.client.bucket
+            delay = bucket.spend(nbytes) if bucket is not None else 0.0  # a debt left is paid by the next read
             if self._remaining == 0 or self._fill == len(self._buf):
                 self._hand_off()
+            if delay > 0 and self.state == _BODY:
+                self.throttled = True
+                self.transport.pause_reading()
+                bucket.pause(self._unthrottle, self.client.loop, delay)
             return
         start = max(0, self._hlen - 3)
         self._hlen += nbytes
@@ -266,6 +275,8 @@ class _Connection(asyncio.BufferedProtocol):
         self._fill = 0
         self.state = _BODY
         leftover, self._leftover = self._leftover, b""
+        if leftover and self.client.bucket is not None:
+            self.client.bucket.spend(len(leftover))  # body bytes that came with the headers count too
         if len(leftover) > self._remaining:
             # Bytes after the announced body: the body is whole, the stream is out of step.
             leftover = leftover[:self._remaining]
@@ -289,6 +300,12 @@ class _Connection(asyncio.BufferedProtocol):
             buf, n, self._buf, self._fill = self._buf, self._fill, None, 0
             with contextlib.suppress(BaseException):
                 self._sink(buf, n)
+
+    def _unthrottle(self) -> None:
+        self.throttled = False
+        if self.state == _BODY and not self.waiting_for_buffer:
+            self.client._progress(self)
+            self.transport.resume_reading()
 
     def flush(self) -> None:
         """Hand the sink the whole blocks this buffer holds and go on in a fresh buffer (the
@@ -339,7 +356,7 @@ class _Connection(asyncio.BufferedProtocol):
             self._remaining -= n
             if self._remaining == 0 or n == len(buf):
                 self._hand_off()
-        if self.state == _BODY and not self.waiting_for_buffer:
+        if self.state == _BODY and not self.waiting_for_buffer and not self.throttled:
             self.client._progress(self)  # time spent waiting for a buffer is not a stall
             self.transport.resume_reading()
 
@@ -424,11 +441,22 @@ class HttpClient:
 
     def __init__(self, *, max_connections: int, connect_timeout: float, read_timeout: float,
                  ssl_context: ssl.SSLContext | None = None, min_rate: float = 0.0, rate_window: float = 30.0,
-                 straggler_factor: float = 0.0, straggler_window: float = 5.0, straggler_peers: int = 4) -> None:
+                 straggler_factor: float = 0.0, straggler_window: float = 5.0, straggler_peers: int = 4,
+                 bucket: TokenBucket | None = None) -> None:
         """`min_rate` (bytes/s, 0: off) over `rate_window` seconds: a body that arrives slower
         is aborted as Stalled, like curl's --speed-limit/--speed-time: a server that drips a
         byte now and then never trips the read timeout, and would hold a sync forever."""
         self.max_connections = max_connections
+        self.bucket = bucket  # --bwlimit: shared by every connection
+        # Bytes one socket read may take: unbounded, except under --bwlimit, where every
+        # paused connection reads at once when the bucket refills and the last such round's
+        # debt is never paid back (short reads keep it to a small share of the limit).
+        self.read_cap = 1 << 62
+        if bucket is not None:
+            self.read_cap = int(max(16 << 10, min(256 << 10, bucket.rate / (100 * max_connections))))
+            # Slow on purpose now: a share of the limit is not a slow server (nor a straggler).
+            min_rate = min(min_rate, bucket.rate / (4 * max_connections))
+            straggler_factor = 0.0
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.min_rate = min_rate
@@ -482,7 +510,7 @@ class HttpClient:
     def _watch(self) -> None:
         now = self.loop.time()
         for c in list(self._busy):
-            if c.state not in (_HEAD, _BODY) or c.waiting_for_buffer:
+            if c.state not in (_HEAD, _BODY) or c.waiting_for_buffer or c.throttled:
                 self._seen[c] = (c.received, now)
                 self._window.pop(c, None)  # our own backpressure is not the server's slowness
                 self._strag.pop(c, None)

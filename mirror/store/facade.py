@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 from ..errors import StoreError, ViewBlocked
@@ -43,6 +44,21 @@ class Store:
 
     def open_partial(self, file_hash: str, want: ResumeState, *, direct: bool = False) -> Partial:
         return self.objects.open_partial(file_hash, want, direct=direct)
+
+    def has_object(self, file_hash: str) -> bool:
+        """A published object is there (verified or not: see `is_unverified`)."""
+        try:
+            return stat.S_ISREG(os.lstat(self.path(file_hash)).st_mode)
+        except OSError:
+            return False
+
+    def is_unverified(self, file_hash: str) -> bool:
+        from .objects import is_unverified
+
+        try:
+            return is_unverified(os.lstat(self.path(file_hash)).st_mode)
+        except OSError:
+            return False
 
     def publish(self, file_hash: str, partial: Partial, *, verified: bool = True) -> Path:
         return self.objects.publish(file_hash, partial, verified=verified)

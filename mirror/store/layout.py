@@ -8,7 +8,8 @@
         objects-v1/blake2b/ab/cd/abcd…                     verified objects, read-only
         objects-v1/blake2b/ab/cd/abcd….partial(.json)      downloads in progress + resume state
         index-v1.parquet                                   the state index (a summary of the store)
-        lock                                               one writer per cache_dir
+        lock                                               one writer per cache_dir (shards share it)
+        claims                                             per-object locks between shards
 
 On-disk formats carry a version in their names so a later layout can live beside this one.
 """
@@ -33,6 +34,7 @@ class CacheLayout:
         self._objects = str(self.objects)
         self.index_path = self.meta / "index-v1.parquet"
         self.lock_path = self.meta / "lock"
+        self.claims_path = self.meta / "claims"
         self.last_used = self.root / LAST_USED
 
     def object_path(self, file_hash: str) -> Path:

@@ -1,4 +1,8 @@
-"""One writer per cache_dir, with a lock that says who holds it."""
+"""One writer per cache_dir, with a lock that says who holds it; or several shards at once.
+
+Exclusive for a sync, `get`, `verify`, `prune` and `index rebuild`; shared by the shards of
+a `sync --shard K/N` (they keep out of each other's way with per-object claims, see
+claims.py), so an exclusive holder waits for every shard and every shard for it."""
 
 from __future__ import annotations
 
@@ -21,8 +25,10 @@ class CacheLock:
     run never leaves a stale lock behind.
     """
 
-    def __init__(self, path: Path, *, wait: bool = False, timeout: float | None = None, command: str = "") -> None:
+    def __init__(self, path: Path, *, wait: bool = False, timeout: float | None = None, command: str = "",
+                 shared: bool = False) -> None:
         self.path = path
+        self.shared = shared
         self.wait = wait
         self.timeout = timeout
         self.command = command or " ".join(["vbo-mirror", *sys.argv[1:2]])
@@ -44,7 +50,7 @@ class CacheLock:
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if not self.wait or (deadline is not None and time.monotonic() > deadline):
@@ -61,7 +67,7 @@ class CacheLock:
                                  hint="put cache_dir on a filesystem that supports flock") from exc
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "command": self.command}
-        try:
+        try:  # shards overwrite each other's line: any one of them names the holders well enough
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(info).encode(), 0)
         except OSError:
@@ -78,7 +84,8 @@ class CacheLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)
+            if not self.shared:  # other shards may still hold it: their holder line stays
+                os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

@@ -90,6 +90,11 @@ class Linker:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
                 raise store_error(exc, f"linking {dst}") from exc
+            if mode is LinkMode.HARDLINK:
+                # rename() between two links of one inode does nothing and succeeds: when dst
+                # already was this view (another shard made it meanwhile), tmp is still there.
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
             if self.mode is None:
                 self.mode = mode
                 if mode is LinkMode.COPY and len(self.chain) > 1 and not self.warned:
