@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench reliability clean
+.PHONY: install demo test bench reliability clean test-slurm
 
 install: $(STAMP)
 
@@ -38,6 +38,15 @@ bench: install
 # against moto on 127.0.0.1; writes benchmarks/RELIABILITY.md (~6 min on 2 cores).
 reliability: install
 	$(BIN)/python benchmarks/reliability.py
+
+# The Slurm pre-staging recipe (configs/slurm/) end to end on this machine: munged, slurmctld
+# and slurmd on localhost with a generated config in a temp dir, a 3-task array of
+# prestage.sbatch against the sandbox, then verify.sbatch; checks bytes and that no object is
+# fetched twice across shards. Installs Debian's slurm-wlm and munge if missing (needs root).
+test-slurm: install
+	@for c in sbatch slurmctld slurmd munged; do PATH="$$PATH:/usr/sbin:/sbin" command -v $$c >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge; fi
+	$(BIN)/python tests/slurm/prestage_check.py
 
 clean:
 	rm -rf $(VENV) demo-cache .pytest_cache

@@ -20,7 +20,7 @@ from .config import DEFAULT_DATASET, DatasetConfig, load_dataset
 from .engine.policy import RetryPolicy
 from .engine.verify import Verify
 from .events import Event
-from .errors import OfflineError
+from .errors import InputError, OfflineError
 from .limits import Limits
 from .loop import LoopThread
 from .manifest import Manifest, ManifestDiff, format_diff
@@ -282,6 +282,26 @@ class Mirror:
         layout = self.need_layout()
         with CacheLock(layout.lock_path, wait=wait, command="vbo-mirror verify"):
             return self._call(lambda s: s.verify(fast=fast, repair=repair, jobs=jobs, on_event=on_event))
+
+    def prune(self, keep: list[str], *, dry_run: bool = False, confirm: Callable[[dict], bool] | None = None,
+              wait: bool = False) -> dict[str, Any]:
+        """Remove the views of every version not in `keep`, their manifests, and every store
+        object no kept version needs (plus what `gc` removes). `confirm` is shown the plan
+        (what goes, what it frees) and says whether to go ahead; `dry_run` only plans. Takes
+        the exclusive cache lock: never beside a running sync."""
+        if not keep:
+            raise InputError("prune needs at least one version to keep (--keep VERSION)",
+                             hint="to remove only what no manifest needs, use gc")
+        layout = self.need_layout()
+        with CacheLock(layout.lock_path, wait=wait, command="vbo-mirror prune"):
+            return self._call(lambda s: s.prune(list(keep), dry_run=dry_run, confirm=confirm))
+
+    def gc(self, *, dry_run: bool = False, wait: bool = False) -> dict[str, Any]:
+        """Remove store objects that no manifest in cache_dir names, partial downloads of such
+        objects, and temporaries of interrupted runs (exclusive cache lock)."""
+        layout = self.need_layout()
+        with CacheLock(layout.lock_path, wait=wait, command="vbo-mirror gc"):
+            return self._call(lambda s: s.prune(None, dry_run=dry_run))
 
     def rebuild_index(self, *, jobs: int = 2, wait: bool = False) -> dict[str, Any]:
         """Rebuild the state index from the store: every object is read and verified."""

@@ -559,6 +559,59 @@ def verify_cmd(c: Ctx, fast: bool, repair: bool, jobs: int, wait: bool) -> None:
         click.get_current_context().exit(5)
 
 
+def _prune_text(r: dict) -> str:
+    lines = []
+    if r["dropped"]:
+        lines.append(f"versions removed: {', '.join(r['dropped'])}  ({r['views']} views)")
+    lines.append(f"versions kept: {', '.join(r['kept']) or '(none in cache_dir)'}")
+    lines.append(f"store objects no kept version needs: {r['objects']} ({human_bytes(r['object_bytes'])})")
+    if r["partials"]:
+        lines.append(f"partial downloads of such objects: {r['partials']} ({human_bytes(r['partial_bytes'])})")
+    if r["temporaries"]:
+        lines.append(f"temporaries of interrupted runs: {r['temporaries']}")
+    if r["left_not_views_count"]:
+        lines.append(f"left in place, not views of the store: {r['left_not_views_count']} files, e.g. "
+                     + ", ".join(r["left_not_views"][:3]))
+    verb = "frees" if r.get("applied") else "would free"
+    lines.append(f"{verb} {human_bytes(r['frees_bytes'])}" + ("" if r.get("applied") else
+                                                              " (dry run)" if r["dry_run"] else " (nothing removed)"))
+    return "\n".join(lines)
+
+
+@main.command("prune")
+@click.option("--keep", "keep", multiple=True, required=True, metavar="VERSION",
+              help="A version to keep (repeat for several; 'latest' works). Every other version goes.")
+@click.option("--dry-run", "-n", is_flag=True, help="Only show what would be removed and freed.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask; needed when stdin is not a terminal.")
+@click.option("--wait", is_flag=True, help="If another run holds the cache, wait for it.")
+@click.pass_obj
+@handle_errors
+def prune_cmd(c: Ctx, keep: tuple[str, ...], dry_run: bool, yes: bool, wait: bool) -> None:
+    """Remove other versions' views and manifests, and the store objects no kept version needs."""
+    def confirm(plan: dict) -> bool:
+        if yes:
+            return True
+        if c.json or not sys.stdin.isatty():
+            raise InputError("prune removes files: pass --yes to go ahead (or --dry-run to see what goes)")
+        click.echo(_prune_text({**plan, "applied": False}), err=True)
+        return click.confirm("remove these?", default=False, err=True)
+
+    r = c.mirror.prune(list(keep), dry_run=dry_run, confirm=confirm, wait=wait)
+    c.emit(r, lambda: _prune_text(r))
+
+
+@main.command("gc")
+@click.option("--dry-run", "-n", is_flag=True, help="Only show what would be removed and freed.")
+@click.option("--wait", is_flag=True, help="If another run holds the cache, wait for it.")
+@click.pass_obj
+@handle_errors
+def gc_cmd(c: Ctx, dry_run: bool, wait: bool) -> None:
+    """Remove store objects no manifest in cache_dir names, their partial downloads, and
+    temporaries of interrupted runs."""
+    r = c.mirror.gc(dry_run=dry_run, wait=wait)
+    c.emit(r, lambda: _prune_text(r))
+
+
 @main.command("urls")
 @version_option
 @selection_options

@@ -32,6 +32,7 @@ from .errors import (
     AccessDenied,
     EndpointUnreachable,
     InputError,
+    MirrorError,
     ObjectNotFound,
     OfflineError,
     OfflineWarning,
@@ -566,6 +567,43 @@ class Session:
             report["repaired"] = {"files_fetched": stats.files_done, "views_linked": stats.files_linked,
                                   "failures": [f.to_dict() for f in stats.failures]}
             report["ok"] = not stats.failures
+        return report
+
+    async def prune(self, keep: list[str] | None, *, dry_run: bool = False,
+                    confirm: Callable[[dict], bool] | None = None) -> dict[str, Any]:
+        """(The caller holds the exclusive cache lock.) `keep` None: gc only."""
+        from .catalog import resolve_name
+        from .store.prune import apply_prune, plan_prune
+
+        layout = self.need_layout()
+        cat = Catalog(self.dataset, layout, None)
+        manifests: dict[str, Manifest] = {}
+        for name in cat.local_names():
+            try:
+                m = cat.read_local(name)
+            except MirrorError as exc:
+                raise StoreError(f"cannot read {layout.manifest_path(name)}: prune cannot tell what that version "
+                                 f"needs ({exc})", hint="fix or remove that manifest, then prune again") from None
+            if m is not None:
+                manifests[name] = m
+        if keep is None:
+            kept_names = list(manifests)
+        else:
+            kept_names = list(dict.fromkeys(resolve_name(self.dataset, v, list(manifests)) for v in keep))
+            current = self.current_manifest()
+            if current is not None and current in manifests and current not in kept_names:
+                v = manifests[current].manifest_version
+                raise InputError(f"the current version {v} (_manifest_last_used.txt) is not among the kept ones",
+                                 hint=f"add --keep {v}, or make a kept version current first (`manifests use`)")
+        kept = [manifests[n] for n in kept_names]
+        dropped = [m for n, m in manifests.items() if n not in kept_names]
+        plan = await asyncio.to_thread(plan_prune, layout, self.store.objects, kept, dropped)
+        report: dict[str, Any] = {"dry_run": dry_run, **plan.summary()}
+        if dry_run or (confirm is not None and not confirm(report)):
+            report["applied"] = False
+            return report
+        report.update(await asyncio.to_thread(apply_prune, layout, self.store.objects, plan))
+        report["applied"] = True
         return report
 
     async def rebuild_index(self, *, jobs: int = 2) -> dict[str, Any]:

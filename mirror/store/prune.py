@@ -1,0 +1,149 @@
+"""`prune --keep VERSION...` and `gc`: give back the disk that no kept version needs.
+
+Both run under the exclusive cache lock, so no sync (nor any shard) runs meanwhile, and a
+sync that starts waits or says the cache is in use. What a kept version needs is read from
+its manifest in cache_dir: a manifest that cannot be read makes prune refuse (it cannot
+tell what that version needs), never guess.
+
+  prune   the views of every other version (files that are views of the store objects
+          their manifest names; anything else under those directories is left and listed),
+          those versions' manifests, then what gc removes.
+  gc      store objects that no manifest left in cache_dir names, partial downloads and
+          resume state of such objects, and temporaries of interrupted runs.
+
+Nothing here follows a symlink: directories are walked without following them and a
+version directory that is a symlink is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import StoreError
+from ..manifest import Manifest
+from .index import StateIndex
+from .layout import CacheLayout
+from .objects import ObjectStore
+from .views import view_matches
+
+TEMP_PREFIXES = (".vbo-tmp-", ".vbo-link-")
+
+
+@dataclass
+class PrunePlan:
+    kept: list[str]  # versions
+    dropped: list[str]
+    manifests: list[str] = field(default_factory=list)  # manifest files of the dropped versions: removed
+    views: list[str] = field(default_factory=list)  # view paths (relative to cache_dir) to remove
+    view_bytes: int = 0
+    foreign: list[str] = field(default_factory=list)  # files under dropped version dirs that are not views: left
+    objects: list[tuple[str, int]] = field(default_factory=list)  # (hash, size) no kept manifest names
+    partials: list[tuple[Path, int]] = field(default_factory=list)
+    temporaries: list[Path] = field(default_factory=list)
+    dirs: list[str] = field(default_factory=list)  # version directories of dropped versions (emptied ones go)
+
+    @property
+    def frees(self) -> int:
+        """Bytes given back: objects removed (their views are links of them) and partials."""
+        return sum(s for _, s in self.objects) + sum(s for _, s in self.partials)
+
+    def summary(self) -> dict:
+        return {"kept": self.kept, "dropped": self.dropped, "views": len(self.views), "view_bytes": self.view_bytes,
+                "left_not_views": self.foreign[:20], "left_not_views_count": len(self.foreign),
+                "objects": len(self.objects), "object_bytes": sum(s for _, s in self.objects),
+                "partials": len(self.partials), "partial_bytes": sum(s for _, s in self.partials),
+                "temporaries": len(self.temporaries), "frees_bytes": self.frees}
+
+
+def _walk_files(root: Path):
+    """(path, lstat) of every entry below `root` that is not a directory, without following
+    symlinks; directories are yielded last-first by the caller's own rmdir pass."""
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            p = Path(dirpath, name)
+            yield p, os.lstat(p)
+
+
+def plan_prune(layout: CacheLayout, objects: ObjectStore, kept: list[Manifest], dropped: list[Manifest]) -> PrunePlan:
+    plan = PrunePlan([m.manifest_version for m in kept], [m.manifest_version for m in dropped],
+                     manifests=[m.name for m in dropped])
+    kept_dirs = {m.view_dir for m in kept}
+    for m in dropped:
+        if m.view_dir in kept_dirs:
+            continue  # two manifests of one version directory: the kept one owns it
+        root = layout.view_path(m.view_dir)
+        if os.path.islink(root):
+            raise StoreError(f"{root} is a symlink: vbo-mirror does not follow symlinks out of cache_dir",
+                             hint="remove that symlink by hand, then prune again")
+        if not root.is_dir():
+            continue
+        plan.dirs.append(m.view_dir)
+        want = {f"{m.view_dir}/{e.relative_path}": e.file_hash for e in m.entries()}
+        for p, st in _walk_files(root):
+            rel = str(p.relative_to(layout.root))
+            h = want.get(rel)
+            if p.name.startswith(TEMP_PREFIXES):
+                plan.temporaries.append(p)
+            elif stat.S_ISREG(st.st_mode) and h is not None and view_matches(p, objects.path(h)):
+                plan.views.append(rel)
+                plan.view_bytes += st.st_size
+            else:
+                plan.foreign.append(rel)
+    needed = {e.file_hash for m in kept for e in m.entries()}
+    plan.objects = [(h, size) for h, size, _ in objects.iter_objects() if h not in needed]
+    for p in objects.partials():
+        if p.name.removesuffix(".partial") not in needed:
+            with contextlib.suppress(FileNotFoundError):
+                plan.partials.append((p, os.lstat(p).st_size))
+    for m in kept:  # temporaries left in kept version directories by interrupted runs
+        root = layout.view_path(m.view_dir)
+        if root.is_dir() and not os.path.islink(root):
+            plan.temporaries += [p for p, _ in _walk_files(root) if p.name.startswith(TEMP_PREFIXES)]
+    if layout.objects.is_dir():
+        plan.temporaries += [p for p, _ in _walk_files(layout.objects) if p.name.startswith(TEMP_PREFIXES)]
+    return plan
+
+
+def apply_prune(layout: CacheLayout, objects: ObjectStore, plan: PrunePlan) -> dict:
+    """Remove what `plan` lists (the caller holds the exclusive lock); returns counts."""
+    removed_views = 0
+    for rel in plan.views:
+        path = layout.view_path(rel)
+        layout.real_parents(path)  # no symlinked directory on the way (StoreError)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            removed_views += 1
+    for p in plan.temporaries:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(p)
+    for p, _ in plan.partials:
+        for f in (p, p.with_name(p.name + ".json")):
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
+    index = StateIndex(layout)
+    index.load()
+    for h, _ in plan.objects:
+        objects.remove(h)
+        index.drop(h)
+    for name in plan.manifests:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(layout.manifest_path(name))
+    for d in plan.dirs:  # directories of dropped versions left empty
+        remove_empty_dirs(layout.view_path(d))
+    index.commit()
+    return {"views_removed": removed_views, "objects_removed": len(plan.objects),
+            "partials_removed": len(plan.partials), "temporaries_removed": len(plan.temporaries)}
+
+
+def remove_empty_dirs(root: Path) -> None:
+    """Directories under (and including) `root` that are empty, deepest first; never follows
+    a symlink and never removes a directory that still holds anything."""
+    if not root.is_dir() or os.path.islink(root):
+        return
+    for dirpath, _dirnames, _files in sorted(os.walk(root, followlinks=False), key=lambda t: -len(t[0])):
+        with contextlib.suppress(OSError):
+            os.rmdir(dirpath)
