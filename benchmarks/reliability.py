@@ -627,6 +627,7 @@ def section_concurrency(ctx: Ctx) -> list[dict]:
     rounds = 0
     with FaultProxy(ctx.sb.url, rate=KILL_RATE, rate_keys=ctx.keys, count_keys=ctx.keys) as proxy:
         s = spawn(argv_for(SYNC_ARGS, cache=cache, endpoint=proxy.url))
+        wait_for_lock(cache, s)  # beside a running sync: one that has not taken the lock yet is not running
         while s.poll() is None and rounds < 50:
             rounds += 1
             ps = {n: spawn(argv_for(a, cache=cache, endpoint=ctx.sb.url, json_out=False)) for n, a in cmds.items()}
