@@ -168,7 +168,6 @@ class _Connection(asyncio.BufferedProtocol):
         self._pool: BufferPool | None = None
         self._reason: BaseException | None = None
         self.keep_alive = True
-        self._held: bytearray | None = None  # the buffer the watchdog saw holding bytes last tick
         self.throttled = False  # paused by the --bwlimit bucket
 
     # --- asyncio protocol ---------------------------------------------------------------
@@ -435,8 +434,8 @@ class HttpClient:
     in all. Waiting for a free connection is not counted against the connect timeout: only
     opening a socket (and TLS) is."""
 
-    # Also how long a buffer holds bytes at most (a tick or two) before the watchdog hands
-    # them over (`_Connection.flush`); a fast response fills its buffer well within a tick.
+    # Also how long a buffer holds bytes at most before the watchdog hands them over
+    # (`_Connection.flush`); a fast response fills its buffers many times within a tick.
     WATCHDOG_TICK = 0.25
 
     def __init__(self, *, max_connections: int, connect_timeout: float, read_timeout: float,
@@ -523,11 +522,7 @@ class HttpClient:
                 c.abort(Stalled(f"no data for {self.read_timeout:g}s"))
                 continue
             if c.state == _BODY and c._buf is not None and c._fill >= FLUSH_ALIGN:
-                if c._held is c._buf:
-                    c.flush()
-                    c._held = None
-                else:
-                    c._held = c._buf
+                c.flush()  # at most a tick of bytes waits in memory (a fast response splits one buffer a tick)
             if self.min_rate > 0 and c.state == _BODY:
                 start = self._window.get(c)
                 if start is None:
