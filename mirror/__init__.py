@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["Mirror"]
+__all__ = ["Mirror", "Selection", "Shard"]
 
 
 def __getattr__(name: str):
@@ -11,4 +11,8 @@ def __getattr__(name: str):
         from .api import Mirror
 
         return Mirror
+    if name in ("Selection", "Shard"):
+        from . import model
+
+        return getattr(model, name)
     raise AttributeError(name)

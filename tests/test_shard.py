@@ -173,3 +173,16 @@ def test_linking_a_view_that_already_is_that_link_leaves_no_temporary(tmp_path):
     linker.link(src, dst)
     assert sorted(p.name for p in dst.parent.iterdir()) == ["view.nwb"]
     assert os.stat(dst).st_ino == os.stat(src).st_ino
+
+
+def test_the_api_takes_a_selection_with_a_shard_and_a_where(sandbox, replica, tmp_path):
+    from mirror import Mirror, Selection, Shard
+
+    with Mirror(tmp_path / "c", endpoint_url=sandbox.url) as m:
+        plans = [m.plan(Selection(VERSION, where='cre_line == "Sst-IRES-Cre"', shard=Shard(k, 2))) for k in range(2)]
+        whole = m.plan(Selection(VERSION, where='cre_line == "Sst-IRES-Cre"'))
+        assert sorted(f.file_hash for p in plans for f in p.fetch) == sorted(f.file_hash for f in whole.fetch)
+        stats = m.sync(Selection(VERSION, where='cre_line == "Sst-IRES-Cre"', shard=Shard(0, 2)))
+        assert stats.summary()["shard"] == "0/2" and not stats.failures
+        # shard 0 alone: its own part, then shard 1's (nobody else claimed it)
+        assert stats.files_done == len(whole.fetch)
