@@ -48,6 +48,7 @@ class FaultProxy:
     count_keys: tuple = ()  # GETs whose body bytes are counted in `payload_bytes` as they are sent
     payload_bytes: int = 0  # counted bytes (sent to the socket: a killed client may not have read them all)
     stall_max: float = 30.0  # action "stall": hold the connection at most this long
+    chunk_size: int = 16 << 10  # bodies are written (and counted, and paced) this many bytes at a time
 
     def __post_init__(self) -> None:
         self._loop = asyncio.new_event_loop()
@@ -129,7 +130,7 @@ class FaultProxy:
             flipped = False
             counted = up.status < 300 and request.method == "GET" and any(k in request.path for k in self.count_keys)
             paced = bool(self.rate) and (not self.rate_keys or any(k in request.path for k in self.rate_keys))
-            async for chunk in up.content.iter_chunked(16 << 10):
+            async for chunk in up.content.iter_chunked(self.chunk_size):
                 if rule is not None and rule.action in ("cut", "stall") and sent + len(chunk) > rule.after:
                     head = chunk[: rule.after - sent]
                     await resp.write(head)
