@@ -27,6 +27,7 @@ from .manifest import Manifest, ManifestDiff, format_diff
 from .model import Selection
 from .plan import Plan
 from .remote import RemoteSettings, Timeouts
+from .remote.settings import check_endpoint, endpoint_from_env
 from .session import Session
 from .store.layout import CacheLayout
 from .store.lock import CacheLock
@@ -49,7 +50,8 @@ class Mirror:
     """A local mirror of one dataset in `cache_dir`.
 
     `endpoint_url` replaces the host of every S3 URL (bucket and key stay those of the
-    manifest); `offline` works only from what cache_dir holds; `signed` uses the AWS
+    manifest); None follows the environment as the CLI does (VBO_MIRROR_ENDPOINT_URL,
+    AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL), "" is AWS whatever the environment says; `offline` works only from what cache_dir holds; `signed` uses the AWS
     credentials of the environment instead of anonymous requests; `link_mode` (auto, reflink,
     hardlink, copy) is how views are made, tables and data files alike (a sync may name
     another for its run). `on_status(line)` hears about long steps before a transfer (listing
@@ -74,7 +76,11 @@ class Mirror:
     ) -> None:
         self.dataset = load_dataset(dataset) if isinstance(dataset, str) else dataset
         self.layout = CacheLayout(cache_dir) if cache_dir is not None else None
-        self.endpoint_url = endpoint_url or None
+        if endpoint_url is None:  # as the CLI: VBO_MIRROR_ENDPOINT_URL, AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL
+            endpoint_url, source = endpoint_from_env()
+        else:
+            source = "endpoint_url"
+        self.endpoint_url = check_endpoint(endpoint_url, source) if endpoint_url else None
         self.signed = signed
         self.timeouts = timeouts
         self.transport = transport

@@ -65,6 +65,9 @@ class Catalog:
         self.layout = layout
         self.remote = remote
         self.store = store
+        # Set when the endpoint did not answer and this call carries on from cache_dir
+        # (`remote` is then None): what went wrong, for messages that must not say "--offline".
+        self.unreachable: Exception | None = None
         # name → ETag from the manifest listing: a single-part ETag is the MD5 of the bytes
         self.manifest_etags = manifest_etags if manifest_etags is not None else {}
         self._parsed: dict[str, Manifest] = {}  # downloaded in this call, already validated

@@ -53,7 +53,15 @@ class Ctx:
         if self._mirror is None:
             from .api import Mirror
 
-            self._mirror = Mirror(self.cache_dir, dataset=self.dataset, endpoint_url=self.endpoint_url,
+            from .remote.settings import check_endpoint, endpoint_from_env
+
+            if self.endpoint_url:  # named as the user gave it: the option, or the variable it came from
+                source = "--endpoint-url"
+                env, var = endpoint_from_env()
+                if var and env == self.endpoint_url and "--endpoint-url" not in sys.argv:
+                    source = var
+                check_endpoint(self.endpoint_url, source)
+            self._mirror = Mirror(self.cache_dir, dataset=self.dataset, endpoint_url=self.endpoint_url or "",
                                   offline=self.offline, signed=self.signed, timeouts=self.timeouts,
                                   transport=self.transport, on_status=_status_line)
         return self._mirror
@@ -131,12 +139,28 @@ def human_bytes(n: int | None) -> str:
 # --- the command tree ------------------------------------------------------------------
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Main(click.Group):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # `vbo-mirror --version 1.1.0 sync` would print the tool's version and sync nothing:
+        # before the command, --version takes no value; the data version is the command's.
+        for i, arg in enumerate(args):
+            if arg == "--version" and i + 1 < len(args) and not args[i + 1].startswith("-"):
+                nxt = args[i + 1]
+                if nxt not in self.commands:
+                    raise click.UsageError(f"--version {nxt}: before the command --version prints vbo-mirror's "
+                                           "own version; the data version is an option of the command, e.g. "
+                                           f"`vbo-mirror sync --version {nxt}`")
+            if arg in self.commands:
+                break
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--dataset", default=DEFAULT_DATASET, show_default=True, envvar="VBO_MIRROR_DATASET",
               help="Dataset name (configs/datasets/NAME.toml) or a path to a dataset .toml.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), envvar="VBO_MIRROR_CACHE_DIR",
               help="Where the mirror lives (env VBO_MIRROR_CACHE_DIR).")
-@click.option("--endpoint-url", envvar=["VBO_MIRROR_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"],
+@click.option("--endpoint-url", envvar=["VBO_MIRROR_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"],
               help="S3 endpoint replacing the host of the manifest URLs; bucket and key are kept "
                    "(env AWS_ENDPOINT_URL_S3).")
 @click.option("--json", "json_out", is_flag=True, help="Machine-readable output on stdout.")
@@ -542,6 +566,7 @@ def verify_cmd(c: Ctx, fast: bool, repair: bool, jobs: int, wait: bool) -> None:
         lines = [f"checked {r['objects']} objects ({human_bytes(r['bytes'])}, {r['mode']})"]
         lines += [f"  CORRUPT {x['path']}: {x['problem']}" for x in r["corrupt"]]
         lines += [f"  WRONG VIEW {v}" for v in r["views_wrong"]]
+        lines += [f"  MISSING VIEW {v} (its content is in the store)" for v in r["views_missing"]]
         lines += [f"  VIEW OF DAMAGED CONTENT {v}" for v in r["views_missing_content"]]
         if r["orphan_partials_removed"]:
             lines.append(f"  removed {len(r['orphan_partials_removed'])} partial downloads no downloaded version wants")

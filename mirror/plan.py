@@ -58,6 +58,15 @@ class Plan:
     shard: "Shard | None" = None
     steal: tuple[Fetch, ...] = ()
     selection: dict | None = None  # by metadata: per manifest, what matched (tables.select_files)
+    whole: tuple[str, ...] = ()  # version directories wanted whole (not a narrower selection)
+
+    def views(self):
+        """Every view this plan is about (wanted, whoever makes it)."""
+        yield from self.present
+        for x in self.link:
+            yield x.view
+        for f in (*self.fetch, *self.steal):
+            yield from f.views
 
     def __repr__(self) -> str:
         # Short on purpose: asyncio's Runner reprs the task holding a run's result when it
@@ -189,4 +198,4 @@ def split_for_shard(plan: Plan, own: Plan, shard: Shard) -> Plan:
     others' fetches as steals; stray views are removed by shard 0 only."""
     return Plan(own.manifests, own.fetch, own.link + plan.link, own.present + plan.present,
                 own.present_bytes + plan.present_bytes, tuple(sorted(own.replace + plan.replace)),
-                own.remove if shard.index == 0 else (), shard, plan.fetch, own.selection)
+                own.remove if shard.index == 0 else (), shard, plan.fetch, own.selection, own.whole)

@@ -154,6 +154,7 @@ class Session:
                     raise
                 warnings.warn(f"{exc}; working offline from {cat.layout.root}", OfflineWarning, stacklevel=2)
                 cat.remote = None  # for this operation; the next one tries the endpoint again
+                cat.unreachable = exc
                 return local
         return sort_manifest_names(self.dataset, {*self._online_names, *local})
 
@@ -232,6 +233,13 @@ class Session:
             where = self.layout.root if self.layout else "cache_dir (none given)"
             raise OfflineError(f"no manifest in {where}, and vbo-mirror is offline",
                                hint="run `vbo-mirror manifests use latest` once online")
+        if version == "latest" and cat.unreachable is not None:
+            # 'latest' asks the bucket; the newest version in cache_dir may not be it (a cron job
+            # must learn that, not sync an old version and exit 0).
+            newest = self.dataset.version_of(available[-1])
+            raise OfflineError(f"'latest' cannot be checked: {cat.unreachable}",
+                               hint=f"the newest version in cache_dir is {newest}: name it (--version {newest}) "
+                                    "to work from the cache, or add --offline")
         return resolve_name(self.dataset, version, available)
 
     def _warn_if_outdated(self, name: str, available: list[str]) -> None:
@@ -406,6 +414,8 @@ class Session:
                 plan = self._shard_plan(targets, local, infos, names, selection)
             if reports:
                 plan = dataclasses.replace(plan, selection=reports)
+            if selection.keys is None and not selection.by_metadata:
+                plan = dataclasses.replace(plan, whole=tuple(m.view_dir for m in manifests))
             return plan, local
 
     @staticmethod
@@ -450,6 +460,8 @@ class Session:
         try:
             cat = self.catalog(own)
             manifests = await self.select(cat, selection.version)
+            if len(manifests) == 1 and self.current_manifest() is None:
+                self.store.pin(manifests[0].name)  # the first version synced becomes current, as AllenSDK's load_manifest
             plan, local = await self.plan_for(cat, manifests, selection, verify=verify)
             return await self.execute(cat, plan, local, limits=limits, verify=verify, link_mode=link_mode,
                                       policy=policy, on_event=on_event, on_start=on_start)
@@ -462,7 +474,16 @@ class Session:
                       on_event: Callable[[Event], None] | None = None,
                       on_start: Callable[[Stats], None] | None = None) -> Stats:
         layout = self.need_layout()
+        if (plan.fetch or plan.steal) and cat.remote is None:
+            n, size = len(plan.fetch) + len(plan.steal), sum(f.size or 0 for f in (*plan.fetch, *plan.steal))
+            unknown = sum(1 for f in (*plan.fetch, *plan.steal) if f.size is None)
+            what = f"{n} file{'s' if n != 1 else ''} ({'sizes unknown' if unknown == n else f'{size:,} bytes' + (f' + {unknown} of unknown size' if unknown else '')})"
+            if cat.unreachable is not None:
+                raise OfflineError(f"{what} to fetch, and the endpoint did not answer: {cat.unreachable}",
+                                   hint="check the network or --endpoint-url, then run the same command again")
+            raise OfflineError(f"{what} to fetch, and --offline was given", hint="drop --offline to fetch them")
         self._check_space(plan)
+        await asyncio.to_thread(self._record_wanted, plan)
         store = self.store.with_link_mode(link_mode or self.store.link_mode)  # None: the Mirror's
         index = store.new_index()
 
@@ -490,6 +511,21 @@ class Session:
         finally:
             if claims is not None:
                 claims.close()
+
+    def _record_wanted(self, plan: Plan) -> None:
+        """What verify will expect to find (store/wanted.py)."""
+        from .store import wanted
+
+        layout = self.need_layout()
+        for d in plan.whole:
+            wanted.add(layout, d, None)
+        by_dir: dict[str, list[str]] = {}
+        for view in plan.views():
+            d = view.split("/", 1)[0]
+            if d not in plan.whole:
+                by_dir.setdefault(d, []).append(view)
+        for d, views in by_dir.items():
+            wanted.add(layout, d, views)
 
     def _check_space(self, plan: Plan) -> None:
         """Refuse up front when the fetch cannot fit, rather than fill the disk midway."""
@@ -555,12 +591,13 @@ class Session:
         layout = self.need_layout()
         manifests = self.local_manifests()
         report = await asyncio.to_thread(verify_store, layout, manifests, fast=fast, jobs=jobs, on_event=on_event)
-        if repair and (report["corrupt"] or report["views_wrong"] or report["views_missing_content"]):
+        if repair and (report["corrupt"] or report["views_wrong"] or report["views_missing_content"]
+                       or report["views_missing"]):
             for rel in report["views_wrong"]:  # what a sync would replace anyway
                 with contextlib.suppress(ViewBlocked):  # a directory in the way: the repair reports it
                     self.store.remove_view(rel)
             bad = {c["file_hash"] for c in report["corrupt"]}
-            wrong = set(report["views_wrong"])
+            wrong = set(report["views_wrong"]) | set(report["views_missing"])
             keys = {e.key for m in manifests for e in m.entries()
                     if e.file_hash in bad or f"{m.view_dir}/{e.relative_path}" in wrong}
             stats = await self.repair(manifests, keys, on_event=on_event)

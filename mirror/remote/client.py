@@ -103,7 +103,8 @@ class Remote:
                     s3={"addressing_style": "path"},
                 )
                 self._s3 = await self._stack.enter_async_context(self._botocore_session().create_client(
-                    "s3", region_name=s.region, endpoint_url=s.endpoint_url or None, config=config))
+                    "s3", region_name=s.region, endpoint_url=s.endpoint_url or f"https://s3.{s.region}.amazonaws.com",  # never botocore's own env lookup
+                    config=config))
             return self._s3
 
     async def _sign(self, url: str, headers: dict[str, str]) -> dict[str, str]:

@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from ..model import ObjectRef
 
 TRANSPORTS = ("lean", "aiohttp")
+# Where an endpoint comes from when none is given, first found wins: the CLI and the API agree.
+ENDPOINT_ENV = ("VBO_MIRROR_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+
+def endpoint_from_env() -> tuple[str | None, str | None]:
+    """(endpoint, the variable it came from), or (None, None)."""
+    for var in ENDPOINT_ENV:
+        value = os.environ.get(var)
+        if value:
+            return value, var
+    return None, None
+
+
+def check_endpoint(url: str, source: str) -> str:
+    """An endpoint URL with a scheme and a host, or an InputError saying what is wrong."""
+    from ..errors import InputError
+
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        example = url.strip() if "://" not in url else parts.netloc or "127.0.0.1:9000"
+        raise InputError(f"{source} {url!r}: the endpoint needs http:// or https:// and a host",
+                         hint=f"e.g. http://{example.split('/')[0]}")
+    if parts.query or parts.fragment:
+        raise InputError(f"{source} {url!r}: an endpoint has no query or fragment")
+    return url.strip()
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from pathlib import Path
 from ..errors import StoreError
 from ..manifest import Manifest
 from .index import StateIndex
+from . import wanted
 from .layout import CacheLayout
 from .objects import ObjectStore
 from .views import view_matches
@@ -134,6 +135,7 @@ def apply_prune(layout: CacheLayout, objects: ObjectStore, plan: PrunePlan) -> d
             os.unlink(layout.manifest_path(name))
     for d in plan.dirs:  # directories of dropped versions left empty
         remove_empty_dirs(layout.view_path(d))
+        wanted.remove(layout, d)
     index.commit()
     return {"views_removed": removed_views, "objects_removed": len(plan.objects),
             "partials_removed": len(plan.partials), "temporaries_removed": len(plan.temporaries)}

@@ -11,6 +11,7 @@ from ..events import Corrupt, Event, ViewDamaged
 from ..hashing import hash_file, xxh3_file
 from ..manifest import Manifest
 from .index import IndexRecord, StateIndex
+from . import wanted as wanted_views
 from .layout import CacheLayout
 from .objects import ObjectStore, is_unverified, mark_verified
 from .views import view_matches
@@ -113,12 +114,15 @@ def verify_store(layout: CacheLayout, manifests: list[Manifest], *, fast: bool, 
                     f.unlink()
             orphans.append(p.name)
     bad = {c["file_hash"] for c in corrupt}
-    views_wrong, views_missing_content, copies = [], [], []
+    want = {m.view_dir: wanted_views.expected(layout, m.view_dir) for m in manifests}
+    views_wrong, views_missing_content, views_missing, copies = [], [], [], []
     for m in manifests:
         for e in m.entries():
             rel = f"{m.view_dir}/{e.relative_path}"
             view = layout.view_path(rel)
             if not os.path.lexists(view):
+                if want[m.view_dir](rel):  # asked for by a sync (store/wanted.py), and gone
+                    views_missing.append(rel)
                 continue
             if e.file_hash in bad:
                 views_missing_content.append(rel)
@@ -136,8 +140,9 @@ def verify_store(layout: CacheLayout, manifests: list[Manifest], *, fast: bool, 
                 emit(ViewDamaged(rel))
     return {"objects": len(objects), "bytes": checked_bytes, "mode": "fast" if fast else "full",
             "corrupt": corrupt, "views_wrong": sorted(views_wrong),
-            "views_missing_content": sorted(views_missing_content), "orphan_partials_removed": sorted(orphans),
-            "ok": not corrupt and not views_wrong}
+            "views_missing_content": sorted(views_missing_content), "views_missing": sorted(set(views_missing)),
+            "orphan_partials_removed": sorted(orphans),
+            "ok": not corrupt and not views_wrong and not views_missing}
 
 
 def _same_inode(a, b) -> bool:

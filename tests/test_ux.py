@@ -1,0 +1,93 @@
+"""What a user meets (issue 10): truthful verify, endpoints named one way in the CLI and the
+API, the data version given where it belongs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from test_sync import PROJECT, assert_mirror
+
+
+def test_a_deleted_view_is_reported_by_verify_and_relinked_by_repair(cli, replica):
+    cli("sync", "--version", "1.0.1")
+    victim = next((cli.cache_dir / f"{PROJECT}-1.0.1").rglob("*.nwb"))
+    victim.unlink()
+    r = cli("verify", expect=5)
+    assert "MISSING VIEW" in r.stdout and victim.name in r.stdout
+    r = cli("--json", "verify", "--fast", expect=5)
+    assert any(victim.name in v for v in __import__("json").loads(r.stdout)["views_missing"])
+    cli("verify", "--repair")
+    assert_mirror(cli.cache_dir, replica, "1.0.1")
+    assert cli("verify").stdout.strip().endswith("ok")
+
+
+def test_views_a_narrower_selection_never_made_are_not_damage_but_its_own_are_checked(cli, replica):
+    cli("sync", "--version", "1.0.1")  # 1.0.0 shares its NWBs: their content is all in the store
+    cli("sync", "--version", "1.0.0", "--where", 'cre_line == "Sst-IRES-Cre"')
+    assert cli("verify").stdout.strip().endswith("ok")
+    picked = sorted((cli.cache_dir / f"{PROJECT}-1.0.0").rglob("*.nwb"))
+    assert picked
+    picked[0].unlink()
+    r = cli("verify", expect=5)
+    assert f"MISSING VIEW {PROJECT}-1.0.0/" in r.stdout and r.stdout.count("MISSING VIEW") == 1
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1:51851", "localhost", "ftp://x", "http://"])
+def test_an_endpoint_without_scheme_or_host_is_one_line_and_exit_2(cli, value):
+    r = cli("--endpoint-url", value, "manifests", "list", expect=2, endpoint=None)
+    assert "http://" in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) <= 2
+
+
+def test_the_api_follows_the_endpoint_environment_like_the_cli(sandbox, tmp_path, monkeypatch):
+    from mirror import Mirror
+    from mirror.errors import InputError
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", sandbox.url)
+    with Mirror(tmp_path / "c") as m:
+        assert m.endpoint_url == sandbox.url
+        names = m.list_manifest_file_names()
+        assert m.load_manifest(names[-1]).manifest_version  # the same endpoint as the listing
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "127.0.0.1:9")
+    with pytest.raises(InputError, match="AWS_ENDPOINT_URL_S3"):
+        Mirror(tmp_path / "c")
+    with Mirror(tmp_path / "c", endpoint_url="") as m:  # "" is AWS, whatever the environment says
+        assert m.endpoint_url is None
+
+
+def test_a_data_version_before_the_command_is_an_error_not_the_tools_version(cli):
+    r = cli("--version", "1.1.0", "sync", expect=2, cache=False, endpoint=None)
+    assert "sync --version 1.1.0" in r.stderr
+    r = cli("--version", expect=0, cache=False, endpoint=None)
+    assert "version" in r.stdout
+
+
+def _dead_endpoint() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"  # closed again: connections are refused
+
+
+def test_a_dead_endpoint_is_named_as_such_and_latest_cannot_be_trusted(cli, replica):
+    cli("sync", "--version", "1.0.1")
+    cli("manifests", "use", "1.1.0")  # its manifest only: its NWBs are new content
+    cli("manifests", "use", "1.0.1")
+    dead = ["--endpoint-url", _dead_endpoint(), "--connect-timeout", "1"]
+    r = cli(*dead, "sync", "--version", "1.1.0", expect=3, endpoint=None)
+    assert ("did not answer" in r.stderr or "cannot reach" in r.stderr)
+    assert "--offline was given" not in r.stderr and "drop --offline" not in r.stderr
+    assert "0 bytes" not in r.stderr
+    r = cli(*dead, "sync", "--version", "latest", expect=3, endpoint=None)
+    assert "'latest' cannot be checked" in r.stderr and "--version 1.1.0" in r.stderr
+    r = cli(*dead, "sync", "--version", "1.0.1", endpoint=None)  # named, and complete in the cache: fine
+    r = cli("--offline", "sync", "--version", "1.1.0", expect=3)
+    assert "--offline was given" in r.stderr
+
+
+def test_the_first_version_synced_becomes_current(cli, replica):
+    cli("sync", "--version", "1.0.1")
+    assert cli("manifests", "current").stdout.strip().endswith("1.0.1.json")
+    cli("sync", "--version", "1.1.0")  # one is current already: it stays
+    assert cli("manifests", "current").stdout.strip().endswith("1.0.1.json")
