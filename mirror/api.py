@@ -238,7 +238,8 @@ class Mirror:
         selection = version if isinstance(version, Selection) else Selection(version)
         layout = self.need_layout()
         command = "vbo-mirror sync" + (f" --shard {selection.shard}" if selection.shard else "")
-        with CacheLock(layout.lock_path, wait=wait, command=command, shared=selection.shard is not None):
+        with CacheLock(layout.lock_path, wait=wait, on_wait=self.session.on_status, command=command,
+                       shared=selection.shard is not None):
             return self._call(lambda s: s.sync(selection, limits=limits, verify=verify, link_mode=link_mode,
                                                policy=policy, on_event=on_event, on_start=on_start))
 
@@ -286,7 +287,7 @@ class Mirror:
         index) and every view of the downloaded versions; with `repair`, fetch damaged
         content again and relink wrong views."""
         layout = self.need_layout()
-        with CacheLock(layout.lock_path, wait=wait, command="vbo-mirror verify"):
+        with CacheLock(layout.lock_path, wait=wait, on_wait=self.session.on_status, command="vbo-mirror verify"):
             return self._call(lambda s: s.verify(fast=fast, repair=repair, jobs=jobs, on_event=on_event))
 
     def prune(self, keep: list[str], *, dry_run: bool = False, confirm: Callable[[dict], bool] | None = None,
@@ -299,18 +300,18 @@ class Mirror:
             raise InputError("prune needs at least one version to keep (--keep VERSION)",
                              hint="to remove only what no manifest needs, use gc")
         layout = self.need_layout()
-        with CacheLock(layout.lock_path, wait=wait, command="vbo-mirror prune"):
+        with CacheLock(layout.lock_path, wait=wait, on_wait=self.session.on_status, command="vbo-mirror prune"):
             return self._call(lambda s: s.prune(list(keep), dry_run=dry_run, confirm=confirm))
 
     def gc(self, *, dry_run: bool = False, wait: bool = False) -> dict[str, Any]:
         """Remove store objects that no manifest in cache_dir names, partial downloads of such
         objects, and temporaries of interrupted runs (exclusive cache lock)."""
         layout = self.need_layout()
-        with CacheLock(layout.lock_path, wait=wait, command="vbo-mirror gc"):
+        with CacheLock(layout.lock_path, wait=wait, on_wait=self.session.on_status, command="vbo-mirror gc"):
             return self._call(lambda s: s.prune(None, dry_run=dry_run))
 
     def rebuild_index(self, *, jobs: int = 2, wait: bool = False) -> dict[str, Any]:
         """Rebuild the state index from the store: every object is read and verified."""
         layout = self.need_layout()
-        with CacheLock(layout.lock_path, wait=wait, command="vbo-mirror index rebuild"):
+        with CacheLock(layout.lock_path, wait=wait, on_wait=self.session.on_status, command="vbo-mirror index rebuild"):
             return self._call(lambda s: s.rebuild_index(jobs=jobs))

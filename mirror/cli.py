@@ -67,9 +67,24 @@ class Ctx:
         return self._mirror
 
     def emit(self, data: Any, text: str | Callable[[], str] | None = None) -> None:
-        """Print `data` as JSON with --json, else the human `text` (or data as plain lines)."""
+        """Print `data` as JSON lines with --json, else the human `text` (or data as plain lines).
+
+        JSON lines on every command, each object with an "event"; the last one is the summary,
+        with "ok": a list is one {"event": "item", "value": ...} per element, then a summary
+        with the count; a document is the summary itself; a single value is the summary's
+        "value"."""
         if self.json:
-            click.echo(json.dumps(data, indent=None if isinstance(data, list) else 2, default=str))
+            command = click.get_current_context().command_path.split(" ", 1)[-1]
+            if isinstance(data, list):
+                for item in data:
+                    click.echo(json.dumps({"event": "item", "value": item}, default=str))
+                summary = {"count": len(data)}
+            elif isinstance(data, dict):
+                summary = data
+            else:
+                summary = {"value": data}
+            click.echo(json.dumps({"event": "summary", "command": command, "ok": summary.get("ok", True),
+                                   **{k: v for k, v in summary.items() if k != "ok"}}, default=str))
             return
         if callable(text):
             text = text()
@@ -102,20 +117,28 @@ def handle_errors(fn):
                 return fn(*args, **kwargs)
         except MirrorError as exc:
             if json_out:
-                click.echo(json.dumps({"ok": False, "error": {"kind": type(exc).__name__, "message": exc.message,
-                                                              "hint": exc.hint}}))
+                click.echo(json.dumps({"event": "summary", "command": ctx.command_path.split(" ", 1)[-1], "ok": False,
+                                       "error": {"kind": type(exc).__name__, "message": exc.message,
+                                                 "hint": exc.hint, "exit_code": exc.exit_code}}))
             _err(f"vbo-mirror: error: {exc.message}")
             if exc.hint:
                 _err(f"  hint: {exc.hint}")
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
-            _err("vbo-mirror: interrupted; what was downloaded is kept: run the same command again to resume")
-            ctx.exit(130)
+            _interrupted(ctx, json_out, "interrupted", 130)
         except Terminated as exc:
-            _err(f"vbo-mirror: {exc}; what was downloaded is kept: run the same command again to resume")
-            ctx.exit(128 + exc.signum)
+            _interrupted(ctx, json_out, str(exc), 128 + exc.signum)
 
     return wrapper
+
+
+def _interrupted(ctx: click.Context, json_out: bool, what: str, code: int) -> None:
+    if json_out:  # the stream ends with a line that says so, not in the middle of nowhere
+        click.echo(json.dumps({"event": "interrupted", "command": ctx.command_path.split(" ", 1)[-1], "ok": False,
+                               "reason": what, "exit_code": code,
+                               "hint": "what was downloaded is kept: run the same command again to resume"}))
+    _err(f"vbo-mirror: {what}; what was downloaded is kept: run the same command again to resume")
+    ctx.exit(code)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -151,8 +174,16 @@ class _Main(click.Group):
                                            "own version; the data version is an option of the command, e.g. "
                                            f"`vbo-mirror sync --version {nxt}`")
             if arg in self.commands:
+                # Global flags given after the command (`sync --json`) mean the same as before it.
+                head, tail = args[:i], args[i:]
+                end = tail.index("--") if "--" in tail else len(tail)
+                moved = [a for a in tail[:end] if a in self.GLOBAL_FLAGS]
+                if moved:
+                    args = [*moved, *head, *[a for a in tail[:end] if a not in self.GLOBAL_FLAGS], *tail[end:]]
                 break
         return super().parse_args(ctx, args)
+
+    GLOBAL_FLAGS = ("--json", "--offline", "--signed")
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -442,14 +473,18 @@ def _plan_text(plan) -> str:
 @handle_errors
 def plan_cmd(c: Ctx, version: str | None, **sel) -> None:
     """Dry run: what a sync would fetch, link, keep and remove (--json: the whole plan)."""
-    plan = c.mirror.plan(_selection(version, **sel))
+    _show_plan(c, c.mirror.plan(_selection(version, **sel)))
+
+
+def _show_plan(c: Ctx, plan) -> None:
     if c.json:  # one line, no indentation: a plan can hold a million items
-        click.echo(json.dumps(plan.to_dict(), separators=(",", ":")))
+        click.echo(json.dumps({"event": "summary", "command": "plan", "ok": True, **plan.to_dict()},
+                              separators=(",", ":")))
     else:
         click.echo(_plan_text(plan))
 
 
-def _run_with_progress(c: Ctx, fn):
+def _run_with_progress(c: Ctx, fn, stats_every: float = 10.0):
     """Call fn(on_event, on_start) with the right renderer for where stdout goes."""
     from .progress import LiveProgress, PlainEvents, json_lines
 
@@ -459,7 +494,7 @@ def _run_with_progress(c: Ctx, fn):
         live = LiveProgress()
         with live:
             return fn(live, live.attach)
-    return fn(PlainEvents(), None)
+    return fn(PlainEvents(every=stats_every), None)
 
 
 def _summary_text(s: dict) -> str:
@@ -488,13 +523,18 @@ def _summary_text(s: dict) -> str:
 @click.option("--link-mode", type=click.Choice(["auto", "reflink", "hardlink", "copy"]), default="auto",
               show_default=True, help="How views are made: auto = reflink, else hard link, else copy.")
 @click.option("--wait", is_flag=True, help="If another run holds the cache, wait for it instead of exiting.")
+@click.option("--dry-run", "-n", is_flag=True, help="Only show the plan (as `vbo-mirror plan`).")
+@click.option("--stats", "stats_every", type=click.FloatRange(0), default=10.0, show_default=True, metavar="SECONDS",
+              help="Without a terminal: a progress line on stderr this often (version, files, bytes, rate, "
+                   "ETA; 0: none).")
 @click.option("--bwlimit", default=None, metavar="RATE",
               help="Cap this process's download rate over all connections, e.g. 200MB/s, 1Gbit/s, 50MiB/s "
                    "(with --shard: per process).")
 @selection_options
 @click.pass_obj
 @handle_errors
-def sync_cmd(c: Ctx, version, jobs, part_size, verify, link_mode, wait, bwlimit, **sel) -> None:
+def sync_cmd(c: Ctx, version, jobs, part_size, verify, link_mode, wait, dry_run, stats_every, bwlimit,
+             **sel) -> None:
     """Fetch, verify and link every file of a version; resumes whatever an earlier run left."""
     from .limits import Limits
 
@@ -505,9 +545,12 @@ def sync_cmd(c: Ctx, version, jobs, part_size, verify, link_mode, wait, bwlimit,
     except ValueError as exc:
         raise InputError(str(exc)) from None
     selection = _selection(version, **sel)
+    if dry_run:
+        _show_plan(c, c.mirror.plan(selection))
+        return
     stats = _run_with_progress(c, lambda on_event, on_start: c.mirror.sync(
         selection, limits=limits, verify=Verify(verify), link_mode=link_mode, wait=wait,
-        on_event=on_event, on_start=on_start))
+        on_event=on_event, on_start=on_start), stats_every)
     s = stats.summary()
     if not c.json:
         click.echo(_summary_text(s))
@@ -518,7 +561,8 @@ def sync_cmd(c: Ctx, version, jobs, part_size, verify, link_mode, wait, bwlimit,
 @main.command("get")
 @click.argument("kind", type=click.Choice(["behavior-session", "ophys-experiment"]))
 @click.argument("item_id", type=int)
-@version_option
+@click.option("--version", "version", default=None,
+              help="V or 'latest' (default: the current version; on a cache with none, the latest, made current).")
 @click.pass_obj
 @handle_errors
 def get_cmd(c: Ctx, kind: str, item_id: int, version: str | None) -> None:
@@ -542,7 +586,7 @@ def status_cmd(c: Ctx) -> None:
                          + f"  {human_bytes(v['logical_bytes']):>10} in views")
         lines.append(f"  store: {s['objects']} objects, {human_bytes(s['bytes_on_disk'])} on disk for "
                      f"{human_bytes(s['logical_bytes'])} of views"
-                     + (f"; {s['partials']} partial downloads ({human_bytes(s['partial_bytes'])})" if s['partials'] else ""))
+                     + (f"; {s['partials']} partial downloads ({human_bytes(s['partial_bytes'])} saved, resumed by the next sync)" if s['partials'] else ""))
         if s["unverified_objects"]:
             lines.append(f"  {s['unverified_objects']} objects were published unverified (--verify none): the next "
                          "sync checks their BLAKE2b before using them (or run `vbo-mirror verify`)")

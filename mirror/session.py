@@ -548,6 +548,8 @@ class Session:
         spec = self.dataset.file_kinds.get(kind)
         if spec is None:
             raise InputError(f"unknown file kind {kind!r}; known: {', '.join(sorted(self.dataset.file_kinds))}")
+        if version == "all":
+            raise InputError("get makes one file present: name one version (or 'latest'), not 'all'")
         cat = self.catalog()
         m = await self.manifest(cat, version)
         from . import tables as tbl
@@ -557,7 +559,7 @@ class Session:
         selection = Selection.files(m.manifest_version, [entry.key])
         plan, local = await self.plan_for(cat, [m], selection)  # outside the lock: looks only
         if plan.fetch or plan.link or plan.replace:
-            lock = CacheLock(layout.lock_path, wait=True, timeout=600, command="vbo-mirror get")
+            lock = CacheLock(layout.lock_path, wait=True, timeout=600, command="vbo-mirror get", on_wait=self.on_status)
             await asyncio.to_thread(lock.acquire)  # waiting for a running sync must not block the loop
             try:
                 # Planned again under the lock: a sync that just finished may have done it all.

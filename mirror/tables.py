@@ -35,12 +35,161 @@ def read_csv(data: bytes, *, name: str) -> pa.Table:
         raise InputError(f"{name}: not a readable metadata table: {exc}") from exc
 
 
-def to_pandas(table: pa.Table, *, index: str | None):
-    """A pandas DataFrame indexed like AllenSDK's (`behavior_session_id`, ...)."""
-    df = table.to_pandas()
+# --- pandas, shaped like AllenSDK 2.16.2's tables ------------------------------------------------
+#
+# AllenSDK's cloud cache builds its tables in BehaviorProjectCloudApi._get_*_table
+# (allensdk/brain_observatory/behavior/behavior_project_cache/project_apis/data_io/
+# behavior_project_cloud_api.py), and VisualBehaviorOphysProjectCache.get_*_table() returns them
+# unchanged for the cloud api:
+#   sanitize_data_columns: pd.read_csv(path, dtype={"mouse_id": str}) (no dtype for the cells
+#       table), then allensdk.core.utilities.literal_col_eval(df, COL_EVAL_LIST): ast.literal_eval
+#       on every non-null *string* cell of the list columns;
+#   behavior / ophys session / ophys experiment tables: date_of_acquisition =
+#       pd.to_datetime(..., utc=True); enforce_df_int_typing(VBO_INTEGER_COLUMNS,
+#       use_pandas_type=True) (nullable "Int64"); enforce_df_column_order(VBO_METADATA_COLUMN_ORDER)
+#       (allensdk/core/dataframe_utils.py; the constants are in
+#       allensdk/brain_observatory/ophys/project_constants.py); set_index(<id>);
+#   ophys cells table: cell_specimen_id as "Int64"; set_index("cell_roi_id").
+# The CSV is parsed once, by pyarrow (read_csv above); _pandas_column turns each Arrow column
+# into what pandas.read_csv would have made of the same text.
+
+ALLENSDK_LIST_COLUMNS = ("ophys_experiment_id", "ophys_container_id", "driver_line")  # COL_EVAL_LIST
+ALLENSDK_INT_COLUMNS = (  # VBO_INTEGER_COLUMNS
+    "session_number", "age_in_days", "prior_exposures_to_image_set", "prior_exposures_to_session_type",
+    "prior_exposures_to_omissions", "ophys_session_id", "imaging_plane_group_count", "imaging_plane_group",
+    "targeted_areas", "num_depths_per_area", "num_targeted_structures", "cell_specimen_id")
+ALLENSDK_COLUMN_ORDER = (  # VBO_METADATA_COLUMN_ORDER
+    "behavior_session_id", "ophys_session_id", "ophys_container_id", "mouse_id", "indicator", "full_genotype",
+    "driver_line", "cre_line", "reporter_line", "sex", "age_in_days", "imaging_depth", "targeted_structure",
+    "targeted_imaging_depth", "imaging_plane_group_count", "imaging_plane_group", "project_code", "session_type",
+    "session_number", "image_set", "behavior_type", "passive", "experience_level", "prior_exposures_to_session_type",
+    "prior_exposures_to_image_set", "prior_exposures_to_omissions", "date_of_acquisition", "equipment_name",
+    "num_depths_per_area", "ophys_experiment_id", "num_targeted_structures", "published_at", "isi_experiment_id")
+# The tables AllenSDK reads with the session recipe, and the cells table, by name and by index.
+_SESSION_TABLES = {"behavior_session_table": "behavior_session_id", "ophys_session_table": "ophys_session_id",
+                   "ophys_experiment_table": "ophys_experiment_id"}
+_CELLS_TABLES = {"ophys_cells_table": "cell_roi_id"}
+# pandas 1.5.3's default na_values (AllenSDK pins pandas 1.5.3; 2.x added "None"). pyarrow turns
+# them into nulls in numeric columns but keeps them as text in string columns.
+_PANDAS_NA = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+                        "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "n/a", "nan", "null"})
+
+
+def to_pandas(table: pa.Table, *, index: str | None, name: str | None = None):
+    """A pandas DataFrame shaped like the one AllenSDK 2.16.2's VisualBehaviorOphysProjectCache
+    returns for the same CSV: its index, dtypes, list-valued columns (Python lists), UTC dates,
+    nullable "Int64" columns and column order (AllenSDK's fixed order first; the columns it
+    leaves unordered, which it emits in set order, keep the CSV's order here).
+
+    `name` (the metadata table's name) picks AllenSDK's recipe for it; without one, `index`
+    does (behavior_session_id, ophys_session_id, ophys_experiment_id: the session recipe;
+    cell_roi_id: the cells recipe; anything else: read_csv-like columns and list parsing only).
+    A list-column cell that is not a Python literal raises InputError naming table, column, row.
+    """
+    import pandas as pd
+
+    if name is None:
+        name = next((t for t, i in {**_SESSION_TABLES, **_CELLS_TABLES}.items() if i == index), "metadata table")
+    session, cells = name in _SESSION_TABLES, name in _CELLS_TABLES
+    str_columns = {"mouse_id"} if session else set()  # AllenSDK: pd.read_csv(..., dtype={"mouse_id": str})
+    date_columns = {"date_of_acquisition"} if session else set()
+    int_columns = set(ALLENSDK_INT_COLUMNS) if session else {"cell_specimen_id"} if cells else set()
+
+    df = pd.DataFrame({f.name: _pandas_column(pd, f, col, as_str=f.name in str_columns,
+                                              keep_datetime=f.name in date_columns, nullable_int=f.name in int_columns)
+                       for f, col in zip(table.schema, table.columns)})
+    if df.columns.size != table.num_columns:
+        raise InputError(f"{name}: a column name appears twice in the CSV header")
+    row_ids = table[index].to_pylist() if index and index in table.column_names else None
+
+    for column in ALLENSDK_LIST_COLUMNS:  # literal_col_eval
+        if column in df.columns and df[column].dtype == object:
+            df[column] = _literal_lists(df[column], name=name, column=column, index=index, row_ids=row_ids)
+    if session:
+        for column in date_columns & set(df.columns):
+            values = df[column]
+            try:  # text pyarrow did not read as timestamps: each cell on its own, as pandas 1.5 did
+                dates = pd.to_datetime(values, utc=True, **({} if values.dtype.kind == "M" else {"format": "mixed"}))
+            except (ValueError, TypeError) as exc:
+                raise InputError(f"{name}: column {column!r} holds a value that is not a date: {exc}") from exc
+            df[column] = dates.dt.as_unit("ns")  # pandas 1.5 (AllenSDK) has only ns
+        ordered = [c for c in ALLENSDK_COLUMN_ORDER if c in df.columns]
+        df = df[ordered + [c for c in df.columns if c not in ordered]]
+    for column in int_columns & set(df.columns):  # enforce_df_int_typing(use_pandas_type=True)
+        try:
+            df[column] = df[column].astype("Int64")
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"{name}: column {column!r} should hold whole numbers: {exc}") from exc
     if index and index in df.columns:
         df = df.set_index(index)
     return df
+
+
+def _pandas_column(pd, field: pa.Field, column: pa.ChunkedArray, *, as_str: bool, keep_datetime: bool,
+                   nullable_int: bool):
+    """One Arrow column as pandas.read_csv would have typed the same CSV text: ints (float64
+    when some are missing), floats, bools (object when some are missing), strings as object
+    with NaN for pandas' NA tokens and empty cells, an empty column as float64 NaN; dates and
+    times that pyarrow recognised go back to text (pandas.read_csv does not parse them), but for
+    `keep_datetime` columns. `as_str`: pandas' dtype=str (text, NaN for missing).
+    `nullable_int`: an integer column goes straight to "Int64" (AllenSDK gets there through
+    float64, which rounds ids above 2**53; the values are otherwise the same)."""
+    import numpy as np
+
+    t = field.type
+    if pa.types.is_null(t):
+        return pd.Series(np.full(len(column), np.nan, dtype=object if as_str else float))
+    if as_str:
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            values = column.to_pylist()
+            return pd.Series([np.nan if v is None or v in _PANDAS_NA else v for v in values], dtype=object)
+        return pd.Series([np.nan if v is None else _text(v) for v in column.to_pylist()], dtype=object)
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return pd.Series([np.nan if v is None or v in _PANDAS_NA else v for v in column.to_pylist()], dtype=object)
+    if pa.types.is_integer(t) and nullable_int:
+        return column.to_pandas(types_mapper=lambda _t: pd.Int64Dtype())
+    if pa.types.is_boolean(t) and column.null_count:
+        return pd.Series([np.nan if v is None else v for v in column.to_pylist()], dtype=object)
+    if pa.types.is_timestamp(t) and keep_datetime:
+        return column.to_pandas()
+    if pa.types.is_temporal(t):
+        return pd.Series([np.nan if v is None else _text(v) for v in column.to_pylist()], dtype=object)
+    return column.to_pandas()  # int64 (float64 with NaN when some are missing), float64, bool
+
+
+def _text(value) -> str:
+    """A value pyarrow parsed, back to CSV-like text (dates and times in ISO form)."""
+    if hasattr(value, "isoformat"):
+        return value.isoformat(sep=" ") if hasattr(value, "date") and hasattr(value, "hour") else value.isoformat()
+    return str(value)
+
+
+def _literal_lists(series, *, name: str, column: str, index: str | None, row_ids: list | None):
+    """AllenSDK's literal_col_eval on one column: every non-null string cell through
+    ast.literal_eval (never eval); other cells as they are. Equal cells are parsed once, each
+    row still gets a list of its own."""
+    import ast
+
+    import pandas as pd
+
+    parsed: dict[str, object] = {}
+    out = []
+    for row, value in enumerate(series.tolist()):
+        if isinstance(value, str):
+            if value not in parsed:
+                try:
+                    parsed[value] = ast.literal_eval(value)
+                except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
+                    where = f"data row {row + 1}" + (f" ({index} {row_ids[row]})" if row_ids is not None else "")
+                    shown = value if len(value) <= 80 else value[:77] + "..."
+                    raise InputError(f"{name}: column {column!r}, {where}: {shown!r} is not a Python literal "
+                                     f"({type(exc).__name__})",
+                                     hint="AllenSDK reads this column with ast.literal_eval; is the CSV damaged?") from exc
+            value = parsed[value]
+            if isinstance(value, list):
+                value = list(value)
+        out.append(value)
+    return pd.Series(out, index=series.index, dtype=object, name=series.name)
 
 
 def entry_for_id(manifest: Manifest, table: pa.Table, kind: FileKind, item_id: int) -> FileEntry:

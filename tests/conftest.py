@@ -65,8 +65,23 @@ class Cli:
             assert result.exit_code == expect, (
                 f"exit {result.exit_code}, wanted {expect}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
         if json_out and result.exit_code == 0:
-            result.data = json.loads(result.stdout)
+            result.data = json_result(result.stdout)
         return result
+
+
+def json_result(stdout: str):
+    """The result of a --json command (JSON lines: items, then a summary with "ok"): the list
+    of item values, the summary's single "value", or the summary document."""
+    lines = [json.loads(line) for line in stdout.splitlines() if line.strip()]
+    assert lines and all("event" in x for x in lines), stdout[:500]
+    summary = lines[-1]
+    assert summary["event"] == "summary" and "ok" in summary, summary
+    items = [x["value"] for x in lines if x["event"] == "item"]
+    if items or summary.get("count") == 0:
+        return items
+    if set(summary) == {"event", "command", "ok", "value"}:
+        return summary["value"]
+    return summary
 
 
 @pytest.fixture

@@ -168,11 +168,17 @@ def test_kill_9_mid_sync_then_resume(sandbox, replica, tmp_path):
         path = cache / rel
         if path.exists():
             assert path.read_bytes() == body
+    st = subprocess.run([sys.executable, "-m", "mirror.cli", "--json", "--cache-dir", str(cache), "--offline",
+                         "status"], capture_output=True, text=True, timeout=60)
+    status = summary(st.stdout)
+    targets = sum(json.loads(p.read_text())["size"] for p in CacheLayout(cache).objects.glob("*/*/*.partial.json"))
+    assert 0 < status["partial_bytes"] < targets  # bytes saved, not the partials' target sizes
     r = subprocess.run([sys.executable, "-m", "mirror.cli", "--json", "--cache-dir", str(cache), "--endpoint-url",
                         sandbox.url, "sync", "--version", "1.0.1"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     s = summary(r.stdout)
     assert s["bytes_resumed"] > 0  # partials continued from their recorded ranges
+    assert s["bytes_resumed"] <= status["partial_bytes"]
     assert s["bytes_fetched"] + s["bytes_resumed"] <= total
     assert s["bytes_fetched"] < total
     assert s["files_fetched"] + s["files_linked"] + s["files_present"] == s["files"]

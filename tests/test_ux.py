@@ -91,3 +91,77 @@ def test_the_first_version_synced_becomes_current(cli, replica):
     assert cli("manifests", "current").stdout.strip().endswith("1.0.1.json")
     cli("sync", "--version", "1.1.0")  # one is current already: it stays
     assert cli("manifests", "current").stdout.strip().endswith("1.0.1.json")
+
+
+def test_without_a_terminal_a_progress_line_comes_every_few_seconds():
+    import io
+
+    from mirror.events import Progress, Started
+    from mirror.progress import PlainEvents
+
+    now = [0.0]
+    out = io.StringIO()
+    p = PlainEvents(every=10, clock=lambda: now[0], stream=out)
+    p(Started({"manifests": ["visual-behavior-ophys_project_manifest_v1.0.1.json"], "fetch": {"files": 28}}))
+    for t in range(1, 25):
+        now[0] = float(t)
+        p(Progress(t * 1_000_000, 30_000_000, t, 4, 0, 1.0))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2  # at 10 s and 20 s
+    assert lines[0].startswith("vbo-mirror: 1.0.1: files 10/28, 10.0 MB of 30.0 MB (33%), 1.0 MB/s, ETA 0:00:20")
+
+
+def test_a_sync_into_a_pipe_says_how_far_it_is(cli, replica):
+    r = cli("sync", "--version", "1.0.1", "--bwlimit", "1MB/s", "--stats", "0.5")
+    progress = [line for line in r.stderr.splitlines() if line.startswith("vbo-mirror: 1.0.1: files ")]
+    assert len(progress) >= 2 and "/28, " in progress[0] and "MB/s" in progress[-1] and "ETA" in progress[-1]
+
+
+def test_wait_says_whom_it_waits_for(sandbox, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from mirror.store.layout import CacheLayout
+    from mirror.store.lock import CacheLock
+
+    cache = tmp_path / "c"
+    lock = CacheLock(CacheLayout(cache).lock_path, command="vbo-mirror verify")
+    lock.acquire()
+    p = subprocess.Popen([sys.executable, "-m", "mirror.cli", "--cache-dir", str(cache), "--endpoint-url", sandbox.url,
+                          "sync", "--version", "1.0.1", "--wait"], stderr=subprocess.PIPE, stdout=subprocess.PIPE,
+                         text=True)
+    try:
+        deadline = time.monotonic() + 30
+        line = ""
+        while time.monotonic() < deadline and "waiting for" not in line:
+            line = p.stderr.readline()
+        assert f"waiting for pid {os.getpid()}" in line and "vbo-mirror verify" in line
+    finally:
+        lock.release()
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+
+
+def test_json_lines_on_every_command_end_with_ok(cli, replica):
+    import json
+
+    cli("sync", "--version", "1.0.1")
+    for args in (["status"], ["plan", "--version", "1.0.1"], ["manifests", "show"], ["manifests", "list"],
+                 ["manifests", "compare", "1.0.1", "1.1.0"], ["verify", "--fast"], ["urls", "--version", "1.0.1"],
+                 ["get", "behavior-session", str(replica.behavior_ids["1.0.1"][0])], ["sync", "--version", "1.0.1"],
+                 ["gc", "--dry-run"]):
+        r = cli("--json", *args)
+        lines = [json.loads(x) for x in r.stdout.splitlines()]
+        assert all("event" in x for x in lines), args
+        assert lines[-1]["event"] == "summary" and lines[-1]["ok"] is True, (args, lines[-1])
+    r = cli("sync", "--version", "9.9.9", "--json", expect=2)  # --json after the command, and an error
+    last = json.loads(r.stdout.splitlines()[-1])
+    assert last["event"] == "summary" and last["ok"] is False and last["error"]["kind"]
+
+
+def test_sync_dry_run_prints_the_plan_and_get_refuses_all(cli, replica):
+    r = cli("sync", "--version", "1.0.1", "-n")
+    assert r.stdout.startswith("plan for") and not (cli.cache_dir / f"{PROJECT}-1.0.1").exists()
+    r = cli("get", "behavior-session", "1", "--version", "all", expect=2)
+    assert "'all'" in r.stderr

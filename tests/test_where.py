@@ -138,5 +138,5 @@ def test_urls_where_and_shards_of_a_selection(cli, replica):
     parts = [set(cli("urls", "--version", VERSION, "--where", expr, "--shard", f"{k}/2").stdout.split())
              for k in range(2)]
     assert parts[0] | parts[1] == set(urls) and not parts[0] & parts[1]
-    data = json.loads(cli("--json", "urls", "--version", VERSION, "--tables-only").stdout)
+    data = cli("urls", "--version", VERSION, "--tables-only", json_out=True).data
     assert all(".csv" in u for u in data)

@@ -96,6 +96,7 @@ class Stats:
             "retries": self.retries,
             **({"shard": self.shard, "files_elsewhere": self.files_elsewhere} if self.shard else {}),
             "failures": [f.to_dict() for f in self.failures],
+            "ok": not self.failures,
         }
 
 

@@ -509,6 +509,8 @@ class HttpClient:
     def _watch(self) -> None:
         now = self.loop.time()
         for c in list(self._busy):
+            if c.state == _BODY and c._buf is not None and c._fill >= FLUSH_ALIGN:
+                c.flush()  # at most a tick of bytes waits in memory (a fast response splits one buffer a tick)
             if c.state not in (_HEAD, _BODY) or c.waiting_for_buffer or c.throttled:
                 self._seen[c] = (c.received, now)
                 self._window.pop(c, None)  # our own backpressure is not the server's slowness
@@ -521,8 +523,6 @@ class HttpClient:
             elif now - last[1] >= self.read_timeout:
                 c.abort(Stalled(f"no data for {self.read_timeout:g}s"))
                 continue
-            if c.state == _BODY and c._buf is not None and c._fill >= FLUSH_ALIGN:
-                c.flush()  # at most a tick of bytes waits in memory (a fast response splits one buffer a tick)
             if self.min_rate > 0 and c.state == _BODY:
                 start = self._window.get(c)
                 if start is None:

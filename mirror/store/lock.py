@@ -26,9 +26,10 @@ class CacheLock:
     """
 
     def __init__(self, path: Path, *, wait: bool = False, timeout: float | None = None, command: str = "",
-                 shared: bool = False) -> None:
+                 shared: bool = False, on_wait=None) -> None:
         self.path = path
         self.shared = shared
+        self.on_wait = on_wait  # told once, with the holder, when this acquire has to wait
         self.wait = wait
         self.timeout = timeout
         self.command = command or " ".join(["vbo-mirror", *sys.argv[1:2]])
@@ -53,6 +54,9 @@ class CacheLock:
                 fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if self.wait and self.on_wait is not None:
+                    self.on_wait(f"waiting for {self._holder(fd)} to finish (--wait)")
+                    self.on_wait = None
                 if not self.wait or (deadline is not None and time.monotonic() > deadline):
                     holder = self._holder(fd)
                     os.close(fd)

@@ -49,8 +49,21 @@ def cache_status(layout: CacheLayout, manifests: Iterable[Manifest], *, current:
         "bytes_on_disk": sum(size for size, _ in objects.values()),
         "logical_bytes": sum(v["logical_bytes"] for v in versions),
         "partials": len(partials),
-        "partial_bytes": sum(_size(p) for p in partials),
+        "partial_bytes": sum(_saved(p) for p in partials),  # what a resume keeps, not the files' target sizes
     }
+
+
+def _saved(partial) -> int:
+    """Bytes a partial download has saved: the ranges its resume state records."""
+    import json
+
+    from .fsutil import read_no_follow
+
+    try:
+        state = json.loads(read_no_follow(partial.with_name(partial.name + ".json"), "resume state", limit=16 << 20))
+        return sum(max(0, int(e) - int(s)) for s, e in state.get("done", []))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0  # no (readable) resume state: the next sync starts that object over
 
 
 def _size(path) -> int:
