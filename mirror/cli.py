@@ -226,7 +226,7 @@ def manifests() -> None:
     """Dataset versions: list, pin, show and compare manifests."""
 
 
-@manifests.command("list")
+@manifests.command("list", short_help="Manifests online (in cache_dir offline), oldest first.")
 @click.pass_obj
 @handle_errors
 def manifests_list(c: Ctx) -> None:
@@ -264,7 +264,7 @@ def manifests_current(c: Ctx) -> None:
     c.emit(current)
 
 
-@manifests.command("use")
+@manifests.command("use", short_help="Download and pin a version as the current one.")
 @click.argument("version")
 @click.pass_obj
 @handle_errors
@@ -275,7 +275,7 @@ def manifests_use(c: Ctx, version: str) -> None:
            f"using {m.name}")
 
 
-@manifests.command("show")
+@manifests.command("show", short_help="Files, bytes and data pipeline of a version.")
 @click.argument("version", required=False)
 @click.pass_obj
 @handle_errors
@@ -299,7 +299,7 @@ def manifests_show(c: Ctx, version: str | None) -> None:
     c.emit(s, text)
 
 
-@manifests.command("compare")
+@manifests.command("compare", short_help="What changed from A to B (AllenSDK's message).")
 @click.argument("a")
 @click.argument("b")
 @click.pass_obj
@@ -315,10 +315,11 @@ def manifests_compare(c: Ctx, a: str, b: str) -> None:
 # --- tables ---------------------------------------------------------------------------------
 
 
-@main.command("tables")
+@main.command("tables", short_help="Metadata tables of a version: list, show, export.")
 @click.argument("name", required=False)
 @click.option("--version", "version", help="Dataset version (default: current).")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "parquet"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "parquet"]), default="table", show_default=True,
+              help="table: a view that fits the terminal; csv or parquet: the whole table (to -o FILE or stdout).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write to FILE instead of stdout.")
 @click.option("--rows", type=int, default=20, show_default=True, help="Rows shown by --format table.")
 @click.pass_obj
@@ -466,7 +467,7 @@ def _plan_text(plan) -> str:
     return "\n".join(lines)
 
 
-@main.command("plan")
+@main.command("plan", short_help="Dry run: what a sync would fetch, link, remove.")
 @version_option
 @selection_options
 @click.pass_obj
@@ -512,7 +513,7 @@ def _summary_text(s: dict) -> str:
     return text
 
 
-@main.command("sync")
+@main.command("sync", short_help="Fetch, verify and link files of a version.")
 @version_option
 @click.option("-j", "--jobs", type=click.IntRange(1, 256), default=16, show_default=True,
               help="Concurrent GETs (and files in flight).")
@@ -558,7 +559,7 @@ def sync_cmd(c: Ctx, version, jobs, part_size, verify, link_mode, wait, dry_run,
         click.get_current_context().exit(5)
 
 
-@main.command("get")
+@main.command("get", short_help="One session's or experiment's NWB: fetch, print path.")
 @click.argument("kind", type=click.Choice(["behavior-session", "ophys-experiment"]))
 @click.argument("item_id", type=int)
 @click.option("--version", "version", default=None,
@@ -571,7 +572,7 @@ def get_cmd(c: Ctx, kind: str, item_id: int, version: str | None) -> None:
     c.emit({"kind": kind, "id": item_id, "path": str(path)}, str(path))
 
 
-@main.command("status")
+@main.command("status", short_help="Per version: files present / missing, bytes.")
 @click.pass_obj
 @handle_errors
 def status_cmd(c: Ctx) -> None:
@@ -595,7 +596,7 @@ def status_cmd(c: Ctx) -> None:
     c.emit(s, text)
 
 
-@main.command("verify")
+@main.command("verify", short_help="Check stored objects and views (exit 5 if damaged).")
 @click.option("--fast", is_flag=True, help="Compare xxh3 fingerprints with the index (disk speed) instead of BLAKE2b.")
 @click.option("--repair", is_flag=True, help="Fetch damaged content again and relink wrong views.")
 @click.option("-j", "--jobs", type=click.IntRange(1, 64), default=2, show_default=True, help="Files hashed at once.")
@@ -647,7 +648,7 @@ def _prune_text(r: dict) -> str:
     return "\n".join(lines)
 
 
-@main.command("prune")
+@main.command("prune", short_help="Remove other versions and what only they use.")
 @click.option("--keep", "keep", multiple=True, required=True, metavar="VERSION",
               help="A version to keep (repeat for several; 'latest' works). Every other version goes.")
 @click.option("--dry-run", "-n", is_flag=True, help="Only show what would be removed and freed.")
@@ -669,7 +670,7 @@ def prune_cmd(c: Ctx, keep: tuple[str, ...], dry_run: bool, yes: bool, wait: boo
     c.emit(r, lambda: _prune_text(r))
 
 
-@main.command("gc")
+@main.command("gc", short_help="Remove unreferenced objects, partials, temporaries.")
 @click.option("--dry-run", "-n", is_flag=True, help="Only show what would be removed and freed.")
 @click.option("--wait", is_flag=True, help="If another run holds the cache, wait for it.")
 @click.pass_obj
@@ -681,7 +682,7 @@ def gc_cmd(c: Ctx, dry_run: bool, wait: bool) -> None:
     c.emit(r, lambda: _prune_text(r))
 
 
-@main.command("urls")
+@main.command("urls", short_help="Direct URLs of the files, for wget / aria2c.")
 @version_option
 @selection_options
 @click.pass_obj
@@ -697,8 +698,8 @@ def index_group() -> None:
 
 
 @index_group.command("rebuild")
-@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=2, show_default=True)
-@click.option("--wait", is_flag=True)
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=2, show_default=True, help="Files hashed at once.")
+@click.option("--wait", is_flag=True, help="If another run holds the cache, wait for it.")
 @click.pass_obj
 @handle_errors
 def index_rebuild_cmd(c: Ctx, jobs: int, wait: bool) -> None:
@@ -725,7 +726,7 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
-@main.command("bench")
+@main.command("bench", short_help="Measure GET throughput over -j x part size.")
 @version_option
 @click.option("-j", "--jobs", "jobs", default="1,4,16,64", show_default=True,
               help="Requests in flight to try, comma-separated.")
@@ -797,7 +798,7 @@ def bench_cmd(c: Ctx, version, jobs, part_sizes, budget, repeat, to_disk, plot_p
 # --- sandbox --------------------------------------------------------------------------------
 
 
-@main.group()
+@main.group(short_help="A local S3 server (moto, 127.0.0.1) with a replica.")
 def sandbox() -> None:
     """A local S3 server (moto, 127.0.0.1) with a scaled-down replica of the bucket."""
 
@@ -805,7 +806,8 @@ def sandbox() -> None:
 @sandbox.command("up")
 @click.option("--port", type=int, default=0, help="Port on 127.0.0.1 (default: a free one).")
 @click.option("--scale", type=float, default=1 / 1000, show_default=True, help="NWB sizes relative to the real ones.")
-@click.option("--seed", type=int, default=20210322, show_default=True)
+@click.option("--seed", type=int, default=20210322, show_default=True,
+              help="Seed of the generated replica (the same seed gives the same bytes).")
 @click.pass_obj
 @handle_errors
 def sandbox_up_cmd(c: Ctx, port: int, scale: float, seed: int) -> None:
