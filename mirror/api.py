@@ -287,7 +287,11 @@ class Mirror:
         index) and every view of the downloaded versions; with `repair`, fetch damaged
         content again and relink wrong views."""
         layout = self.need_layout()
-        with CacheLock(layout.lock_path, wait=wait, on_wait=self.session.on_status, command="vbo-mirror verify"):
+        if layout.read_only() and not repair:
+            # Nobody can write there meanwhile: no lock needed, and the check only reports.
+            return self._call(lambda s: s.verify(fast=fast, jobs=jobs, on_event=on_event, read_only=True))
+        command = "vbo-mirror verify" + (" --repair" if repair else "")
+        with CacheLock(layout.lock_path, wait=wait, on_wait=self.session.on_status, command=command):
             return self._call(lambda s: s.verify(fast=fast, repair=repair, jobs=jobs, on_event=on_event))
 
     def prune(self, keep: list[str], *, dry_run: bool = False, confirm: Callable[[dict], bool] | None = None,

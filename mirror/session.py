@@ -587,12 +587,13 @@ class Session:
         return await asyncio.to_thread(cache_status, layout, self.local_manifests(), current=self.current_manifest())
 
     async def verify(self, *, fast: bool = False, repair: bool = False, jobs: int = 2,
-                     on_event: Callable[[Event], None] | None = None) -> dict[str, Any]:
+                     on_event: Callable[[Event], None] | None = None, read_only: bool = False) -> dict[str, Any]:
         from .store.status import verify_store
 
         layout = self.need_layout()
         manifests = self.local_manifests()
-        report = await asyncio.to_thread(verify_store, layout, manifests, fast=fast, jobs=jobs, on_event=on_event)
+        report = await asyncio.to_thread(verify_store, layout, manifests, fast=fast, jobs=jobs, on_event=on_event,
+                                         read_only=read_only)
         if repair and (report["corrupt"] or report["views_wrong"] or report["views_missing_content"]
                        or report["views_missing"]):
             for rel in report["views_wrong"]:  # what a sync would replace anyway

@@ -165,3 +165,25 @@ def test_sync_dry_run_prints_the_plan_and_get_refuses_all(cli, replica):
     assert r.stdout.startswith("plan for") and not (cli.cache_dir / f"{PROJECT}-1.0.1").exists()
     r = cli("get", "behavior-session", "1", "--version", "all", expect=2)
     assert "'all'" in r.stderr
+
+
+def test_a_read_only_mirror_serves_readers_and_tells_writers(cli, replica, tmp_path):
+    import subprocess
+
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs is refused here (not root)")
+    try:
+        cli.cache_dir = mnt / "c"
+        cli("sync", "--version", "1.0.1")
+        assert subprocess.run(["mount", "-o", "remount,ro", str(mnt)]).returncode == 0
+        for args in (["status"], ["tables"], ["tables", "ophys_experiment_table", "--rows", "2"], ["manifests", "show"],
+                     ["plan"], ["urls"], ["verify", "--fast"], ["verify"]):
+            r = cli("--offline", *args)
+            assert "Traceback" not in r.stderr, args
+        for args in (["sync"], ["verify", "--repair"], ["manifests", "use", "1.0.1"], ["gc"]):
+            r = cli("--offline", *args, expect=4)
+            assert "read-only filesystem" in r.stderr and "Traceback" not in r.stderr, args
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])

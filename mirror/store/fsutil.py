@@ -15,8 +15,12 @@ def store_error(exc: OSError, what: str) -> StoreError:
     if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
         return StoreError(f"disk full while {what}", hint="free space under cache_dir (nothing verified was lost; "
                           "partial downloads resume on the next sync)")
-    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return StoreError(f"cannot write while {what}: {exc.strerror}", hint="check the permissions of cache_dir")
+    if exc.errno == errno.EROFS:
+        return StoreError(f"cache_dir is on a read-only filesystem (while {what})",
+                          hint="reading commands (status, tables, manifests, plan, urls, verify) work on a "
+                               "read-only mirror; anything that writes needs a writable cache_dir")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return StoreError(f"permission denied while {what}: {exc.strerror}", hint="check the permissions of cache_dir")
     return StoreError(f"I/O error while {what}: {exc.strerror or exc}")
 
 

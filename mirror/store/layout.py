@@ -37,6 +37,16 @@ class CacheLayout:
         self.claims_path = self.meta / "claims"
         self.last_used = self.root / LAST_USED
 
+    def read_only(self) -> bool:
+        """cache_dir is on a read-only filesystem (a mirror mounted read-only for readers)."""
+        probe = self.root
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            return bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+        except OSError:
+            return False
+
     def object_path(self, file_hash: str) -> Path:
         return Path(self.object_file(file_hash))
 

@@ -47,6 +47,11 @@ class CacheLock:
             if exc.errno == errno.ELOOP:
                 raise StoreError(f"the lock file {self.path} is a symlink: refusing to follow it",
                                  hint="remove that symlink; vbo-mirror recreates the lock file") from exc
+            if exc.errno == errno.EROFS:
+                raise StoreError(f"{self.path.parent.parent} is on a read-only filesystem, and "
+                                 f"`{self.command}` writes into cache_dir",
+                                 hint="reading commands (status, tables, manifests, plan, urls, verify) work on a "
+                                      "read-only mirror; sync into a writable cache_dir") from exc
             raise StoreError(f"cannot create the lock file {self.path}: {exc.strerror}") from exc
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         while True:

@@ -74,7 +74,7 @@ def _size(path) -> int:
 
 
 def verify_store(layout: CacheLayout, manifests: list[Manifest], *, fast: bool, jobs: int = 2,
-                 on_event: Callable[[Event], None] | None = None) -> dict:
+                 on_event: Callable[[Event], None] | None = None, read_only: bool = False) -> dict:
     """Hash every object (full BLAKE2b, or xxh3 against the index with `fast`); a damaged
     object is removed from the store (its views keep the bad bytes until repaired, and are
     listed). Views of the downloaded versions are checked against the objects they want."""
@@ -105,22 +105,25 @@ def verify_store(layout: CacheLayout, manifests: list[Manifest], *, fast: bool, 
             if problem:
                 corrupt.append({"file_hash": h, "path": str(store.path(h)), "problem": problem, "checked_by": how})
                 emit(Corrupt(h, problem))
+                if read_only:
+                    continue  # reported only: nothing can be removed from a read-only mirror
                 with contextlib.suppress(FileNotFoundError):
                     store.remove(h)
                 index.drop(h)
-            else:
+            elif not read_only:
                 if how == "blake2b":
                     with contextlib.suppress(FileNotFoundError):
                         mark_verified(store.path(h))  # an object published unverified is verified now
                 rec = index.get(h)
                 index.put(IndexRecord(h, size, xxh3 if how == "blake2b" else rec.xxh3, rec.key if rec else None,
                                       rec.version_id if rec else None, rec.etag if rec else None, StateIndex.now()))
-    index.commit()
+    if not read_only:
+        index.commit()
     # Partials no downloaded version wants any more (their version was deleted on S3, or the
     # manifest that wanted them was removed): nothing will ever finish them.
     wanted = {e.file_hash for m in manifests for e in m.entries()}
     orphans = []
-    for p in store.partials():
+    for p in ([] if read_only else store.partials()):
         if p.name.removesuffix(".partial") not in wanted:
             for f in (p, p.with_name(p.name + ".json")):
                 with contextlib.suppress(FileNotFoundError):
@@ -155,7 +158,7 @@ def verify_store(layout: CacheLayout, manifests: list[Manifest], *, fast: bool, 
             "corrupt": corrupt, "views_wrong": sorted(views_wrong),
             "views_missing_content": sorted(views_missing_content), "views_missing": sorted(set(views_missing)),
             "orphan_partials_removed": sorted(orphans),
-            "ok": not corrupt and not views_wrong and not views_missing}
+            "ok": not corrupt and not views_wrong and not views_missing, "read_only": read_only}
 
 
 def _same_inode(a, b) -> bool:

@@ -230,11 +230,15 @@ def run_s3(args) -> dict:
             try:
                 if cache.current_manifest() != name:
                     cache.load_manifest(name)  # fetches the manifest and the tables it lacks
+                # the tables: load_manifest fetched those it lacked already (the proxy saw it)
                 for table in s3.metadata_file_names:
-                    before = s3.metadata_path(table)["exists"]
+                    attrs = s3.metadata_path(table)
                     path = s3.download_metadata(table)
-                    v["files"][f"metadata:{table}"] = {"existed": bool(before), "path": str(path),
-                                                       "symlink": Path(path).is_symlink()}
+                    v["files"][f"metadata:{table}"] = {"existed": bool(attrs["exists"]), "path": str(path),
+                                                       "symlink": Path(path).is_symlink(),
+                                                       "url": attrs["file_attributes"].url,
+                                                       "version_id": attrs["file_attributes"].version_id,
+                                                       "file_hash": attrs["file_attributes"].file_hash}
                 for file_id in s3._manifest.file_id_values:
                     attrs = s3.data_path(file_id)
                     before = attrs["local_path"].exists()
