@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench reliability clean test-slurm
+.PHONY: install demo test bench reliability clean test-slurm test-allensdk
 
 install: $(STAMP)
 
@@ -47,6 +47,22 @@ test-slurm: install
 	@for c in sbatch slurmctld slurmd munged; do PATH="$$PATH:/usr/sbin:/sbin" command -v $$c >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge; fi
 	$(BIN)/python tests/slurm/prestage_check.py
+
+# AllenSDK 2.16.2 against trees vbo-mirror made, on the sandbox (tests/allensdk/README.md):
+# from_local_cache offline, the tables side by side, from_s3_cache through a counting proxy,
+# compare_manifests. AllenSDK gets a venv of its own, .venv-allensdk (Python 3.11: it pins
+# numpy<1.24 and pandas==1.5.3, vbo-mirror needs pandas>=2.1), built on first use (~2 min)
+# and again when tests/allensdk/requirements.txt changes; the check runs from the dev venv.
+test-allensdk: install
+	@if [ ! -f .venv-allensdk/.installed ] || [ tests/allensdk/requirements.txt -nt .venv-allensdk/.installed ]; then \
+	  $(PY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
+	    { echo "test-allensdk: AllenSDK 2.16.2 needs Python 3.11 (numpy<1.24 has no wheels for newer ones); run with PY=python3.11" >&2; exit 1; }; \
+	  echo "building .venv-allensdk (allensdk==2.16.2)"; \
+	  $(PY) -m venv .venv-allensdk && echo '*' > .venv-allensdk/.gitignore && \
+	  .venv-allensdk/bin/python -m pip install --quiet -r tests/allensdk/requirements.txt && \
+	  touch .venv-allensdk/.installed; \
+	fi
+	$(BIN)/python tests/allensdk/check_allensdk.py --allensdk-python .venv-allensdk/bin/python $(ALLENSDK_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-cache .pytest_cache

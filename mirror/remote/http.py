@@ -169,6 +169,8 @@ class _Connection(asyncio.BufferedProtocol):
         self._reason: BaseException | None = None
         self.keep_alive = True
         self.throttled = False  # paused by the --bwlimit bucket
+        self.handed = 0  # full buffers handed over (the watchdog flushes only a connection that handed none)
+        self._handed_seen = -1
 
     # --- asyncio protocol ---------------------------------------------------------------
 
@@ -362,6 +364,7 @@ class _Connection(asyncio.BufferedProtocol):
     def _hand_off(self) -> None:
         buf, n = self._buf, self._fill
         self._buf, self._fill = None, 0
+        self.handed += 1
         try:
             self._sink(buf, n)
         except BaseException as exc:  # the sink refused (an earlier write failed): stop here
@@ -434,9 +437,9 @@ class HttpClient:
     in all. Waiting for a free connection is not counted against the connect timeout: only
     opening a socket (and TLS) is."""
 
-    # Also how long a buffer holds bytes at most before the watchdog hands them over
-    # (`_Connection.flush`); a fast response fills its buffers many times within a tick.
-    WATCHDOG_TICK = 0.25
+    # Also about how long a slow response's buffer holds bytes before the watchdog hands them
+    # over (`_Connection.flush`); a fast one fills its buffers within a tick and is left alone.
+    WATCHDOG_TICK = 0.1
 
     def __init__(self, *, max_connections: int, connect_timeout: float, read_timeout: float,
                  ssl_context: ssl.SSLContext | None = None, min_rate: float = 0.0, rate_window: float = 30.0,
@@ -509,8 +512,13 @@ class HttpClient:
     def _watch(self) -> None:
         now = self.loop.time()
         for c in list(self._busy):
-            if c.state == _BODY and c._buf is not None and c._fill >= FLUSH_ALIGN:
-                c.flush()  # at most a tick of bytes waits in memory (a fast response splits one buffer a tick)
+            if c.state == _BODY and c._buf is not None:
+                # A response that filled no buffer since the last tick hands over what it holds:
+                # at most a tick or two of a slow response's bytes waits in memory; a fast one is
+                # never split.
+                if c.handed == c._handed_seen and c._fill >= FLUSH_ALIGN:
+                    c.flush()
+                c._handed_seen = c.handed
             if c.state not in (_HEAD, _BODY) or c.waiting_for_buffer or c.throttled:
                 self._seen[c] = (c.received, now)
                 self._window.pop(c, None)  # our own backpressure is not the server's slowness
