@@ -253,8 +253,11 @@ class FileWriter:
 # While a part streams in, its landed prefix is recorded every so many bytes, so that even a
 # kill -9 (no cleanup at all) costs at most about this much per connection on the next run.
 CHECKPOINT_BYTES = 4 << 20
-# ... and at least this often while bytes keep coming: on a slow link 4 MiB can take minutes.
+# ... and at least this often while bytes keep coming: on a slow link 4 MiB can take minutes;
+# more often for a slow response whose buffer the watchdog handed over part-full (a fast
+# one, handing over full buffers, is not checkpointed more for it).
 CHECKPOINT_SECONDS = 0.25
+SLOW_CHECKPOINT_SECONDS = 0.1
 
 
 class PartSink:
@@ -285,7 +288,8 @@ class PartSink:
         self.ends.append(self.pos)
         w._on_bytes(n)
         now = time.monotonic()
-        if self.pos - self.marked >= CHECKPOINT_BYTES or now - self.marked_at >= CHECKPOINT_SECONDS:
+        every = CHECKPOINT_SECONDS if n == len(buf) else SLOW_CHECKPOINT_SECONDS
+        if self.pos - self.marked >= CHECKPOINT_BYTES or now - self.marked_at >= every:
             self.marked, self.marked_at = self.pos, now
             self._checkpoint_when_landed(self.pos, list(self.futures))
 

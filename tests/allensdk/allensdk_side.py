@@ -52,7 +52,7 @@ def _missing(v) -> bool:
     if type(v).__name__ in ("NAType", "NaTType"):
         return True
     try:
-        return bool(v != v)  # NaN
+        return math.isnan(v)  # NaN (float or numpy)
     except (TypeError, ValueError):
         return False
 

@@ -54,9 +54,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path[:0] = [str(HERE), str(ROOT / "tests"), str(ROOT)]
 
-from allensdk_side import BUCKET, PROJECT, TABLES, describe_frame, manifest_name  # noqa: E402
+from allensdk_side import BUCKET, PROJECT, TABLES, describe_frame, manifest_name
 
-from mirror.sandbox import ReplicaSpec, Sandbox  # noqa: E402
+from mirror.sandbox import ReplicaSpec, Sandbox
 
 # The tests' replica (tests/conftest.py TEST_SPEC): small for moto, ~3 MB per NWB generation.
 SPEC = ReplicaSpec(seed=7, scale=1 / 4000, part_size=64 << 10, multipart_threshold=128 << 10)
@@ -125,7 +125,8 @@ class Run:
         self.step += 1
         log = self.logs / f"{self.step:02d}-{label}.log"
         t0 = time.monotonic()
-        r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, cwd=self.work)
+        r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, cwd=self.work,
+                           check=False)
         log.write_text(f"$ {' '.join(argv)}\nexit {r.returncode} in {time.monotonic() - t0:.1f}s\n"
                        f"--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}")
         r.log = log  # type: ignore[attr-defined]
@@ -215,9 +216,9 @@ def check_local(run: Run, tree: Path, dead_endpoint: str, versions: list[str]) -
                           f"manifest's BLAKE2b; NWB resolved for {resolved['behavior_session']}/"
                           f"{rows['behavior_session']} behavior sessions and {resolved['ophys_experiment']}/"
                           f"{rows['ophys_experiment']} ophys experiments")
-        for k in rows:
-            if resolved[k] != rows[k]:
-                c1.fail(f"{v}: only {resolved[k]} of {rows[k]} {k} rows resolve to a file")
+        for k, n in rows.items():
+            if resolved[k] != n:
+                c1.fail(f"{v}: only {resolved[k]} of {n} {k} rows resolve to a file")
     c1.notes += [f"AllenSDK warned: {w}" for w in side["warnings"]]
 
     # 2: the tables, side by side
@@ -417,12 +418,14 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work dir (trees, logs, JSON of both sides)")
     ap.add_argument("--report", help="also write the results as JSON here")
     args = ap.parse_args()
+    # absolute, not resolved: a venv's python is a symlink to the base interpreter
+    args.allensdk_python = os.path.abspath(args.allensdk_python)
     py = Path(args.allensdk_python)
     if not os.access(py, os.X_OK):
         print(f"check_allensdk: no AllenSDK Python at {py} (make test-allensdk builds .venv-allensdk)", file=sys.stderr)
         return 2
     probe = subprocess.run([str(py), "-c", "import importlib.metadata as m; print(m.version('allensdk'))"],
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, check=False)
     if probe.returncode != 0:
         print(f"check_allensdk: {py} has no allensdk: {_tail(probe.stderr)}", file=sys.stderr)
         return 2
@@ -497,7 +500,7 @@ def _crashed(exc: Exception, number: str, title: str) -> Check:
 def render(checks: list[Check], setup_error: str | None, seconds: float) -> str:
     lines = ["", "AllenSDK 2.16.2 against vbo-mirror: summary", "=" * 44]
     if setup_error:
-        lines.append(f"SET-UP FAILED: {setup_error}")
+        lines.append(f"RUN INCOMPLETE: {setup_error}")
     for c in checks:
         lines.append(f"[{c.status:5}] {c.number}. {c.title}  ({c.seconds:.1f}s)")
         lines += [f"        {d}" for d in c.details]
