@@ -13,8 +13,8 @@ import pytest
 
 from mirror.api import Mirror
 from mirror.errors import OfflineError
-from mirror.store.layout import CacheLayout
 from mirror.hashing import hash_file
+from mirror.store.layout import CacheLayout
 
 
 def test_table_bytes_are_the_replicas_and_the_view_is_a_readonly_hard_link(cli, replica):
