@@ -65,4 +65,4 @@ test-allensdk: install
 	$(BIN)/python tests/allensdk/check_allensdk.py --allensdk-python .venv-allensdk/bin/python $(ALLENSDK_ARGS)
 
 clean:
-	rm -rf $(VENV) demo-cache .pytest_cache
+	rm -rf $(VENV) .venv-allensdk demo-cache .pytest_cache

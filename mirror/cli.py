@@ -15,6 +15,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import functools  # noqa: E402
 import json  # noqa: E402
+import shutil  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import warnings  # noqa: E402
@@ -322,9 +323,12 @@ def manifests_compare(c: Ctx, a: str, b: str) -> None:
               help="table: a view that fits the terminal; csv or parquet: the whole table (to -o FILE or stdout).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write to FILE instead of stdout.")
 @click.option("--rows", type=int, default=20, show_default=True, help="Rows shown by --format table.")
+@click.option("--columns", default=None, metavar="A,B,...",
+              help="Columns shown by --format table (default: as many as fit the terminal, in order).")
 @click.pass_obj
 @handle_errors
-def tables_cmd(c: Ctx, name: str | None, version: str | None, fmt: str, output: str | None, rows: int) -> None:
+def tables_cmd(c: Ctx, name: str | None, version: str | None, fmt: str, output: str | None, rows: int,
+               columns: str | None) -> None:
     """The metadata tables of a version: a summary of all, or NAME as a table, CSV or Parquet."""
     m = c.mirror
     if name is None:
@@ -365,16 +369,40 @@ def tables_cmd(c: Ctx, name: str | None, version: str | None, fmt: str, output: 
             c.emit({"table": name, "rows": arrow.num_rows, "columns": arrow.column_names,
                     "records": json.loads(df.head(rows).reset_index().to_json(orient="records"))})
             return
-        width = os.get_terminal_size().columns if sys.stdout.isatty() else 200
-        with pd.option_context("display.max_rows", rows, "display.min_rows", rows, "display.width", width,
-                               "display.max_columns", None if output else 12):
-            text = df.to_string() if output else df.head(rows).to_string()
+        if columns:
+            wanted = [x.strip() for x in columns.split(",") if x.strip()]
+            unknown = [x for x in wanted if x not in df.columns]
+            if unknown:
+                raise InputError(f"{name} has no column {', '.join(map(repr, unknown))}",
+                                 hint=f"its columns: {', '.join(df.columns)}")
+            df = df[wanted]
         if output:
-            Path(output).write_text(text + "\n")
-        else:
-            click.echo(text)
-            if len(df) > rows:
-                click.echo(f"[{len(df)} rows x {df.shape[1]} columns; first {rows} shown]")
+            Path(output).write_text(df.to_string() + "\n")
+            return
+        width = shutil.get_terminal_size((120, 24)).columns
+        text, shown = _fit(df.head(rows), width, pd)
+        click.echo(text)
+        notes = []
+        if len(df) > rows:
+            notes.append(f"first {rows} of {len(df)} rows")
+        if shown < df.shape[1]:
+            notes.append(f"{shown} of {df.shape[1]} columns: --columns A,B,... for others, --format csv for all")
+        if notes:
+            click.echo(f"[{'; '.join(notes)}]")
+
+
+def _fit(df, width: int, pd) -> tuple[str, int]:
+    """The frame as text no wider than `width`: long cells cut to 24 characters, and the first
+    columns that fit (at least one)."""
+    with pd.option_context("display.max_colwidth", 24, "display.max_columns", None, "display.width", 10**6,
+                           "display.max_rows", None):
+        best, n = df.iloc[:, :1].to_string(), 1
+        for k in range(2, df.shape[1] + 1):
+            text = df.iloc[:, :k].to_string()
+            if max(map(len, text.splitlines())) > width:
+                break
+            best, n = text, k
+    return best, n
 
 
 # --- sync and friends -------------------------------------------------------------------------

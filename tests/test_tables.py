@@ -260,3 +260,16 @@ def test_pandas_is_imported_only_when_a_frame_is_asked_for():
     code = "import sys, mirror.tables, mirror.api, mirror.cli; print('pandas' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_the_table_view_fits_the_terminal_and_columns_can_be_chosen(cli, replica, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    cli("sync", "--version", "1.0.1", "--tables-only")
+    r = cli("tables", "ophys_experiment_table", "--version", "1.0.1", "--rows", "5")
+    body = [line for line in r.stdout.splitlines() if not line.startswith("[")]
+    assert body and max(map(len, body)) <= 80
+    assert "columns: --columns" in r.stdout
+    r = cli("tables", "ophys_experiment_table", "--version", "1.0.1", "--columns", "cre_line,imaging_depth")
+    assert "cre_line" in r.stdout.splitlines()[0] and "mouse_id" not in r.stdout
+    r = cli("tables", "ophys_experiment_table", "--version", "1.0.1", "--columns", "cre_lin", expect=2)
+    assert "cre_lin" in r.stderr and "cre_line" in r.stderr

@@ -187,3 +187,28 @@ def test_a_read_only_mirror_serves_readers_and_tells_writers(cli, replica, tmp_p
             assert "read-only filesystem" in r.stderr and "Traceback" not in r.stderr, args
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_ctrl_c_ends_the_json_stream_with_an_interrupted_line_and_says_how_to_resume(sandbox, tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from faultproxy import FaultProxy
+
+    with FaultProxy(sandbox.url, rate=200_000, rate_keys=("/behavior_",)) as proxy:
+        p = subprocess.Popen([sys.executable, "-m", "mirror.cli", "--cache-dir", str(tmp_path / "c"), "--endpoint-url",
+                              proxy.url, "sync", "--version", "1.0.1", "--json"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(k[0] == "GET" and "/behavior_" in k[1] for k in proxy.requests):
+            time.sleep(0.02)
+        time.sleep(0.3)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    assert p.returncode == 130
+    last = json.loads(out.splitlines()[-1])
+    assert last["event"] == "interrupted" and last["ok"] is False and "run the same command again" in last["hint"]
+    assert "run the same command again to resume" in err
