@@ -314,6 +314,15 @@ class Mirror:
         with CacheLock(layout.lock_path, wait=wait, on_wait=self.session.on_status, command="vbo-mirror gc"):
             return self._call(lambda s: s.prune(None, dry_run=dry_run))
 
+    def adopt(self, *, dry_run: bool = False, jobs: int = 2, wait: bool = False) -> dict[str, Any]:
+        """Take the files AllenSDK downloaded into cache_dir into the store, in place: each one
+        whose BLAKE2b is the manifest's becomes a hard-linked view of a store object (its
+        symlinks too), nothing is fetched, and AllenSDK still opens the directory. What does
+        not match is reported; the next sync fetches it. Exclusive cache lock."""
+        layout = self.need_layout()
+        with CacheLock(layout.lock_path, wait=wait, on_wait=self.session.on_status, command="vbo-mirror adopt"):
+            return self._call(lambda s: s.adopt(dry_run=dry_run, jobs=jobs))
+
     def rebuild_index(self, *, jobs: int = 2, wait: bool = False) -> dict[str, Any]:
         """Rebuild the state index from the store: every object is read and verified."""
         layout = self.need_layout()

@@ -436,6 +436,11 @@ def selection_options(fn):
                      help="Only data files of these ids: one behavior_session_id / ophys_experiment_id per "
                           "line, or a CSV with such a column (a session's id also picks its experiments)."),
         click.option("--tables-only", is_flag=True, help="Only the metadata tables, no data file."),
+        click.option("--layout", "view_layout", type=click.Choice(["allensdk", "bucket"]), default="allensdk",
+                     show_default=True,
+                     help="Where views go: AllenSDK's {project}-{version}/ directories, or the S3 keys "
+                          "{project}/... as on a mounted bucket (one version at a time; AllenSDK's "
+                          "from_local_cache(use_static_cache=True)). Both are links into one store."),
         click.option("--shard", default=None, metavar="K/N",
                      help="Only shard K of N (0-based, e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT): "
                           "a size-balanced split by content; N shards run at once into one cache_dir."),
@@ -445,7 +450,7 @@ def selection_options(fn):
 
 
 def _selection(version: str | None, shard: str | None = None, where: str | None = None,
-               ids_file: str | None = None, tables_only: bool = False):
+               ids_file: str | None = None, tables_only: bool = False, view_layout: str = "allensdk"):
     from .model import Selection, Shard
 
     if tables_only and (where is not None or ids_file is not None):
@@ -462,7 +467,7 @@ def _selection(version: str | None, shard: str | None = None, where: str | None 
         parse(where)  # a syntax error is reported before anything is fetched
     try:
         return Selection(version, shard=Shard.parse(shard) if shard else None, where=where, ids=ids,
-                         tables_only=tables_only)
+                         tables_only=tables_only, layout=view_layout)
     except ValueError as exc:
         raise InputError(str(exc)) from None
 
@@ -612,7 +617,8 @@ def status_cmd(c: Ctx) -> None:
         for v in s["versions"]:
             lines.append(f"  {v['version']:<8}{'*' if v['current'] else ' '} {v['present']:>6}/{v['files']:<6} files present"
                          f"  {v['missing']:>6} missing" + (f"  {v['wrong']} wrong" if v['wrong'] else "")
-                         + f"  {human_bytes(v['logical_bytes']):>10} in views")
+                         + f"  {human_bytes(v['logical_bytes']):>10} in views"
+                         + ("  (bucket layout)" if v.get("layout") == "bucket" else ""))
         lines.append(f"  store: {s['objects']} objects, {human_bytes(s['bytes_on_disk'])} on disk for "
                      f"{human_bytes(s['logical_bytes'])} of views"
                      + (f"; {s['partials']} partial downloads ({human_bytes(s['partial_bytes'])} saved, resumed by the next sync)" if s['partials'] else ""))
@@ -708,6 +714,41 @@ def gc_cmd(c: Ctx, dry_run: bool, wait: bool) -> None:
     temporaries of interrupted runs."""
     r = c.mirror.gc(dry_run=dry_run, wait=wait)
     c.emit(r, lambda: _prune_text(r))
+
+
+def _adopt_text(r: dict) -> str:
+    lines = [f"{r['cache_dir']}: {r['entries']} files of {', '.join(r.get('versions', [])) or 'the manifests'} looked at"
+             + (" (dry run: nothing changed)" if r["dry_run"] else "")]
+    for cat, what in (("adopted", "taken into the store (now hard-linked views)"), ("present", "already views"),
+                      ("mismatch", "with other bytes than the manifest says (the next sync replaces them)"),
+                      ("missing", "absent or a broken link (the next sync fetches them)"),
+                      ("foreign", "links out of cache_dir or to something that is not a file: left alone"),
+                      ("failed", "could not be read")):
+        x = r[cat]
+        if x["files"]:
+            lines.append(f"  {x['files']:>6} {what}" + (f", {human_bytes(x['bytes'])}" if x["bytes"] else ""))
+    lines.append(f"  {human_bytes(r['logical_bytes'])} of files now stored once in {human_bytes(r['stored_bytes'])}")
+    return "\n".join(lines)
+
+
+@main.command("adopt", short_help="Take an AllenSDK cache into the store, in place.")
+@click.argument("directory", required=False, type=click.Path(file_okay=False, exists=True))
+@click.option("--dry-run", "-n", is_flag=True, help="Hash and report; change nothing.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=2, show_default=True, help="Files hashed at once.")
+@click.option("--wait", is_flag=True, help="If another run holds the cache, wait for it.")
+@click.pass_obj
+@handle_errors
+def adopt_cmd(c: Ctx, directory: str | None, dry_run: bool, jobs: int, wait: bool) -> None:
+    """Take the files AllenSDK downloaded into DIRECTORY (default: cache_dir) into the store, in
+    place: each file with the manifest's BLAKE2b becomes a hard-linked view (AllenSDK's
+    symlinks too), nothing is fetched, AllenSDK still opens the directory. Exit 5 if some files
+    do not match (the next sync replaces them)."""
+    if directory is not None:
+        c.cache_dir = directory
+    r = c.mirror.adopt(dry_run=dry_run, jobs=jobs, wait=wait)
+    c.emit(r, lambda: _adopt_text(r))
+    if r["mismatch"]["files"] or r["failed"]["files"]:
+        click.get_current_context().exit(5)
 
 
 @main.command("urls", short_help="Direct URLs of the files, for wget / aria2c.")

@@ -40,6 +40,10 @@ class Selection:
     where: str | None = None
     ids: tuple[str | None, tuple[int, ...]] | None = None  # (id column or None, ids): see tables.select_files
     tables_only: bool = False
+    # Where the views go: AllenSDK's `{project}-{version}/...` ("allensdk"), or the S3 keys,
+    # `{project}/...` as on a mounted bucket ("bucket", one version at a time: AllenSDK's
+    # from_local_cache(use_static_cache=True)).
+    layout: str = "allensdk"
 
     @property
     def by_metadata(self) -> bool:

@@ -59,6 +59,8 @@ class Plan:
     steal: tuple[Fetch, ...] = ()
     selection: dict | None = None  # by metadata: per manifest, what matched (tables.select_files)
     whole: tuple[str, ...] = ()  # version directories wanted whole (not a narrower selection)
+    present_hashes: tuple[str, ...] = field(default=(), compare=False)  # each `present` view's content, in order
+    layout: str = "allensdk"  # where the views are: AllenSDK's version directories, or "bucket"
 
     def views(self):
         """Every view this plan is about (wanted, whoever makes it)."""
@@ -122,9 +124,12 @@ class Plan:
         }
 
 
-def targets_of(manifest: Manifest, entries: Iterable[FileEntry] | None = None) -> list[Target]:
+def targets_of(manifest: Manifest, entries: Iterable[FileEntry] | None = None, view_dir: str | None = None
+               ) -> list[Target]:
+    """`view_dir`: AllenSDK's `{project}-{version}` (None), or the bucket layout's `{project}`."""
     chosen = manifest.entries() if entries is None else entries
-    return [Target(f"{manifest.view_dir}/{e.relative_path}", e) for e in chosen]
+    top = view_dir or manifest.view_dir
+    return [Target(f"{top}/{e.relative_path}", e) for e in chosen]
 
 
 def make_plan(
@@ -137,6 +142,7 @@ def make_plan(
     """Decide, for every wanted view, whether it is present, can be linked from content
     already in the store, or needs its content fetched; and which stray files to remove."""
     present: list[str] = []
+    present_hashes: list[str] = []
     present_bytes = 0
     links: list[Link] = []
     replace: list[str] = []
@@ -151,6 +157,7 @@ def make_plan(
         have = local.views.get(t.view, "absent")
         if have == h and h in local.objects:
             present.append(t.view)
+            present_hashes.append(h)
             present_bytes += local.objects[h]
             continue
         if have != "absent":
@@ -170,7 +177,7 @@ def make_plan(
     fetch.sort(key=lambda f: (-(f.size or 0), f.ref.key))
     remove = sorted(p for p in local.extra_files if p not in wanted)
     return Plan(tuple(manifests), tuple(fetch), tuple(links), tuple(present), present_bytes,
-                tuple(sorted(replace)), tuple(remove))
+                tuple(sorted(replace)), tuple(remove), present_hashes=tuple(present_hashes))
 
 
 def shard_of(sizes: Mapping[str, int], shard: Shard) -> set[str]:
@@ -198,4 +205,5 @@ def split_for_shard(plan: Plan, own: Plan, shard: Shard) -> Plan:
     others' fetches as steals; stray views are removed by shard 0 only."""
     return Plan(own.manifests, own.fetch, own.link + plan.link, own.present + plan.present,
                 own.present_bytes + plan.present_bytes, tuple(sorted(own.replace + plan.replace)),
-                own.remove if shard.index == 0 else (), shard, plan.fetch, own.selection, own.whole)
+                own.remove if shard.index == 0 else (), shard, plan.fetch, own.selection, own.whole,
+                own.present_hashes + plan.present_hashes, own.layout)

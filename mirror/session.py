@@ -397,9 +397,13 @@ class Session:
         with gc_paused():  # several objects per entry, none in a cycle: see mirror/gcpause.py
             targets: list[Target] = []
             reports: dict = {}
+            bucket = selection.layout == "bucket"
+            if bucket and len(manifests) != 1:
+                raise InputError("the bucket layout holds one version at a time: name one (--version V)")
+            top = {m.name: (m.project_name if bucket else m.view_dir) for m in manifests}
             for m in manifests:
-                targets += targets_of(m, await self.selected(cat, m, selection, reports))
-            dirs = [m.view_dir for m in manifests] if selection.strays and not selection.by_metadata else []
+                targets += targets_of(m, await self.selected(cat, m, selection, reports), top[m.name])
+            dirs = list(top.values()) if selection.strays and not selection.by_metadata else []
             trust = verify is not None and not verify.blake2b
             local = await asyncio.to_thread(scan_local, layout, targets, stray_dirs=dirs, trust_unverified=trust)
             if local.unverified and verify is not None and verify.blake2b:
@@ -415,7 +419,9 @@ class Session:
             if reports:
                 plan = dataclasses.replace(plan, selection=reports)
             if selection.keys is None and not selection.by_metadata:
-                plan = dataclasses.replace(plan, whole=tuple(m.view_dir for m in manifests))
+                plan = dataclasses.replace(plan, whole=tuple(top.values()))
+            if bucket:
+                plan = dataclasses.replace(plan, layout="bucket")
             return plan, local
 
     @staticmethod
@@ -463,8 +469,11 @@ class Session:
             if len(manifests) == 1 and self.current_manifest() is None:
                 self.store.pin(manifests[0].name)  # the first version synced becomes current, as AllenSDK's load_manifest
             plan, local = await self.plan_for(cat, manifests, selection, verify=verify)
-            return await self.execute(cat, plan, local, limits=limits, verify=verify, link_mode=link_mode,
-                                      policy=policy, on_event=on_event, on_start=on_start)
+            stats = await self.execute(cat, plan, local, limits=limits, verify=verify, link_mode=link_mode,
+                                       policy=policy, on_event=on_event, on_start=on_start)
+            if plan.layout == "bucket" and not stats.failures:
+                await asyncio.to_thread(self.store.bucket_manifest, manifests[0])
+            return stats
         finally:
             if own is not None:
                 await own.aclose()
@@ -507,10 +516,33 @@ class Session:
         if on_start:
             on_start(engine.stats)
         try:
-            return await engine.run(plan)
+            stats = await engine.run(plan)
         finally:
             if claims is not None:
                 claims.close()
+        await asyncio.to_thread(self._record_for_allensdk, plan, stats)
+        return stats
+
+    def _record_for_allensdk(self, plan: Plan, stats) -> None:
+        """AllenSDK's `_downloaded_data.json` (store/allensdk.py), for the views in its layout
+        that this run made or found. A record that cannot be written is a warning: the mirror
+        itself is complete."""
+        from .store.allensdk import record_downloaded
+
+        if plan.layout != "allensdk":
+            return  # the bucket layout is read by AllenSDK's static cache, which keeps no record
+        layout = self.need_layout()
+        if not (plan.fetch or plan.steal or plan.link or plan.replace) and (layout.root / "_downloaded_data.json").exists():
+            return  # a no-op resync: its views were recorded when they were made (and stays fast)
+        failed = {v for f in stats.failures for v in f.views}
+        pairs = list(zip(plan.present, plan.present_hashes))
+        pairs += [(x.view, x.file_hash) for x in plan.link]
+        pairs += [(v, f.file_hash) for f in (*plan.fetch, *plan.steal) for v in f.views]
+        pairs = [(v, h) for v, h in pairs if v not in failed and os.path.isfile(layout.view_path(v))]
+        try:
+            record_downloaded(layout, pairs)
+        except StoreError as exc:
+            warnings.warn(f"AllenSDK's record of downloaded files not updated: {exc}", OfflineWarning, stacklevel=2)
 
     def _record_wanted(self, plan: Plan) -> None:
         """What verify will expect to find (store/wanted.py)."""
@@ -572,10 +604,10 @@ class Session:
         return path
 
     async def repair(self, manifests: list[Manifest], keys: set[str],
-                     on_event: Callable[[Event], None] | None = None) -> Stats:
+                     on_event: Callable[[Event], None] | None = None, layout: str = "allensdk") -> Stats:
         cat = self.catalog()
-        plan, local = await self.plan_for(cat, manifests, Selection(None, frozenset(keys), strays=False),
-                                          verify=Verify.MANIFEST)
+        plan, local = await self.plan_for(cat, manifests, Selection(None, frozenset(keys), strays=False,
+                                                                    layout=layout), verify=Verify.MANIFEST)
         return await self.execute(cat, plan, local, on_event=on_event)
 
     # --- looking at the mirror (the caller holds the cache lock for verify and rebuild) ---------
@@ -603,10 +635,17 @@ class Session:
             wrong = set(report["views_wrong"]) | set(report["views_missing"])
             keys = {e.key for m in manifests for e in m.entries()
                     if e.file_hash in bad or f"{m.view_dir}/{e.relative_path}" in wrong}
-            stats = await self.repair(manifests, keys, on_event=on_event)
-            report["repaired"] = {"files_fetched": stats.files_done, "views_linked": stats.files_linked,
-                                  "failures": [f.to_dict() for f in stats.failures]}
-            report["ok"] = not stats.failures
+            runs = [await self.repair(manifests, keys, on_event=on_event)] if keys else []
+            for m in manifests:  # the bucket layout's views (sync --layout bucket)
+                if os.path.isfile(layout.view_path(f"{m.project_name}/manifests/{m.name}")):
+                    bkeys = {e.key for e in m.entries()
+                             if e.file_hash in bad or f"{m.project_name}/{e.relative_path}" in wrong}
+                    if bkeys:
+                        runs.append(await self.repair([m], bkeys, on_event=on_event, layout="bucket"))
+            failures = [f.to_dict() for st in runs for f in st.failures]
+            report["repaired"] = {"files_fetched": sum(st.files_done for st in runs),
+                                  "views_linked": sum(st.files_linked for st in runs), "failures": failures}
+            report["ok"] = not failures
         return report
 
     async def prune(self, keep: list[str] | None, *, dry_run: bool = False,
@@ -637,6 +676,11 @@ class Session:
                                  hint=f"add --keep {v}, or make a kept version current first (`manifests use`)")
         kept = [manifests[n] for n in kept_names]
         dropped = [m for n, m in manifests.items() if n not in kept_names]
+        for m in dropped:  # the bucket layout's views are links of that version's objects too
+            if os.path.isfile(layout.view_path(f"{m.project_name}/manifests/{m.name}")):
+                raise InputError(f"the bucket layout ({m.project_name}/) holds version {m.manifest_version}",
+                                 hint=f"add --keep {m.manifest_version}, or sync the bucket layout to a kept "
+                                      "version first (sync --layout bucket --version V)")
         plan = await asyncio.to_thread(plan_prune, layout, self.store.objects, kept, dropped)
         report: dict[str, Any] = {"dry_run": dry_run, **plan.summary()}
         if dry_run or (confirm is not None and not confirm(report)):
@@ -645,6 +689,28 @@ class Session:
         report.update(await asyncio.to_thread(apply_prune, layout, self.store.objects, plan))
         report["applied"] = True
         return report
+
+    async def adopt(self, *, dry_run: bool = False, jobs: int = 2) -> dict[str, Any]:
+        """(The caller holds the exclusive cache lock.) Take what AllenSDK downloaded into
+        cache_dir into the store, in place (mirror/adopt.py)."""
+        from .adopt import adopt_tree
+
+        layout = self.need_layout()
+        cat = Catalog(self.dataset, layout, None)
+        manifests = []
+        for name in cat.local_names():
+            try:
+                m = cat.read_local(name)
+            except MirrorError as exc:
+                warnings.warn(f"{name} is skipped: {exc}", OfflineWarning, stacklevel=2)
+                continue
+            if m is not None:
+                manifests.append(m)
+        if not manifests:
+            raise InputError(f"no manifest in {layout.root}: nothing to adopt",
+                             hint="adopt works on a cache_dir that AllenSDK filled (its manifests are at the top)")
+        return await asyncio.to_thread(adopt_tree, layout, self.store, manifests, dry_run=dry_run, jobs=jobs,
+                                       on_progress=self._progress_line("adopt: files looked at"))
 
     async def rebuild_index(self, *, jobs: int = 2) -> dict[str, Any]:
         from .store.status import rebuild_index

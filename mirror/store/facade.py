@@ -152,6 +152,20 @@ class Store:
     def write_manifest(self, name: str, data: bytes) -> None:
         atomic_write(self.layout.manifest_path(name), data)
 
+    def bucket_manifest(self, m) -> None:
+        """The bucket layout's `{project}/manifests/`: this version's manifest alone (AllenSDK's
+        static cache reads the newest there), the others' removed."""
+        from .fsutil import read_no_follow
+
+        d = self.layout.view_path(f"{m.project_name}/manifests")
+        self.layout.real_parents(d / m.name)
+        data = read_no_follow(self.layout.manifest_path(m.name), "a manifest")
+        atomic_write(d / m.name, data)
+        for p in d.iterdir():
+            if p.name != m.name and p.name.endswith(".json") and "_manifest_v" in p.name and not p.is_symlink():
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+
     def pin(self, name: str) -> None:
         """Make `name` the version in use (AllenSDK's `_manifest_last_used.txt`)."""
         atomic_write(self.layout.last_used, name.encode())

@@ -21,12 +21,16 @@ def cache_status(layout: CacheLayout, manifests: Iterable[Manifest], *, current:
     store = ObjectStore(layout)
     objects = {h: (size, ino) for h, size, ino in store.iter_objects()}
     versions = []
-    for m in manifests:
+    manifests = list(manifests)
+    places = [(m, m.view_dir, "allensdk") for m in manifests]
+    places += [(m, m.project_name, "bucket") for m in manifests
+               if os.path.isfile(layout.view_path(f"{m.project_name}/manifests/{m.name}"))]
+    for m, top, kind in places:
         present = missing = wrong = 0
         logical = 0
         unique: set[str] = set()
         for e in m.entries():
-            view = layout.view_path(f"{m.view_dir}/{e.relative_path}")
+            view = layout.view_path(f"{top}/{e.relative_path}")
             obj = objects.get(e.file_hash)
             if obj is not None and view_matches(view, store.path(e.file_hash)):
                 present += 1
@@ -37,6 +41,7 @@ def cache_status(layout: CacheLayout, manifests: Iterable[Manifest], *, current:
             else:
                 missing += 1
         versions.append({"manifest": m.name, "version": m.manifest_version, "current": m.name == current,
+                         "layout": kind, "directory": top,
                          "files": len(m), "present": present, "missing": missing, "wrong": wrong,
                          "complete": present == len(m), "logical_bytes": logical,
                          "stored_bytes": sum(objects[h][0] for h in unique)})
@@ -130,14 +135,19 @@ def verify_store(layout: CacheLayout, manifests: list[Manifest], *, fast: bool, 
                     f.unlink()
             orphans.append(p.name)
     bad = {c["file_hash"] for c in corrupt}
-    want = {m.view_dir: wanted_views.expected(layout, m.view_dir) for m in manifests}
+    # AllenSDK's version directories, and the bucket layout of the version whose manifest its
+    # `<project>/manifests/` holds (sync --layout bucket).
+    places = [(m, m.view_dir) for m in manifests]
+    places += [(m, m.project_name) for m in manifests
+               if os.path.isfile(layout.view_path(f"{m.project_name}/manifests/{m.name}"))]
+    want = {d: wanted_views.expected(layout, d) for _, d in places}
     views_wrong, views_missing_content, views_missing, copies = [], [], [], []
-    for m in manifests:
+    for m, d in places:
         for e in m.entries():
-            rel = f"{m.view_dir}/{e.relative_path}"
+            rel = f"{d}/{e.relative_path}"
             view = layout.view_path(rel)
             if not os.path.lexists(view):
-                if want[m.view_dir](rel):  # asked for by a sync (store/wanted.py), and gone
+                if want[d](rel):  # asked for by a sync (store/wanted.py), and gone
                     views_missing.append(rel)
                 continue
             if e.file_hash in bad:

@@ -155,7 +155,8 @@ def run_local(args) -> dict:
     out: dict = {"versions": {}}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        cache = VisualBehaviorOphysProjectCache.from_local_cache(cache_dir=args.cache_dir)
+        cache = VisualBehaviorOphysProjectCache.from_local_cache(cache_dir=args.cache_dir,
+                                                                 use_static_cache=args.static)
         out["current_manifest_at_open"] = cache.current_manifest()
         out["downloaded_manifests"] = cache.list_all_downloaded_manifests()
         out["manifest_file_names"] = cache.list_manifest_file_names()
@@ -277,6 +278,7 @@ def main() -> int:
     ap.add_argument("--versions", nargs="*", default=[])
     ap.add_argument("--bucket", default=BUCKET)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--static", action="store_true", help="local: from_local_cache(use_static_cache=True)")
     args = ap.parse_args()
     import importlib.metadata as md
 

@@ -27,11 +27,13 @@ Checks (each PASS / FAIL / XFAIL in the summary; the exit status is 1 if any is 
     cells, and every value.
  3. from_s3_cache on vbo-mirror trees through a counting proxy: (a) the versions synced: nothing
     vbo-mirror already holds may be fetched again; (b) a tree with 1.0.0 only, then AllenSDK asked
-    for 1.0.1 (whose NWBs are 1.0.0's bytes): content the tree holds is fetched again unless
-    AllenSDK finds it through _downloaded_data.json. Re-downloads are XFAIL (expected until
-    issue 11: vbo-mirror does not write _downloaded_data.json yet), never FAIL.
+    for 1.0.1 (whose NWBs are 1.0.0's bytes): content the tree holds must not be fetched again
+    (AllenSDK finds it through the _downloaded_data.json that vbo-mirror writes, and links it).
  4. compare_manifests of AllenSDK for every ordered pair of the replica's manifests against
     `vbo-mirror manifests compare A B`: equal text, else a line diff.
+ 5. The same tree as 1, plus `sync --version V --layout bucket` of the last version: AllenSDK's
+    from_local_cache(use_static_cache=True) (a mounted bucket's layout) lists and loads that
+    version, its tables, and finds every data file, offline.
 """
 
 from __future__ import annotations
@@ -361,13 +363,32 @@ def check_s3(run: Run, url: str, tree_a: Path, tree_b: Path, versions: list[str]
             c.details.append(line)
         c.notes += [f"AllenSDK warned: {w}" for w in side["warnings"]]
     c.seconds = time.monotonic() - t0
-    if xfail and c.status != "FAIL":
-        c.status = "XFAIL"
-        c.details += xfail
-        c.notes.append("expected to fail until issue 11: AllenSDK finds content it did not download itself only "
-                       "through _downloaded_data.json, which vbo-mirror does not write yet")
-    elif xfail:
-        c.details += xfail
+    for line in xfail:  # vbo-mirror writes _downloaded_data.json, through which AllenSDK finds content
+        c.fail(line)
+    return c
+
+
+# --- check 5: the bucket layout, opened with use_static_cache=True ------------------------------------
+
+
+def check_static(run: Run, tree: Path, dead_endpoint: str, version: str) -> Check:
+    c = Check("5", "from_local_cache(use_static_cache=True) on `sync --layout bucket`, offline")
+    t0 = time.monotonic()
+    side = run.allensdk("local", tree, dead_endpoint, "--static", "--versions", version)
+    c.seconds = time.monotonic() - t0
+    if side["network_attempts"]:
+        c.fail(f"network used: {side['network_attempts'][:5]}")
+    sv = side["versions"][version]
+    if "error" in sv:
+        c.fail(f"{version}: {sv['error']}")
+        return c
+    for line in sv["problems"]:
+        c.fail(f"{version}: {line}")
+    ok_files = sum(1 for f in sv["files"].values() if f["exists"] and f["hash_ok"])
+    c.details.append(f"{version}: AllenSDK's static cache listed {side['downloaded_manifests']}, loaded "
+                     f"{sv.get('loaded')}; 4 tables loaded; {ok_files}/{len(sv['files'])} data files at "
+                     f"{{cache}}/visual-behavior-ophys/... with the manifest's BLAKE2b; the same tree also holds "
+                     "AllenSDK's versioned layout (one store, two kinds of views)")
     return c
 
 
@@ -445,6 +466,8 @@ def main() -> int:
             url = sandbox.url
             tree_local, tree_s3, tree_b = run.work / "tree-local", run.work / "tree-s3", run.work / "tree-1.0.0"
             run.sync(tree_local, url, args.versions)
+            run.vbo_mirror(tree_local, url, "sync", "--version", args.versions[-1], "--layout", "bucket",
+                           "--stats", "0", label="sync-bucket")
             run.sync(tree_s3, url, args.versions)
             run.sync(tree_b, url, ["1.0.0"])
             print(f"  sandbox at {url}; three trees synced by vbo-mirror in {time.monotonic() - t0:.1f}s", flush=True)
@@ -464,6 +487,7 @@ def main() -> int:
         try:
             c1, c2 = check_local(run, tree_local, url, args.versions)
             checks += [c1, c2]
+            checks.append(check_static(run, tree_local, url, args.versions[-1]))
         except (Stop, KeyboardInterrupt):
             raise
         except Exception as exc:  # noqa: BLE001
