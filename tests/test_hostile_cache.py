@@ -99,3 +99,49 @@ def test_a_symlink_at_a_cached_manifest_is_not_read_through(cli, replica, tmp_pa
     r = cli("--offline", "sync", "--version", "0.1.0", expect=4)
     assert "is a symlink" in r.stderr
     assert not (cli.cache_dir / f"{PROJECT}-0.1.0").exists()
+
+
+def test_a_directory_swapped_for_a_symlink_during_a_link_cannot_redirect_it(tmp_path, monkeypatch):
+    """The race a check-then-use cannot close: right after vbo-mirror has reached a view's
+    directory, someone swaps it for a symlink out of cache_dir. The link (linkat/renameat on the
+    directory descriptor) lands in the real directory, never through the symlink; so does a
+    removal."""
+    import os
+
+    from mirror.store.facade import Store
+    from mirror.store.layout import CacheLayout
+    from mirror.store.views import Linker
+
+    layout = CacheLayout(tmp_path / "cache")
+    store = Store(layout, link_mode="hardlink")
+    h = "ab" * 64
+    obj = layout.object_path(h)
+    obj.parent.mkdir(parents=True)
+    obj.write_bytes(b"content")
+    (layout.root / "v" / "sub").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "sub" / "victim.nwb").write_text("the user's file")
+
+    real_link_at = Linker.link_at
+
+    def swap_then_link(self, src, dfd, name, shown):
+        os.rename(layout.root / "v", layout.root / "v.moved")
+        os.symlink(outside, layout.root / "v")
+        return real_link_at(self, src, dfd, name, shown)
+
+    monkeypatch.setattr(Linker, "link_at", swap_then_link)
+    store.link(h, ["v/sub/victim.nwb"])
+    assert (outside / "sub" / "victim.nwb").read_text() == "the user's file"  # untouched
+    assert (layout.root / "v.moved" / "sub" / "victim.nwb").read_bytes() == b"content"  # where it was reached
+    # and with the symlink now in place, the next operation refuses it instead of following it
+    monkeypatch.setattr(Linker, "link_at", real_link_at)
+    import pytest
+
+    from mirror.errors import StoreError
+
+    with pytest.raises(StoreError, match="symlink"):
+        store.link(h, ["v/sub/victim.nwb"])
+    with pytest.raises(StoreError, match="symlink"):
+        store.remove_view("v/sub/victim.nwb")
+    assert (outside / "sub" / "victim.nwb").read_text() == "the user's file"

@@ -168,9 +168,14 @@ def test_linking_a_view_that_already_is_that_link_leaves_no_temporary(tmp_path):
     src = tmp_path / "obj"
     src.write_bytes(b"x")
     dst = tmp_path / "v" / "view.nwb"
+    dst.parent.mkdir()
     linker = Linker("hardlink")
-    linker.link(src, dst)
-    linker.link(src, dst)
+    dfd = os.open(dst.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        linker.link_at(src, dfd, dst.name, dst)
+        linker.link_at(src, dfd, dst.name, dst)
+    finally:
+        os.close(dfd)
     assert sorted(p.name for p in dst.parent.iterdir()) == ["view.nwb"]
     assert os.stat(dst).st_ino == os.stat(src).st_ino
 

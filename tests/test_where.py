@@ -4,7 +4,6 @@ against the replica's tables read independently with pandas."""
 from __future__ import annotations
 
 import io
-import json
 
 import pandas as pd
 import pytest

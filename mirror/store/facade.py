@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import os
 import stat
@@ -120,32 +121,56 @@ class Store:
 
     def link(self, file_hash: str, views: list[str] | tuple[str, ...]) -> None:
         """Make each view (relative to cache_dir) a view of the object; atomically replaces
-        what was there. A view blocked by something of the user's raises ViewBlocked."""
+        what was there. A view blocked by something of the user's raises ViewBlocked. The
+        view's directory is reached without following symlinks (layout.open_parent)."""
         src = self.path(file_hash)
         for rel in views:
             dst = self.layout.view_path(rel)
-            self.layout.real_parents(dst)  # a symlinked version directory is refused, not followed
-            self.linker.link(src, dst)
+            dfd, name = self._open_parent(dst, create=True)
+            try:
+                self.linker.link_at(src, dfd, name, dst)
+            finally:
+                os.close(dfd)
 
     def ensure_view(self, file_hash: str, view: str) -> bool:
         """Link `view` unless it already is a view of the object; True when it had to."""
         dst = self.layout.view_path(view)
-        self.layout.real_parents(dst)
-        return self.linker.ensure(self.path(file_hash), dst)
+        dfd, name = self._open_parent(dst, create=True)
+        try:
+            return self.linker.ensure_at(self.path(file_hash), dfd, name, dst)
+        finally:
+            os.close(dfd)
 
     def remove_view(self, rel: str) -> bool:
-        """Remove one view; False when it was not there. A directory is never removed."""
+        """Remove one view; False when it was not there. A directory is never removed, and
+        nothing is removed through a symlinked directory (unlinkat in a directory reached
+        without following symlinks)."""
         path = self.layout.view_path(rel)
-        self.layout.real_parents(path)  # never delete through a symlinked directory
         try:
-            os.unlink(path)
+            dfd, name = self._open_parent(path)
+        except FileNotFoundError:
+            return False
+        try:
+            os.unlink(name, dir_fd=dfd)
         except FileNotFoundError:
             return False
         except IsADirectoryError as exc:
             raise ViewBlocked(f"not removing {rel}: it is a directory") from exc
         except OSError as exc:
+            if exc.errno == errno.EPERM and stat.S_ISDIR(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
+                raise ViewBlocked(f"not removing {rel}: it is a directory") from exc
             raise store_error(exc, f"removing the view {rel}") from exc
+        finally:
+            os.close(dfd)
         return True
+
+    def _open_parent(self, path: Path, *, create: bool = False) -> tuple[int, str]:
+        try:
+            return self.layout.open_parent(path, create=create)
+        except (StoreError, ViewBlocked, FileNotFoundError):
+            raise
+        except OSError as exc:
+            raise store_error(exc, f"opening the directory of {path}") from exc
 
     # --- manifests, the current version, the index ------------------------------------------------
 

@@ -16,6 +16,8 @@ On-disk formats carry a version in their names so a later layout can live beside
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import stat
 from pathlib import Path
@@ -85,6 +87,50 @@ class CacheLayout:
             if stat.S_ISLNK(st.st_mode):
                 raise StoreError(f"{current} is a symlink: vbo-mirror does not follow symlinks out of cache_dir",
                                  hint="replace it by a real directory (or remove it; vbo-mirror recreates it)")
+
+    def open_parent(self, path: Path, *, create: bool = False) -> tuple[int, str]:
+        """(descriptor of the directory holding `path`, its last component), reached from
+        cache_dir one component at a time with O_NOFOLLOW (openat): a directory swapped for
+        a symlink while a run goes on cannot redirect what is then done there, unlike a check
+        of the path followed by its use. `create` makes missing directories (mkdirat). The
+        caller closes the descriptor. A missing directory without `create`: FileNotFoundError."""
+        from ..errors import ViewBlocked
+
+        try:
+            rel = path.relative_to(self.root)
+        except ValueError:
+            raise StoreError(f"{path} is outside cache_dir {self.root}") from None
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+        fd = os.open(self.root, flags)  # cache_dir itself may be a symlink: the user's choice
+        current = self.root
+        try:
+            for part in rel.parts[:-1]:
+                current = current / part
+                try:
+                    nfd = os.open(part, flags | os.O_NOFOLLOW, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(part, 0o755, dir_fd=fd)
+                    nfd = os.open(part, flags | os.O_NOFOLLOW, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno == errno.ENOTDIR:
+                        st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+                        if not stat.S_ISLNK(st.st_mode):
+                            raise ViewBlocked(f"cannot make {path}: a file stands where the directory {current} "
+                                              "belongs", hint="move that file away and sync again") from exc
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise StoreError(f"{current} is a symlink: vbo-mirror does not follow symlinks out of "
+                                         "cache_dir", hint="replace it by a real directory (or remove it; "
+                                                           "vbo-mirror recreates it)") from exc
+                    raise
+                os.close(fd)
+                fd = nfd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, rel.parts[-1]
 
     def view_path(self, rel: str) -> Path:
         path = self.root / rel

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import IntegrityError, StoreError
-from .fsutil import atomic_write, pwrite_all, read_no_follow, store_error
+from .fsutil import atomic_write, atomic_write_at, pwrite_all, read_at, store_error
 from .layout import CacheLayout
 
 SIDECAR_VERSION = 1
@@ -98,9 +98,13 @@ class Partial:
     the resume state is guarded by a lock.
     """
 
-    def __init__(self, path: Path, state: ResumeState, fd: int, resumed_bytes: int, dfd: int = -1) -> None:
+    def __init__(self, path: Path, state: ResumeState, fd: int, resumed_bytes: int, dfd: int = -1,
+                 dirfd: int = -1) -> None:
         self.path = path
         self.sidecar = path.with_name(path.name + ".json")
+        # The fan-out directory, reached without following symlinks (layout.open_parent): the
+        # sidecar, the publication and the removal name their files relative to it.
+        self.dirfd = dirfd
         self.state = state
         self.fd = fd
         self.dfd = dfd
@@ -142,26 +146,39 @@ class Partial:
                 return  # closed (published or discarded): a late checkpoint must not bring a sidecar back
             try:
                 self.state.done = merge_ranges([*self.state.done, *([s, e] for s, e in ranges)])
-                atomic_write(self.sidecar, json.dumps({"v": SIDECAR_VERSION, **self.state.__dict__}).encode(),
-                             durable=False)
+                data = json.dumps({"v": SIDECAR_VERSION, **self.state.__dict__}).encode()
+                if self.dirfd >= 0:
+                    atomic_write_at(self.dirfd, self.sidecar.name, data, shown=self.sidecar)
+                else:
+                    atomic_write(self.sidecar, data, durable=False)
                 self.checkpointed = True
             except OSError as exc:
                 raise store_error(exc, f"saving resume state of {self.path.name}") from exc
 
-    def close(self) -> None:
+    def close(self, *, keep_dir: bool = False) -> None:
         with self._lock:
-            for name in ("fd", "dfd"):
+            for name in ("fd", "dfd") if keep_dir else ("fd", "dfd", "dirfd"):
                 fd = getattr(self, name)
                 if fd >= 0:
                     os.close(fd)
                     setattr(self, name, -1)
             self.direct = False
 
+    def unlink(self, name: str) -> None:
+        """Remove `name` from the partial's directory (a symlink there is removed, not followed)."""
+        with contextlib.suppress(FileNotFoundError):
+            if self.dirfd >= 0:
+                os.unlink(name, dir_fd=self.dirfd)
+            else:
+                (self.path.parent / name).unlink()
+
     def discard(self) -> None:
-        self.close()
-        for p in (self.path, self.sidecar):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+        self.close(keep_dir=True)
+        try:
+            for p in (self.path, self.sidecar):
+                self.unlink(p.name)
+        finally:
+            self.close()
 
 
 # Store objects are read-only. One published without its BLAKE2b checked (`--verify none`, or
@@ -180,24 +197,28 @@ def mark_verified(path: Path) -> None:
     os.chmod(path, VERIFIED_MODE)
 
 
-def _open_own(path: Path) -> int:
-    """Open (creating) a file of ours for writing without following a symlink at its name:
-    a symlink planted there (cache_dir may be writable by others) is removed, never written
-    through; a file left read-only by an older run is made writable again."""
+def _open_own(dirfd: int, name: str) -> int:
+    """Open (creating) a file of ours in `dirfd` for writing without following a symlink at
+    its name: a symlink planted there (cache_dir may be writable by others) is removed, never
+    written through; a file left read-only by an older run is made writable again."""
     flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
     for _ in range(3):
         try:
-            return os.open(path, flags, 0o644)
+            return os.open(name, flags, 0o644, dir_fd=dirfd)
         except OSError as exc:
             if exc.errno == errno.ELOOP:  # a symlink: remove the link itself, then create ours
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+                    os.unlink(name, dir_fd=dirfd)
                 continue
-            if exc.errno == errno.EACCES and stat.S_ISREG(os.lstat(path).st_mode):
-                os.chmod(path, 0o644)  # a regular file (lstat: not a symlink) we left read-only
+            if exc.errno == errno.EACCES and stat.S_ISREG(os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_mode):
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+                try:
+                    os.fchmod(fd, 0o644)  # a regular file we left read-only
+                finally:
+                    os.close(fd)
                 continue
             raise
-    raise OSError(errno.ELOOP, "a symlink keeps reappearing", str(path))
+    raise OSError(errno.ELOOP, "a symlink keeps reappearing", name)
 
 
 class ObjectStore:
@@ -215,13 +236,13 @@ class ObjectStore:
         """
         path = self.layout.partial_path(file_hash)
         sidecar = path.with_name(path.name + ".json")
+        dirfd = -1
         try:
-            self.layout.real_parents(path)  # before mkdir: it would follow a symlinked directory
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = _open_own(path)
+            dirfd, _ = self.layout.open_parent(path, create=True)  # no symlinked directory followed
+            fd = _open_own(dirfd, path.name)
             state = want
             try:
-                raw = json.loads(read_no_follow(sidecar, "resume state", limit=1 << 20))
+                raw = json.loads(read_at(dirfd, sidecar.name, limit=1 << 20))
                 old = ResumeState(raw["key"], raw["version_id"], raw["etag"], int(raw["size"]),
                                   merge_ranges([[int(s), int(e)] for s, e in raw["done"]]))
                 if raw.get("v") == SIDECAR_VERSION and old.matches(want):
@@ -229,12 +250,12 @@ class ObjectStore:
                     on_disk = os.fstat(fd).st_size
                     state = ResumeState(want.key, want.version_id, want.etag, want.size,
                                         [[s, min(e, on_disk)] for s, e in old.done if s < on_disk])
-            except (FileNotFoundError, StoreError, ValueError, KeyError, TypeError):
+            except (OSError, StoreError, ValueError, KeyError, TypeError):
                 pass  # no usable resume state (missing, a planted symlink, malformed): start afresh
             if state is want:
                 want.done = []
                 with contextlib.suppress(FileNotFoundError):
-                    sidecar.unlink()
+                    os.unlink(sidecar.name, dir_fd=dirfd)
                 os.ftruncate(fd, 0)
             try:
                 if want.size > 0:
@@ -245,9 +266,13 @@ class ObjectStore:
                     os.close(fd)
                     raise
             dfd = open_direct(path, fd) if direct else -1
-        except OSError as exc:
-            raise store_error(exc, f"opening {path}") from exc
-        return Partial(path, state, fd, sum(e - s for s, e in state.done), dfd)
+        except BaseException as exc:
+            if dirfd >= 0:
+                os.close(dirfd)
+            if isinstance(exc, OSError):
+                raise store_error(exc, f"opening {path}") from exc
+            raise
+        return Partial(path, state, fd, sum(e - s for s, e in state.done), dfd, dirfd)
 
     def publish(self, file_hash: str, partial: Partial, *, verified: bool = True) -> Path:
         """Make the bytes durable, then give them their final name, read-only; drop the sidecar.
@@ -260,16 +285,18 @@ class ObjectStore:
         final = self.path(file_hash)
         try:
             os.fdatasync(partial.fd)
-            partial.close()
-            os.replace(partial.path, final)
+            partial.close(keep_dir=True)
+            d = partial.dirfd  # the rename and the chmod name both files relative to their directory
+            os.replace(partial.path.name, final.name, src_dir_fd=d, dst_dir_fd=d)
             # Read-only only once it has its final name: a .partial always stays writable, so
             # a crash here can never leave one that the next run cannot reopen.
-            os.chmod(final, VERIFIED_MODE if verified else UNVERIFIED_MODE)
+            os.chmod(final.name, VERIFIED_MODE if verified else UNVERIFIED_MODE, dir_fd=d)
             if partial.state.done or partial.checkpointed:
-                with contextlib.suppress(FileNotFoundError):
-                    partial.sidecar.unlink()
+                partial.unlink(partial.sidecar.name)
         except OSError as exc:
             raise store_error(exc, f"publishing {final}") from exc
+        finally:
+            partial.close()
         return final
 
     def put_bytes(self, file_hash: str, data: bytes) -> Path:

@@ -16,7 +16,7 @@ import fcntl
 import warnings
 import os
 import secrets
-import shutil
+import stat
 import threading
 from pathlib import Path
 
@@ -50,92 +50,101 @@ class Linker:
         self.warned = False
         self._deciding = threading.Lock()
 
-    def link(self, src: Path, dst: Path) -> LinkMode:
-        """Make `dst` a view of `src`, replacing whatever is at `dst`, atomically. Called from
-        several I/O threads: the first link decides the mode, under a lock, once."""
+    def link_at(self, src: Path, dfd: int, name: str, shown: Path) -> LinkMode:
+        """Make `name` in the directory `dfd` a view of `src`, replacing whatever is there,
+        atomically (`shown`: its path, for messages). Every step names the entry relative to
+        `dfd` (linkat, openat, renameat, unlinkat), so nothing follows a symlink planted in the
+        view's place or on the way to it. Called from several I/O threads: the first link
+        decides the mode, under a lock, once."""
         if self.mode is None:
             with self._deciding:
                 if self.mode is None:
-                    return self._link(src, dst)
-        return self._link(src, dst)
+                    return self._link_at(src, dfd, name, shown)
+        return self._link_at(src, dfd, name, shown)
 
-    def _link(self, src: Path, dst: Path) -> LinkMode:
-        try:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError) as exc:
-            raise ViewBlocked(f"cannot make view {dst}: a file stands where a directory of its path belongs",
-                              hint="move that file away and sync again") from exc
-        except OSError as exc:
-            raise store_error(exc, f"creating {dst.parent}") from exc
-        if dst.is_dir() and not dst.is_symlink():
-            raise ViewBlocked(f"cannot make view {dst}: a directory is in its place",
-                              hint="move that directory away and sync again")
-        # Short and unique (not derived from dst's name: a 250-byte name has no room for a suffix).
-        tmp = dst.with_name(f".vbo-link-{os.getpid()}-{secrets.token_hex(4)}")
+    def _link_at(self, src: Path, dfd: int, name: str, shown: Path) -> LinkMode:
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISDIR(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
+                raise ViewBlocked(f"cannot make view {shown}: a directory is in its place",
+                                  hint="move that directory away and sync again")
+        # Short and unique (not derived from the name: a 250-byte name has no room for a suffix).
+        tmp = f".vbo-link-{os.getpid()}-{secrets.token_hex(4)}"
         modes = (self.mode,) if self.mode else self.chain
         last_exc: OSError | None = None
         for mode in modes:
             with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+                os.unlink(tmp, dir_fd=dfd)
             try:
-                _make(mode, src, tmp)
+                _make_at(mode, src, dfd, tmp)
             except OSError as exc:
                 if exc.errno not in _FALLBACK_ERRNOS or mode is LinkMode.COPY:
-                    raise store_error(exc, f"linking {dst}") from exc
+                    raise store_error(exc, f"linking {shown}") from exc
                 last_exc = exc
                 continue
             try:
-                os.replace(tmp, dst)
+                os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
             except OSError as exc:
                 with contextlib.suppress(OSError):
-                    tmp.unlink()
-                raise store_error(exc, f"linking {dst}") from exc
+                    os.unlink(tmp, dir_fd=dfd)
+                raise store_error(exc, f"linking {shown}") from exc
             if mode is LinkMode.HARDLINK:
-                # rename() between two links of one inode does nothing and succeeds: when dst
-                # already was this view (another shard made it meanwhile), tmp is still there.
+                # rename() between two links of one inode does nothing and succeeds: when the
+                # view already was this link (another shard made it meanwhile), tmp is still there.
                 with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
+                    os.unlink(tmp, dir_fd=dfd)
             if self.mode is None:
                 self.mode = mode
                 if mode is LinkMode.COPY and len(self.chain) > 1 and not self.warned:
                     self.warned = True
                     reason = os.strerror(last_exc.errno) if last_exc else "unsupported"
-                    warnings.warn(f"links are not possible under {dst.parent} ({reason}): views are full copies "
+                    warnings.warn(f"links are not possible under {shown.parent} ({reason}): views are full copies "
                                   "and use extra disk space", LinkFallbackWarning, stacklevel=2)
             return mode
-        raise store_error(last_exc or OSError(errno.EIO, "no link mode worked"), f"linking {dst}")
+        raise store_error(last_exc or OSError(errno.EIO, "no link mode worked"), f"linking {shown}")
 
-
-    def ensure(self, src: Path, dst: Path) -> bool:
-        """Make `dst` a view of `src` unless it already is one; True when it had to link."""
-        if view_matches(dst, src):
+    def ensure_at(self, src: Path, dfd: int, name: str, shown: Path) -> bool:
+        """Make `name` a view of `src` unless it already is one; True when it had to link."""
+        try:
+            vs = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            vs = None
+        if vs is not None and stat.S_ISREG(vs.st_mode) and _matches(vs, os.stat(src)):
             return False
-        self.link(src, dst)
+        self.link_at(src, dfd, name, shown)
         return True
 
 
-def _make(mode: LinkMode, src: Path, dst: Path) -> None:
+def _make_at(mode: LinkMode, src: Path, dfd: int, tmp: str) -> None:
+    """Create `tmp` in `dfd` as a link, reflink or copy of `src` (never through a symlink)."""
     if mode is LinkMode.HARDLINK:
-        os.link(src, dst)
-    elif mode is LinkMode.REFLINK:
-        with open(src, "rb") as s, open(dst, "wb") as d:
-            try:
-                fcntl.ioctl(d.fileno(), FICLONE, s.fileno())
-            except OSError:
-                d.close()
-                os.unlink(dst)
-                raise
-        _stamp(src, dst)
-    else:
-        shutil.copyfile(src, dst)
-        _stamp(src, dst)
+        os.link(src, tmp, dst_dir_fd=dfd)
+        return
+    out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+    try:
+        with open(src, "rb") as s:
+            if mode is LinkMode.REFLINK:
+                fcntl.ioctl(out, FICLONE, s.fileno())
+            else:
+                while chunk := s.read(1 << 20):
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(out, view):]
+            st = os.fstat(s.fileno())
+        # Read-only, with the object's mtime: how an unlinked view is recognised later.
+        os.fchmod(out, 0o444)
+        os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+    except BaseException:
+        os.close(out)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dfd)
+        raise
+    os.close(out)
 
 
-def _stamp(src: Path, dst: Path) -> None:
-    """Read-only, with the object's mtime: how an unlinked view is recognised later."""
-    st = os.stat(src)
-    os.chmod(dst, 0o444)
-    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+def _matches(vs: os.stat_result, ob: os.stat_result) -> bool:
+    if (vs.st_dev, vs.st_ino) == (ob.st_dev, ob.st_ino):
+        return True
+    return vs.st_nlink == 1 and vs.st_size == ob.st_size and vs.st_mtime_ns == ob.st_mtime_ns
 
 
 def view_matches(view: Path, obj: Path) -> bool:
