@@ -241,7 +241,8 @@ class Engine:
             await asyncio.sleep(self.CLAIM_POLL_SECONDS)  # its holder is fetching it: not for long
         try:
             if self.store.has_object(h):  # published by another process since we planned
-                if await asyncio.get_running_loop().run_in_executor(executor, self._link_fetched, item):
+                if await asyncio.get_running_loop().run_in_executor(executor, self._link_fetched, item,
+                                                                    mode != "steal"):
                     return
             if mode == "steal":
                 self.stats.bytes_total += item.size or 0
@@ -250,7 +251,7 @@ class Engine:
         finally:
             claims.release(h)
 
-    def _link_fetched(self, item: Fetch) -> bool:
+    def _link_fetched(self, item: Fetch, counted: bool) -> bool:
         """In a worker thread: views of an object another process has just published (checked
         first if it was published unverified and this run checks BLAKE2b). False: it was not
         right after all (removed): fetch it."""
@@ -267,7 +268,8 @@ class Engine:
         size = item.size or 0
         self.stats.files_linked += len(item.views)
         self.stats.bytes_linked += size * len(item.views)
-        self.stats.bytes_total -= size
+        if counted:  # planned as a fetch of ours: it no longer is one (a steal was never counted)
+            self.stats.bytes_total -= size
         return True
 
     async def _fetch_one(self, item: Fetch, gets: asyncio.Semaphore, executor: ThreadPoolExecutor) -> None:
