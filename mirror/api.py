@@ -51,7 +51,8 @@ class Mirror:
 
     `endpoint_url` replaces the host of every S3 URL (bucket and key stay those of the
     manifest); None follows the environment as the CLI does (VBO_MIRROR_ENDPOINT_URL,
-    AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL), "" is AWS whatever the environment says; `offline` works only from what cache_dir holds; `signed` uses the AWS
+    AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL), "" is AWS whatever the environment says;
+    `offline` works only from what cache_dir holds; `signed` uses the AWS
     credentials of the environment instead of anonymous requests; `link_mode` (auto, reflink,
     hardlink, copy) is how views are made, tables and data files alike (a sync may name
     another for its run). `on_status(line)` hears about long steps before a transfer (listing
@@ -326,5 +327,6 @@ class Mirror:
     def rebuild_index(self, *, jobs: int = 2, wait: bool = False) -> dict[str, Any]:
         """Rebuild the state index from the store: every object is read and verified."""
         layout = self.need_layout()
-        with CacheLock(layout.lock_path, wait=wait, on_wait=self.session.on_status, command="vbo-mirror index rebuild"):
+        with CacheLock(layout.lock_path, wait=wait, on_wait=self.session.on_status,
+                       command="vbo-mirror index rebuild"):
             return self._call(lambda s: s.rebuild_index(jobs=jobs))
