@@ -20,7 +20,7 @@ import stat
 from pathlib import Path
 
 from ..errors import StoreError, ViewBlocked
-from .fsutil import atomic_write, store_error
+from .fsutil import atomic_write, atomic_write_at, store_error
 from .index import IndexRecord, StateIndex
 from .layout import CacheLayout
 from .objects import ObjectStore, Partial, ResumeState
@@ -182,14 +182,17 @@ class Store:
         static cache reads the newest there), the others' removed."""
         from .fsutil import read_no_follow
 
-        d = self.layout.view_path(f"{m.project_name}/manifests")
-        self.layout.real_parents(d / m.name)
+        target = self.layout.view_path(f"{m.project_name}/manifests/{m.name}")
         data = read_no_follow(self.layout.manifest_path(m.name), "a manifest")
-        atomic_write(d / m.name, data)
-        for p in d.iterdir():
-            if p.name != m.name and p.name.endswith(".json") and "_manifest_v" in p.name and not p.is_symlink():
-                with contextlib.suppress(FileNotFoundError):
-                    p.unlink()
+        dfd, name = self._open_parent(target, create=True)
+        try:
+            atomic_write_at(dfd, name, data, shown=target, durable=True)
+            for other in os.listdir(dfd):
+                if other != name and other.endswith(".json") and "_manifest_v" in other:
+                    with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                        os.unlink(other, dir_fd=dfd)  # unlinkat: a symlink there goes, never its target
+        finally:
+            os.close(dfd)
 
     def pin(self, name: str) -> None:
         """Make `name` the version in use (AllenSDK's `_manifest_last_used.txt`)."""

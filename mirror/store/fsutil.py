@@ -60,9 +60,11 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = 
         raise store_error(exc, f"writing {path}") from exc
 
 
-def atomic_write_at(dfd: int, name: str, data: bytes, *, shown: Path, mode: int = 0o644) -> None:
+def atomic_write_at(dfd: int, name: str, data: bytes, *, shown: Path, mode: int = 0o644,
+                    durable: bool = False) -> None:
     """`atomic_write` of `name` in the directory `dfd` (openat/renameat: no symlink on the way
-    is followed), without fsyncs: for state that only saves work."""
+    is followed); `durable` syncs the file and the directory, otherwise neither (for state
+    that only saves work)."""
     tmp = f".vbo-tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dfd)
@@ -70,9 +72,13 @@ def atomic_write_at(dfd: int, name: str, data: bytes, *, shown: Path, mode: int 
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        if durable:
+            os.fsync(dfd)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=dfd)

@@ -308,14 +308,27 @@ class ObjectStore:
         if hashlib.blake2b(data).hexdigest() != file_hash:
             raise IntegrityError(f"refusing to store content whose BLAKE2b is not {file_hash[:16]}…")
         final = self.path(file_hash)
-        self.layout.real_parents(final)
-        atomic_write(final, data, mode=0o444)
+        try:
+            dfd, name = self.layout.open_parent(final, create=True)  # no symlinked directory followed
+        except OSError as exc:
+            raise store_error(exc, f"writing {final}") from exc
+        try:
+            atomic_write_at(dfd, name, data, shown=final, mode=0o444, durable=True)
+        finally:
+            os.close(dfd)
         return final
 
     def remove(self, file_hash: str) -> None:
         path = self.path(file_hash)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        try:
+            dfd, name = self.layout.open_parent(path)
+        except FileNotFoundError:
+            return
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=dfd)
+        finally:
+            os.close(dfd)
 
     def iter_objects(self):
         """(hash, size, inode) of every published object."""

@@ -113,18 +113,12 @@ def apply_prune(layout: CacheLayout, objects: ObjectStore, plan: PrunePlan) -> d
     """Remove what `plan` lists (the caller holds the exclusive lock); returns counts."""
     removed_views = 0
     for rel in plan.views:
-        path = layout.view_path(rel)
-        layout.real_parents(path)  # no symlinked directory on the way (StoreError)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-            removed_views += 1
+        removed_views += _unlink(layout, layout.view_path(rel))
     for p in plan.temporaries:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(p)
+        _unlink(layout, p)
     for p, _ in plan.partials:
         for f in (p, p.with_name(p.name + ".json")):
-            with contextlib.suppress(FileNotFoundError):
-                f.unlink()
+            _unlink(layout, f)
     index = StateIndex(layout)
     index.load()
     for h, _ in plan.objects:
@@ -139,6 +133,23 @@ def apply_prune(layout: CacheLayout, objects: ObjectStore, plan: PrunePlan) -> d
     index.commit()
     return {"views_removed": removed_views, "objects_removed": len(plan.objects),
             "partials_removed": len(plan.partials), "temporaries_removed": len(plan.temporaries)}
+
+
+def _unlink(layout: CacheLayout, path: Path) -> int:
+    """Remove `path` (never a directory) by unlinkat in its directory, reached from cache_dir
+    without following symlinks (a symlinked directory on the way raises StoreError); 1 if it
+    was there."""
+    try:
+        dfd, name = layout.open_parent(path)
+    except FileNotFoundError:
+        return 0
+    try:
+        os.unlink(name, dir_fd=dfd)
+        return 1
+    except FileNotFoundError:
+        return 0
+    finally:
+        os.close(dfd)
 
 
 def remove_empty_dirs(root: Path) -> None:
