@@ -45,6 +45,11 @@ def mb(n: float) -> str:
     return f"{n:.1f} TB"
 
 
+def mbps(rate: float) -> str:
+    """A rate, always in MB/s as the summary gives it."""
+    return f"{rate / 1e6:.1f} MB/s"
+
+
 def _eta(left: float, rate: float) -> str:
     if rate <= 0 or left <= 0:
         return "-"
@@ -82,7 +87,7 @@ class PlainEvents:
             rate = event.mb_per_s * 1e6
             pct = f" ({100 * event.bytes_done / event.bytes_total:.0f}%)" if event.bytes_total else ""
             self._print(f"vbo-mirror: {self.version}: files {event.files_done}/{self.files_total}, "
-                        f"{mb(event.bytes_done)} of {mb(event.bytes_total)}{pct}, {mb(rate)}/s, "
+                        f"{mb(event.bytes_done)} of {mb(event.bytes_total)}{pct}, {mbps(rate)}, "
                         f"ETA {_eta(event.bytes_total - event.bytes_done, rate)}"
                         + (f", {event.retries} retries" if event.retries else ""))
 
@@ -140,7 +145,7 @@ class LiveProgress:
         secs = st.seconds
         self.progress.update(self.task, total=total or None, completed=st.bytes_done, files=files,
                              bytes=f"{mb(st.bytes_done)}/{mb(total)}",
-                             rate=f"{mb(st.bytes_done / secs if secs > 0 else 0)}/s")
+                             rate=mbps(st.bytes_done / secs if secs > 0 else 0))
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, Started) and self.task is not None:

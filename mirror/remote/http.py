@@ -327,11 +327,8 @@ class _Connection(asyncio.BufferedProtocol):
         self._buf, self._fill = fresh, tail
         try:
             self._sink(buf, n)
-        except BaseException as exc:  # the sink refused (an earlier write failed): stop here
-            self.keep_alive = False
-            self.state = _DEAD
-            self._reject(exc)
-            self.transport.abort()
+        except BaseException as exc:
+            self._sink_refused(exc)
 
     def abort(self, reason: HttpError) -> None:
         if self._reason is None:
@@ -367,11 +364,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.handed += 1
         try:
             self._sink(buf, n)
-        except BaseException as exc:  # the sink refused (an earlier write failed): stop here
-            self.keep_alive = False
-            self.state = _DEAD
-            self._reject(exc)
-            self.transport.abort()
+        except BaseException as exc:
+            self._sink_refused(exc)
             return
         if self._remaining == 0:
             self._finish_body()
@@ -383,6 +377,13 @@ class _Connection(asyncio.BufferedProtocol):
             self._pool.wait(self._take_buffer)
         else:
             self._buf = buf
+
+    def _sink_refused(self, exc: BaseException) -> None:
+        """The sink refused a buffer (an earlier write failed): this response stops here."""
+        self.keep_alive = False
+        self.state = _DEAD
+        self._reject(exc)
+        self.transport.abort()
 
     def _finish_body(self) -> None:
         self.state = _DONE

@@ -12,12 +12,11 @@ moment can still lose an entry, which only costs AllenSDK a download later.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from typing import Iterable
 
-from .fsutil import atomic_write, read_no_follow, store_error
+from .fsutil import atomic_write, flocked, read_no_follow
 from .layout import CacheLayout
 
 RECORD = "_downloaded_data.json"
@@ -31,13 +30,7 @@ def record_downloaded(layout: CacheLayout, views: Iterable[tuple[str, str]]) -> 
     wanted = {os.path.join(root, rel): h for rel, h in views}
     if not wanted:
         return 0
-    try:
-        layout.meta.mkdir(parents=True, exist_ok=True)
-        fd = os.open(layout.meta / "allensdk.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        raise store_error(exc, f"updating {path}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with flocked(layout.meta / "allensdk.lock", f"updating {path}"):
         try:
             have = json.loads(read_no_follow(path, "AllenSDK's record of downloaded files", limit=MAX_RECORD))
             if not isinstance(have, dict):
@@ -52,5 +45,3 @@ def record_downloaded(layout: CacheLayout, views: Iterable[tuple[str, str]]) -> 
         have.update(new)
         atomic_write(path, json.dumps(have, indent=2, sort_keys=True).encode(), durable=False)
         return len(new)
-    finally:
-        os.close(fd)

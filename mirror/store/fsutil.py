@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import stat
 import secrets
@@ -25,39 +26,36 @@ def store_error(exc: OSError, what: str) -> StoreError:
     return StoreError(f"I/O error while {what}: {exc.strerror or exc}")
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
     """Write, fsync, rename over `path`, fsync the directory: readers see old or new, never
     half. The temporary name is unique, so concurrent writers (threads or processes) of the
     same path never share one; the last rename wins, whole. `durable=False` skips both
     fsyncs, for state that only saves work (after a power cut it may be old or empty)."""
-    # Short, whatever the final name: a name near the 255-byte limit must still have a temporary one.
-    tmp = path.with_name(f".vbo-tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        if durable:
-            fsync_dir(path.parent)
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise store_error(exc, f"writing {path}") from exc
+    try:
+        atomic_write_at(dfd, path.name, data, shown=path, mode=mode, durable=durable)
+    finally:
+        os.close(dfd)
+
+
+@contextlib.contextmanager
+def flocked(path: Path, what: str):
+    """Hold an exclusive flock on `path` (created, never through a symlink) for a short
+    read-merge-write that several processes do (shards, AllenSDK's record beside ours)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise store_error(exc, what) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def atomic_write_at(dfd: int, name: str, data: bytes, *, shown: Path, mode: int = 0o644,
@@ -65,6 +63,7 @@ def atomic_write_at(dfd: int, name: str, data: bytes, *, shown: Path, mode: int 
     """`atomic_write` of `name` in the directory `dfd` (openat/renameat: no symlink on the way
     is followed); `durable` syncs the file and the directory, otherwise neither (for state
     that only saves work)."""
+    # Short, whatever the final name: a name near the 255-byte limit must still have a temporary one.
     tmp = f".vbo-tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dfd)

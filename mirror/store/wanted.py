@@ -11,11 +11,10 @@ before records were kept); one with neither (a manifest fetched to compare) is n
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 from pathlib import Path
 
-from .fsutil import atomic_write, read_no_follow, store_error
+from .fsutil import atomic_write, flocked, read_no_follow
 from .layout import CacheLayout
 
 ALL = "*"
@@ -39,13 +38,7 @@ def add(layout: CacheLayout, view_dir: str, views: list[str] | None) -> None:
     """Add `views` (None: every file of the version) to the record, under a lock: shards of
     one selection add at the same time."""
     path = _path(layout, view_dir)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path.parent / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        raise store_error(exc, f"recording the views wanted in {view_dir}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with flocked(path.parent / ".lock", f"recording the views wanted in {view_dir}"):
         have = read(layout, view_dir) or frozenset()
         if ALL in have:
             return
@@ -54,8 +47,6 @@ def add(layout: CacheLayout, view_dir: str, views: list[str] | None) -> None:
             return
         lines = [ALL] if ALL in new else sorted(have | new)
         atomic_write(path, ("\n".join(lines) + "\n").encode(), durable=False)
-    finally:
-        os.close(fd)
 
 
 def remove(layout: CacheLayout, view_dir: str) -> None:
