@@ -211,6 +211,9 @@ def run_local(args) -> dict:
                 v["traceback"] = traceback.format_exc()
     out["warnings"] = _warning_lines(caught)
     out["network_attempts"] = attempts
+    from allensdk.brain_observatory.ophys.project_constants import VBO_METADATA_COLUMN_ORDER
+
+    out["column_order"] = list(VBO_METADATA_COLUMN_ORDER)  # the oracle comes from AllenSDK itself
     return out
 
 

@@ -62,16 +62,6 @@ from mirror.sandbox import ReplicaSpec, Sandbox
 
 # The tests' replica (tests/conftest.py TEST_SPEC): small for moto, ~3 MB per NWB generation.
 SPEC = ReplicaSpec(seed=7, scale=1 / 4000, part_size=64 << 10, multipart_threshold=128 << 10)
-# AllenSDK's VBO_METADATA_COLUMN_ORDER: the columns it puts first, in this order; the others
-# follow in Python set order (allensdk/core/dataframe_utils.py enforce_df_column_order), which
-# changes from run to run, so only their set is compared.
-ALLENSDK_COLUMN_ORDER = (
-    "behavior_session_id", "ophys_session_id", "ophys_container_id", "mouse_id", "indicator", "full_genotype",
-    "driver_line", "cre_line", "reporter_line", "sex", "age_in_days", "imaging_depth", "targeted_structure",
-    "targeted_imaging_depth", "imaging_plane_group_count", "imaging_plane_group", "project_code", "session_type",
-    "session_number", "image_set", "behavior_type", "passive", "experience_level", "prior_exposures_to_session_type",
-    "prior_exposures_to_image_set", "prior_exposures_to_omissions", "date_of_acquisition", "equipment_name",
-    "num_depths_per_area", "ophys_experiment_id", "num_targeted_structures", "published_at", "isi_experiment_id")
 SUBPROCESS_TIMEOUT = 900
 
 
@@ -234,7 +224,8 @@ def check_local(run: Run, tree: Path, dead_endpoint: str, versions: list[str]) -
             if "error" in mine:
                 c2.fail(f"{v} {table}: vbo-mirror: {mine['error']}")
                 continue
-            diffs, notes = compare_descriptions(theirs, mine, ordered=table != "ophys_cells_table")
+            diffs, notes = compare_descriptions(theirs, mine, side["column_order"],
+                                                ordered=table != "ophys_cells_table")
             for d in diffs:
                 c2.fail(f"{v} {table}: {d}")
             c2.notes += [f"{v} {table}: {n}" for n in notes]
@@ -245,9 +236,11 @@ def check_local(run: Run, tree: Path, dead_endpoint: str, versions: list[str]) -
     return c1, c2
 
 
-def compare_descriptions(a: dict, b: dict, *, ordered: bool) -> tuple[list[str], list[str]]:
+def compare_descriptions(a: dict, b: dict, column_order: list[str], *, ordered: bool) -> tuple[list[str], list[str]]:
     """Differences between AllenSDK's description (a) and vbo-mirror's (b). `ordered`: a table
-    AllenSDK puts in VBO_METADATA_COLUMN_ORDER (the cells table keeps the CSV's order)."""
+    AllenSDK puts in `column_order` (its VBO_METADATA_COLUMN_ORDER, as AllenSDK reported it;
+    the columns it does not name follow in Python set order, which changes from run to run,
+    so only their set is compared; the cells table keeps the CSV's order)."""
     diffs: list[str] = []
     notes: list[str] = []
     if a["index"] != b["index"]:
@@ -256,8 +249,8 @@ def compare_descriptions(a: dict, b: dict, *, ordered: bool) -> tuple[list[str],
     if set(ca) != set(cb):
         only_a, only_b = sorted(set(ca) - set(cb)), sorted(set(cb) - set(ca))
         diffs.append(f"columns only in AllenSDK's: {only_a}; only in vbo-mirror's: {only_b}")
-    fixed_a = [c for c in ca if c in ALLENSDK_COLUMN_ORDER] if ordered else ca
-    fixed_b = [c for c in cb if c in ALLENSDK_COLUMN_ORDER] if ordered else cb
+    fixed_a = [c for c in ca if c in column_order] if ordered else ca
+    fixed_b = [c for c in cb if c in column_order] if ordered else cb
     if fixed_a != fixed_b or ca[:len(fixed_a)] != fixed_a or cb[:len(fixed_b)] != fixed_b:
         diffs.append(f"column order: AllenSDK {ca} vs vbo-mirror {cb}")
     elif ca != cb:
