@@ -382,15 +382,14 @@ def test_typed_events_render_the_same_to_json_lines_and_plain_text(capsys):
     assert stream[3]["event"] == "file_failed" and stream[3].get("missing", 7) == 7  # dict-style reads still work
 
 
-def test_a_part_streaming_in_is_checkpointed_every_few_mib_so_a_kill_loses_little(tmp_path):
-    """No cleanup runs after kill -9: what saves the bytes is the checkpoint taken while the
-    part streams in. Here the server sends 6 MiB and then hangs; the resume state on disk
-    must already cover at least 4 MiB of it."""
+def _resume_state_while_hanging(tmp_path, *, count: int, fill: int, pause: float) -> dict:
+    """Run one 32 MiB fetch whose server sends `count` buffers of `fill` bytes, `pause` s
+    apart, and then hangs; return the resume state on disk at that moment (no cleanup has
+    run, as after a kill -9)."""
     import json
 
     from mirror.engine.runner import Engine
     from mirror.engine.transfer import Verify
-    from mirror.engine.writer import CHECKPOINT_BYTES
     from mirror.limits import Limits
     from mirror.model import ObjectRef
     from mirror.plan import Fetch, Plan
@@ -402,14 +401,14 @@ def test_a_part_streaming_in_is_checkpointed_every_few_mib_so_a_kill_loses_littl
     hanging = asyncio.Event()
 
     class Remote:
-        buffers = BufferPool(1 << 20, 16)
+        buffers = BufferPool(1 << 20, 16)  # the engine gives them back through remote.buffers
 
         async def get_into(self, ref, sink, *, start=0, end=None, size=None, if_match=None):
-            for _ in range(6):
+            for _ in range(count):
                 buf = self.buffers.take()
-                buf[:] = b"z" * len(buf)
-                sink(buf, len(buf))
-                await asyncio.sleep(0.01)
+                buf[:fill] = b"z" * fill
+                sink(buf, fill)
+                await asyncio.sleep(pause)
             hanging.set()
             await asyncio.sleep(60)
 
@@ -433,7 +432,16 @@ def test_a_part_streaming_in_is_checkpointed_every_few_mib_so_a_kill_loses_littl
             await task
         return state
 
-    state = asyncio.run(go())
+    return asyncio.run(go())
+
+
+def test_a_part_streaming_in_is_checkpointed_every_few_mib_so_a_kill_loses_little(tmp_path):
+    """No cleanup runs after kill -9: what saves the bytes is the checkpoint taken while the
+    part streams in. Here the server sends 6 MiB and then hangs; the resume state on disk
+    must already cover at least 4 MiB of it."""
+    from mirror.engine.writer import CHECKPOINT_BYTES
+
+    state = _resume_state_while_hanging(tmp_path, count=6, fill=1 << 20, pause=0.01)
     assert state["done"] and state["done"][0][0] == 0 and state["done"][0][1] >= CHECKPOINT_BYTES
 
 
@@ -441,51 +449,5 @@ def test_a_slow_part_is_checkpointed_within_a_second_not_only_every_few_mib(tmp_
     """On a slow link 4 MiB can take minutes: the checkpoint is also taken by time. Here the
     server sends 3 x 16 KiB, 0.3 s apart, and then hangs; the resume state on disk must cover
     what came before the last buffer without waiting for 4 MiB."""
-    import json
-
-    from mirror.engine.runner import Engine
-    from mirror.engine.transfer import Verify
-    from mirror.limits import Limits
-    from mirror.model import ObjectRef
-    from mirror.plan import Fetch, Plan
-    from mirror.remote.http import BufferPool
-    from mirror.store.facade import Store
-    from mirror.store.index import StateIndex
-    from mirror.store.layout import CacheLayout
-
-    hanging = asyncio.Event()
-
-    class Remote:
-        buffers = BufferPool(1 << 20, 16)
-
-        async def get_into(self, ref, sink, *, start=0, end=None, size=None, if_match=None):
-            for _ in range(3):
-                buf = self.buffers.take()
-                buf[:16 << 10] = b"z" * (16 << 10)
-                sink(buf, 16 << 10)
-                await asyncio.sleep(0.3)
-            hanging.set()
-            await asyncio.sleep(60)
-
-    layout = CacheLayout(tmp_path)
-    h = "c" * 128
-    engine = Engine(store=Store(layout, link_mode="copy"), remote=Remote(), index=StateIndex(layout),
-                    limits=Limits(jobs=1, part_size=64 << 20), verify=Verify.NONE)
-    sidecar = layout.partial_path(h).with_name(h + ".partial.json")
-
-    async def go():
-        task = asyncio.create_task(engine.run(Plan(("m",), (Fetch(h, ObjectRef("b", "k", "v"), 32 << 20, None,
-                                                                     ("v/k",)),))))
-        await hanging.wait()
-        for _ in range(100):  # the checkpoint is written by a worker thread once the writes land
-            if sidecar.exists():
-                break
-            await asyncio.sleep(0.02)
-        state = json.loads(sidecar.read_text())
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        return state
-
-    state = asyncio.run(go())
+    state = _resume_state_while_hanging(tmp_path, count=3, fill=16 << 10, pause=0.3)
     assert state["done"] and state["done"][0][0] == 0 and state["done"][0][1] >= 32 << 10
