@@ -71,6 +71,7 @@ class Mirror:
         signed: bool = False,
         timeouts: Timeouts = Timeouts(),
         transport: str = "lean",
+        proxy: str | None = None,
         limits: Limits = Limits(),
         link_mode: str = "auto",
         on_status: Callable[[str], None] | None = None,
@@ -85,6 +86,11 @@ class Mirror:
         self.signed = signed
         self.timeouts = timeouts
         self.transport = transport
+        # None: HTTPS_PROXY / HTTP_PROXY / NO_PROXY as curl reads them; "": no proxy; else a URL.
+        self.proxy = proxy
+        from .remote.netenv import proxy_config
+
+        proxy_config(proxy)  # a proxy setting that cannot be used is refused now, not at the first request
         self.session = Session(self.dataset, self.layout, self.remote_settings(), offline=offline, limits=limits,
                                link_mode=link_mode, on_status=on_status)
         self._loop = LoopThread()
@@ -113,7 +119,8 @@ class Mirror:
 
     def remote_settings(self) -> RemoteSettings:
         return RemoteSettings(bucket=self.dataset.bucket, region=self.dataset.region, endpoint_url=self.endpoint_url,
-                              signed=self.signed, timeouts=self.timeouts, transport=self.transport)
+                              signed=self.signed, timeouts=self.timeouts, transport=self.transport,
+                              proxy=self.proxy)
 
     def need_layout(self) -> CacheLayout:
         """The cache layout, or a clear error when no cache_dir was given."""

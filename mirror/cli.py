@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 
 class Ctx:
     def __init__(self, *, dataset: str, cache_dir: str | None, endpoint_url: str | None, json_out: bool,
-                 offline: bool, signed: bool, timeouts: Timeouts, transport: str = "lean") -> None:
+                 offline: bool, signed: bool, timeouts: Timeouts, transport: str = "lean",
+                 proxy: str | None = None) -> None:
         self.dataset = dataset
         self.cache_dir = cache_dir
         self.endpoint_url = endpoint_url
@@ -47,6 +48,7 @@ class Ctx:
         self.signed = signed
         self.timeouts = timeouts
         self.transport = transport
+        self.proxy = proxy
         self._mirror: Mirror | None = None
 
     @property
@@ -64,7 +66,7 @@ class Ctx:
                 check_endpoint(self.endpoint_url, source)
             self._mirror = Mirror(self.cache_dir, dataset=self.dataset, endpoint_url=self.endpoint_url or "",
                                   offline=self.offline, signed=self.signed, timeouts=self.timeouts,
-                                  transport=self.transport, on_status=_status_line)
+                                  transport=self.transport, proxy=self.proxy, on_status=_status_line)
         return self._mirror
 
     def emit(self, data: Any, text: str | Callable[[], str] | None = None) -> None:
@@ -209,14 +211,21 @@ class _Main(click.Group):
 @click.option("--transport", type=click.Choice(TRANSPORTS), default="lean", show_default=True,
               help="How object bodies are fetched: lean (straight into our buffers; fastest, see "
                    "benchmarks/RESULTS.md) or aiohttp.")
+@click.option("--proxy", metavar="URL",
+              help="HTTP proxy for every request (https goes through it in a CONNECT tunnel); "
+                   "default: HTTPS_PROXY / HTTP_PROXY / NO_PROXY as curl reads them.")
+@click.option("--no-proxy", "no_proxy", is_flag=True, help="Connect directly, whatever HTTPS_PROXY says.")
 @click.version_option(package_name="vbo-mirror")
 @click.pass_context
 def main(ctx: click.Context, dataset, cache_dir, endpoint_url, json_out, offline, signed,
-         connect_timeout, read_timeout, min_rate, min_rate_window, transport) -> None:
+         connect_timeout, read_timeout, min_rate, min_rate_window, transport, proxy, no_proxy) -> None:
     """Fast, verified, resumable mirror of the Allen Institute Visual Behavior Ophys release."""
+    if proxy is not None and no_proxy:
+        raise click.UsageError("--proxy and --no-proxy contradict each other: give one")
     timeouts = Timeouts(connect=connect_timeout, read=read_timeout, min_rate=min_rate, rate_window=min_rate_window)
     ctx.obj = Ctx(dataset=dataset, cache_dir=cache_dir, endpoint_url=endpoint_url, json_out=json_out,
-                  offline=offline, signed=signed, timeouts=timeouts, transport=transport)
+                  offline=offline, signed=signed, timeouts=timeouts, transport=transport,
+                  proxy="" if no_proxy else proxy)
 
 
 # --- manifests -----------------------------------------------------------------------------

@@ -121,6 +121,33 @@ class EndpointUnreachable(RemoteError):
     outcome = Action.STOP_RUN
 
 
+class ProxyUnreachable(EndpointUnreachable):
+    """The proxy (HTTPS_PROXY, --proxy, ...) does not answer, or cannot open the tunnel."""
+
+
+class ProxyAuthRequired(RemoteError):
+    """The proxy wants credentials (HTTP 407): no retry can bring them."""
+
+    retry = False
+    outcome = Action.STOP_RUN
+
+
+class WrongRegion(RemoteError):
+    """The endpoint the user named says the bucket lives in another region: every request
+    would get the same answer, so the run stops with one line naming the region."""
+
+    exit_code = 2
+    retry = False
+    outcome = Action.STOP_RUN
+
+
+class Redirected(RemoteError):
+    """A redirect that cannot be followed (no Location, a second hop, https to http)."""
+
+    retry = False
+    outcome = Action.STOP_RUN
+
+
 class TransferError(RemoteError):
     """The connection broke mid-response, or a read timed out."""
 
@@ -199,6 +226,10 @@ class OutdatedManifestWarning(MirrorWarning):
 
 class OfflineWarning(MirrorWarning):
     """The endpoint did not answer; vbo-mirror carries on from what cache_dir holds."""
+
+
+class RegionWarning(MirrorWarning):
+    """S3 said the bucket is in another region than the dataset file says: followed."""
 
 
 class LinkFallbackWarning(MirrorWarning):

@@ -1,28 +1,36 @@
-"""S3 access. Object bodies and listings travel by the lean transport (`http.py`: straight
-into our buffers) or, with `--transport aiohttp`, by aiohttp; listings are parsed by
-`listing.py`. HEAD goes through aiobotocore, created on first use (importing and configuring
-botocore costs about half a second that most runs need not pay). Signed requests are signed
-by botocore's SigV4 and sent by the same transport as anonymous ones."""
+"""S3 access: every request of a run (object GETs, HEADs, listings) goes through one
+transport and one `_call`, so proxies, CA bundles, addressing, redirects and errors never
+differ between them. The transport is the lean client (`http.py`: bodies straight into our
+buffers, framing by h11) or, with `--transport aiohttp`, aiohttp; listings are parsed by
+`listing.py`. botocore only signs (SigV4, with `--signed`), and aiobotocore only finds the
+credentials (its providers are async: instance metadata, SSO, ...)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from urllib.parse import quote, urlencode
+import dataclasses
+import warnings
+from typing import Callable
+from urllib.parse import quote, urlencode, urljoin, urlsplit
 
-from ..errors import MirrorError, ProtocolError
+from ..errors import MirrorError, ProtocolError, Redirected, RegionWarning, WrongRegion
 from ..limits import Limits
 from . import listing
-from .http import BufferPool, HttpClient, Sink
+from .http import ERROR_BODY_MAX, BufferPool, HttpClient, ProxyFailed, Response, Sink, xml_text
+from .netenv import ProxyConfig, host_header, proxy_config
 from .ratelimit import TokenBucket
 from .translate import from_exception, from_status
 from .settings import TRANSPORTS, RemoteSettings, Timeouts  # noqa: F401 (re-exported)
 from ..model import ObjectInfo, ObjectRef, strip_etag
 
+_REBUILD = object()  # a redirect to the bucket's own region: build the URL again
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+
 class Remote:
-    """One endpoint: a pool of connections for object bodies sized by `limits`, receive
-    buffers shared by every GET, and (on first use) an aiobotocore client for the rest.
-    Used as an async context manager."""
+    """One endpoint: a pool of connections sized by `limits`, receive buffers shared by every
+    GET, the proxy and TLS settings of the environment. Used as an async context manager."""
 
     LIST_PAGE_SIZE = 1000  # S3's maximum; tests make it small to walk many pages
 
@@ -33,11 +41,10 @@ class Remote:
         self.limits = limits
         self.buffers = BufferPool(limits.receive_buffer, limits.buffers)
         self.bucket = TokenBucket(limits.bwlimit) if limits.bwlimit else None
+        self.proxies = proxy_config(settings.proxy)
         self._stack = contextlib.AsyncExitStack()
         self._http: HttpClient | None = None
-        self._aiohttp = None
-        self._s3 = None
-        self._s3_lock: asyncio.Lock | None = None
+        self._transport = None
         self._session = None
         self._credentials = None
 
@@ -48,25 +55,19 @@ class Remote:
     def open(self) -> None:
         """Set up inside the running loop (nothing here awaits: it may also be done on first
         use, see remote.OnDemand)."""
-        s, t = self.settings, self.settings.timeouts
+        t = self.settings.timeouts
         self.buffers.bind(asyncio.get_running_loop())
-        self._s3_lock = asyncio.Lock()
-        if s.transport == "lean":
+        if self.settings.transport == "lean":
             self._http = HttpClient(max_connections=self.limits.pool_size, connect_timeout=t.connect,
                                     read_timeout=t.read, min_rate=t.min_rate, rate_window=t.rate_window,
                                     straggler_factor=t.straggler_factor, straggler_window=t.straggler_window,
-                                    bucket=self.bucket)
+                                    bucket=self.bucket, proxies=self.proxies)
             self._http.start()
             self._stack.push_async_callback(self._http.close)
+            self._transport = _Lean(self._http)
         else:
-            import aiohttp
-
-            connector = aiohttp.TCPConnector(limit=self.limits.pool_size, ttl_dns_cache=300)
-            # sock_connect, not connect: aiohttp's `connect` also counts the wait for a free
-            # connection of the pool, which is not the server's fault.
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect, sock_read=t.read)
-            self._aiohttp = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
-            self._stack.push_async_callback(self._aiohttp.close)
+            self._transport = _Aiohttp(self.limits.pool_size, t, self.proxies, self.bucket)
+            self._stack.push_async_callback(self._transport.close)
 
     async def __aexit__(self, *exc_info) -> None:
         await self.aclose()
@@ -74,46 +75,40 @@ class Remote:
     async def aclose(self) -> None:
         await self._stack.aclose()
 
+    @property
+    def opened(self) -> int:
+        """Connections opened so far (lean transport), for tests and stats."""
+        return self._http.opened if self._http is not None else 0
+
     def _translate(self, exc: BaseException, what: str):
         t = self.settings.timeouts
-        return from_exception(exc, what=what, url=self.settings.base_url, connect_timeout=t.connect, read_timeout=t.read)
+        return from_exception(exc, what=what, url=self.settings.base_url, connect_timeout=t.connect,
+                              read_timeout=t.read, proxied=self._proxied())
 
-    # --- aiobotocore, on first use ----------------------------------------------------------
+    def _proxied(self) -> str | None:
+        """The proxy requests to the endpoint go through, as users name it (for messages)."""
+        parts = urlsplit(self.settings.base_url)
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            return None
+        proxy = self.proxies.select(parts.scheme, parts.hostname or "", port)
+        return f"{proxy.url} (from {proxy.source})" if proxy else None
 
-    def _botocore_session(self):
-        if self._session is None:
-            from aiobotocore.session import get_session
+    # --- signing -------------------------------------------------------------------------------
 
-            self._session = get_session()
-        return self._session
-
-    async def _client(self):
-        async with self._s3_lock:
-            if self._s3 is None:
-                from aiobotocore.config import AioConfig
-                from botocore import UNSIGNED
-
-                s, t = self.settings, self.settings.timeouts
-                config = AioConfig(
-                    signature_version=None if s.signed else UNSIGNED,
-                    connect_timeout=t.connect,
-                    read_timeout=t.read,
-                    retries={"max_attempts": 1, "mode": "standard"},  # retries are ours (engine/policy.py)
-                    max_pool_connections=self.limits.pool_size,
-                    s3={"addressing_style": "path"},
-                )
-                self._s3 = await self._stack.enter_async_context(self._botocore_session().create_client(
-                    "s3", region_name=s.region, endpoint_url=s.endpoint_url or f"https://s3.{s.region}.amazonaws.com",  # never botocore's own env lookup
-                    config=config))
-            return self._s3
-
-    async def _sign(self, url: str, headers: dict[str, str]) -> dict[str, str]:
-        """SigV4 headers for a GET of `url` with the credentials of the environment."""
+    async def _sign(self, method: str, url: str, headers: dict[str, str]) -> dict[str, str]:
+        """SigV4 headers for `method url` with the credentials of the environment; the Host
+        header in `headers` is the one that will be sent, so the signature covers it."""
         from botocore.auth import S3SigV4Auth
         from botocore.awsrequest import AWSRequest
 
         if self._credentials is None:
-            creds = await self._botocore_session().get_credentials()
+            if self._session is None:
+                from aiobotocore.session import get_session
+
+                self._session = get_session()
+            creds = await self._session.get_credentials()
             if creds is None:
                 from ..errors import AccessDenied
 
@@ -121,20 +116,88 @@ class Remote:
                                    hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, or drop --signed")
             self._credentials = creds
         frozen = await self._credentials.get_frozen_credentials()
-        request = AWSRequest(method="GET", url=url, headers=dict(headers))
+        request = AWSRequest(method=method, url=url, headers=dict(headers))
         S3SigV4Auth(frozen, "s3", self.settings.region).add_auth(request)
         return dict(request.headers.items())
+
+    # --- the one way every request goes ------------------------------------------------------
+
+    async def _call(self, method: str, build: Callable[[RemoteSettings], str], headers: dict[str, str], *,
+                    what: str, sink: Sink | None = None,
+                    check: Callable[[Response], int | None] | None = None) -> Response:
+        """Send one request and return its 2xx answer (its body streamed into `sink` once
+        `check` accepted the head and said how many bytes must come). A redirect is
+        followed at most once: to the bucket's region for AWS (then kept for the run), or to
+        a Location; every other answer becomes our error kind."""
+        settings = self.settings
+        url = build(settings)
+        hopped = False
+        try:
+            while True:
+                parts = urlsplit(url)
+                send = {"Host": host_header(parts.scheme, parts.hostname or "", parts.port), **headers}
+                if settings.signed:
+                    send = await self._sign(method, url, send)
+                r = await self._transport.request(method, url, send, sink=sink, pool=self.buffers, check=check)
+                if 200 <= r.status < 300:
+                    return r
+                where = self._redirect(r, url, settings, what)
+                if where is None:
+                    raise from_status(r.status, what=what, code=r.error_code, proxied=self._proxied())
+                if hopped:
+                    raise Redirected(f"{what}: redirected again (HTTP {r.status}) after following one redirect",
+                                     hint="check --endpoint-url: vbo-mirror follows one redirect per request")
+                hopped = True
+                if where is _REBUILD:
+                    settings = self.settings
+                    url = build(settings)
+                else:
+                    url = where
+        except asyncio.CancelledError:
+            raise
+        except MirrorError:
+            raise
+        except Exception as exc:
+            raise self._translate(exc, what) from exc
+
+    def _redirect(self, r: Response, url: str, used: RemoteSettings, what: str):
+        """Where a 3xx (or a 400 naming the region) sends this request: _REBUILD, a URL, None
+        when it is not a redirect, or an error when it cannot be followed."""
+        region = r.headers.get("x-amz-bucket-region") or xml_text(r.error_body, "Region")
+        code = r.error_code
+        said = f"HTTP {r.status}{' ' + code if code else ''}"
+        if region and region != used.region and (r.status in _REDIRECTS or r.status == 400):
+            if used.endpoint_url:
+                raise WrongRegion(f"{what}: {used.endpoint_url} says s3://{used.bucket} is in region {region} ({said})",
+                                  hint=f"use --endpoint-url https://s3.{region}.amazonaws.com, or leave "
+                                       f"--endpoint-url out (vbo-mirror then finds the region itself)")
+            if self.settings.region == used.region:
+                warnings.warn(f"s3://{used.bucket} is in region {region}, not {used.region} as the dataset file "
+                              f"says: following it for the rest of this run", RegionWarning, stacklevel=2)
+                self.settings = dataclasses.replace(self.settings, region=region)
+            return _REBUILD
+        if r.status not in _REDIRECTS:
+            return None
+        location = r.headers.get("location")
+        if not location:
+            raise Redirected(f"{what}: redirected ({said}) without a Location or a region to follow",
+                             hint="check --endpoint-url and the dataset's region")
+        target = urljoin(url, location)
+        scheme = urlsplit(target).scheme
+        if scheme not in ("http", "https") or (scheme == "http" and url.startswith("https:")):
+            raise Redirected(f"{what}: refused a redirect ({said}) from {url.split('?')[0]} to {target!r}",
+                             hint="vbo-mirror never follows https to http, nor to other schemes")
+        return target
 
     # --- listing (our own requests and parser: botocore's shape-driven parser took ~0.4 ms
     # per entry, and creating its client ~0.5 s, which a no-op resync need not pay) ---------
 
-    def _bucket_url(self, params: dict[str, str]) -> str:
-        s = self.settings
-        base = f"{s.base_url}/{s.bucket}" if s.endpoint_url else s.base_url
-        return f"{base}/?" + urlencode(sorted(params.items()), quote_via=quote, safe="~-._")
+    def _bucket_url(self, params: dict[str, str]) -> Callable[[RemoteSettings], str]:
+        query = urlencode(sorted(params.items()), quote_via=quote, safe="~-._")
+        return lambda s: f"{s.bucket_url(s.bucket)}/?{query}"
 
-    async def _document(self, url: str, what: str, *, limit: int = 64 << 20) -> bytes:
-        """GET a small document (a listing page) whole, in memory."""
+    async def _document(self, build: Callable[[RemoteSettings], str], what: str, *, limit: int = 64 << 20) -> bytes:
+        """GET a small document (a listing page) whole, in memory, however it is framed."""
         data = bytearray()
 
         def sink(buf: bytearray, n: int) -> None:
@@ -145,29 +208,7 @@ class Remote:
             finally:
                 self.buffers.give(buf)
 
-        try:
-            headers = await self._sign(url, {}) if self.settings.signed else {}
-            if self._http is not None:
-                async with self._http.get(url, headers) as exchange:
-                    r = exchange.response
-                    if r.status != 200:
-                        raise from_status(r.status, what=what, code=_error_code(await exchange.read_error_body()))
-                    if r.length is None:
-                        raise ProtocolError(f"{what}: the answer has no Content-Length",
-                                            hint="this server frames bodies another way: try --transport aiohttp")
-                    await exchange.read_into(sink, self.buffers, r.length)
-            else:
-                async with self._aiohttp.get(url, headers=headers) as resp:
-                    body = await resp.read()
-                    if resp.status != 200:
-                        raise from_status(resp.status, what=what, code=_error_code(body[:4096]))
-                    data += body
-        except asyncio.CancelledError:
-            raise
-        except MirrorError:
-            raise
-        except Exception as exc:
-            raise self._translate(exc, what) from exc
+        await self._call("GET", build, {}, what=what, sink=sink, check=lambda r: r.length)
         return bytes(data)
 
     async def list_keys(self, prefix: str) -> list[ObjectInfo]:
@@ -213,23 +254,21 @@ class Remote:
     async def head(self, ref: ObjectRef, *, part_number: int | None = None) -> ObjectInfo:
         """HEAD one version; with `part_number`, S3 answers the size of that part and the part
         count, which is how the real part size of a multipart ETag is learned."""
-        kwargs = {"Bucket": ref.bucket, "Key": ref.key}
-        if ref.version_id:
-            kwargs["VersionId"] = ref.version_id
-        if part_number is not None:
-            kwargs["PartNumber"] = part_number
+        params = {"partNumber": str(part_number)} if part_number is not None else {}
+        what = f"HEAD s3://{ref.bucket}/{ref.key}"
+        r = await self._call("HEAD", lambda s: s.object_url(ref, **params), {}, what=what)
         try:
-            r = await (await self._client()).head_object(**kwargs)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            raise self._translate(exc, f"HEAD s3://{ref.bucket}/{ref.key}") from exc
-        size = int(r["ContentLength"])
+            size = int(r.headers.get("content-length", ""))
+        except ValueError:
+            raise ProtocolError(f"{what}: the answer has no usable Content-Length") from None
+        version = r.headers.get("x-amz-version-id")
+        if ref.version_id and version not in (None, ref.version_id):
+            raise ProtocolError(f"{what}: server answered version {version}, not {ref.version_id}")
         return ObjectInfo(
             ref.key,
-            r.get("VersionId", ref.version_id),
+            version or ref.version_id,
             size if part_number is None else -1,
-            strip_etag(r.get("ETag")),
+            strip_etag(r.headers.get("etag")),
             part_size=size if part_number is not None else None,
         )
 
@@ -242,9 +281,9 @@ class Remote:
 
         A ranged request checks that the server answered 206 with exactly the range asked
         for; `if_match` makes S3 refuse (412) rather than serve another object's bytes; a
-        whole-object answer must have `size` bytes when it is known. Bytes that arrived
-        before a failure have been handed to the sink: retry from where it got to. `seen`, if
-        given, receives the answer's headers (lower-case names).
+        whole-object answer must have `size` bytes when it is known, however it is framed.
+        Bytes that arrived before a failure have been handed to the sink: retry from where it
+        got to. `seen`, if given, receives the answer's headers (lower-case names).
         """
         ranged = start > 0 or end is not None
         headers: dict[str, str] = {}
@@ -252,56 +291,15 @@ class Remote:
             headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
         if if_match:
             headers["If-Match"] = f'"{if_match}"'
-        url = self.settings.object_url(ref)
         what = f"GET s3://{ref.bucket}/{ref.key}" + (f" [{start}-{end})" if ranged else "")
-        try:
-            if self.settings.signed:
-                headers = await self._sign(url, headers)
-            if self._http is not None:
-                await self._get_lean(url, headers, sink, what=what, ref=ref, ranged=ranged, start=start, end=end,
-                                     size=size, seen=seen)
-            else:
-                await self._get_aiohttp(url, headers, sink, what=what, ref=ref, ranged=ranged, start=start, end=end,
-                                        size=size, seen=seen)
-        except asyncio.CancelledError:
-            raise
-        except MirrorError:
-            raise
-        except Exception as exc:
-            raise self._translate(exc, what) from exc
 
-    async def _get_lean(self, url, headers, sink, *, what, ref, ranged, start, end, size, seen) -> None:
-        async with self._http.get(url, headers) as exchange:
-            r = exchange.response
+        def check(r: Response) -> int | None:
             if seen is not None:
                 seen.update(r.headers)
-            if r.status not in (200, 206):
-                raise from_status(r.status, what=what, code=_error_code(await exchange.read_error_body()))
-            length = r.length
-            if length is None:
-                raise ProtocolError(f"{what}: the answer has no Content-Length",
-                                    hint="this server frames bodies another way: try --transport aiohttp")
-            _check_answer(r.status, r.headers.get("content-range"), length, r.headers.get("x-amz-version-id"),
-                          ref=ref, ranged=ranged, start=start, end=end, size=size, what=what)
-            await exchange.read_into(sink, self.buffers, length)
+            return _check_answer(r.status, r.headers.get("content-range"), r.length, r.headers.get("x-amz-version-id"),
+                                 ref=ref, ranged=ranged, start=start, end=end, size=size, what=what)
 
-    async def _get_aiohttp(self, url, headers, sink, *, what, ref, ranged, start, end, size, seen) -> None:
-        resp = await self._aiohttp.get(url, headers=headers)
-        try:
-            if seen is not None:
-                seen.update((k.lower(), v) for k, v in resp.headers.items())
-            if resp.status not in (200, 206):
-                body = b""
-                with contextlib.suppress(Exception):
-                    body = await resp.content.read(4096)
-                raise from_status(resp.status, what=what, code=_error_code(body))
-            length = resp.headers.get("Content-Length")
-            _check_answer(resp.status, resp.headers.get("Content-Range"), int(length) if length else None,
-                          resp.headers.get("x-amz-version-id"), ref=ref, ranged=ranged, start=start, end=end,
-                          size=size, what=what)
-            await _copy_into_buffers(resp.content, sink, self.buffers, self.bucket)
-        finally:
-            resp.release()
+        await self._call("GET", lambda s: s.object_url(ref), headers, what=what, sink=sink, check=check)
 
     async def read_all(self, ref: ObjectRef, *, limit: int = 512 << 20, seen: dict | None = None) -> bytes:
         """A whole small object (a manifest, a metadata table) in memory; `seen` as in get_into."""
@@ -319,12 +317,98 @@ class Remote:
         return bytes(data)
 
 
-async def _copy_into_buffers(content, sink: Sink, pool: BufferPool, bucket: TokenBucket | None = None) -> None:
+# --- transports: one `request` each --------------------------------------------------------------
+
+
+class _Lean:
+    def __init__(self, http: HttpClient) -> None:
+        self.http = http
+
+    async def request(self, method: str, url: str, headers: dict[str, str], *, sink: Sink | None,
+                      pool: BufferPool, check) -> Response:
+        async with self.http.request(method, url, headers) as exchange:
+            r = exchange.response
+            if not 200 <= r.status < 300:
+                return dataclasses.replace(r, error_body=await exchange.read_error_body(), url=url)
+            expect = check(r) if check is not None else None
+            if sink is not None:
+                await exchange.read_into(sink, pool, expect)
+            return r
+
+
+class _Aiohttp:
+    """aiohttp, told the same things as the lean client: our proxy choice (not its own reading
+    of the environment), our TLS context, no redirects of its own."""
+
+    def __init__(self, pool_size: int, t: Timeouts, proxies: ProxyConfig, bucket: TokenBucket | None) -> None:
+        import aiohttp
+
+        from .netenv import ssl_context
+
+        self.proxies = proxies
+        self.bucket = bucket
+        self.ssl = ssl_context()
+        connector = aiohttp.TCPConnector(limit=pool_size, ttl_dns_cache=300, ssl=self.ssl)
+        # sock_connect, not connect: aiohttp's `connect` also counts the wait for a free
+        # connection of the pool, which is not the server's fault.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect, sock_read=t.read)
+        self.session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
+                                             trust_env=False, skip_auto_headers=("User-Agent",))
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def request(self, method: str, url: str, headers: dict[str, str], *, sink: Sink | None,
+                      pool: BufferPool, check) -> Response:
+        import aiohttp
+
+        parts = urlsplit(url)
+        proxy = self.proxies.select(parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+        kwargs = {}
+        if proxy is not None:
+            kwargs["proxy"] = proxy.url
+            if proxy.auth:
+                kwargs["proxy_headers"] = {"Proxy-Authorization": proxy.auth}
+        try:
+            async with self.session.request(method, url, headers={"User-Agent": "vbo-mirror", **headers},
+                                            allow_redirects=False, **kwargs) as resp:
+                names: dict[str, str] = {}
+                for k, v in resp.headers.items():
+                    k = k.lower()
+                    names[k] = f"{names[k]}, {v}" if k in names else v
+                length = names.get("content-length")
+                if method == "HEAD" or resp.status in (204, 304):
+                    framing = "none"
+                elif "transfer-encoding" in names:
+                    framing, length = "chunked", None
+                else:
+                    framing = "length" if length is not None else "close"
+                r = Response(resp.status, names, resp.reason or "", framing, int(length) if length else None, url=url)
+                if not 200 <= resp.status < 300:
+                    body = b""
+                    with contextlib.suppress(Exception):
+                        body = await resp.content.read(ERROR_BODY_MAX)
+                    return dataclasses.replace(r, error_body=body)
+                expect = check(r) if check is not None else None
+                if sink is not None and framing != "none":
+                    got = await _copy_into_buffers(resp.content, sink, pool, self.bucket)
+                    if expect is not None and got != expect:
+                        raise ProtocolError(f"the body has {got} bytes, {expect} were announced")
+                return r
+        except aiohttp.ClientHttpProxyError as exc:
+            raise ProxyFailed(f"the proxy {proxy.url} (from {proxy.source}) refused the tunnel: HTTP {exc.status} "
+                              f"{exc.message}", proxy, exc.status) from exc
+        except aiohttp.ClientProxyConnectionError as exc:
+            raise ProxyFailed(f"cannot reach the proxy {proxy.url} (from {proxy.source}): {exc}", proxy) from exc
+
+
+async def _copy_into_buffers(content, sink: Sink, pool: BufferPool, bucket: TokenBucket | None = None) -> int:
     """aiohttp hands over its own chunks: copy them into pool buffers for the sink (the extra
-    copy is this transport's price)."""
+    copy is this transport's price). Returns the bytes copied."""
     loop = asyncio.get_running_loop()
     buf: bytearray | None = None
     fill = 0
+    total = 0
     try:
         while True:
             chunk, _ = await content.readchunk()
@@ -334,6 +418,7 @@ async def _copy_into_buffers(content, sink: Sink, pool: BufferPool, bucket: Toke
                 continue
             if bucket is not None:
                 await bucket.wait(len(chunk))
+            total += len(chunk)
             view = memoryview(chunk)
             while view:
                 if buf is None:
@@ -362,15 +447,13 @@ async def _copy_into_buffers(content, sink: Sink, pool: BufferPool, bucket: Toke
                 sink(buf, fill)  # what arrived is good; the caller resumes after it
             else:
                 pool.give(buf)
+    return total
 
 
-def _error_code(body: bytes) -> str | None:
-    if b"<Code>" in body:
-        return body.split(b"<Code>", 1)[1].split(b"</Code>", 1)[0].decode(errors="replace") or None
-    return None
-
-
-def _check_answer(status, content_range, content_length, version_id, *, ref, ranged, start, end, size, what) -> None:
+def _check_answer(status, content_range, content_length, version_id, *, ref, ranged, start, end, size,
+                  what) -> int | None:
+    """Refuse an answer that is not the bytes asked for; return how many body bytes it must
+    carry (whatever its framing), or None when that is not known."""
     if ref.version_id and version_id not in (None, ref.version_id):
         raise ProtocolError(f"{what}: server answered version {version_id}, not {ref.version_id}")
     if not ranged:
@@ -378,7 +461,7 @@ def _check_answer(status, content_range, content_length, version_id, *, ref, ran
             raise ProtocolError(f"{what}: expected HTTP 200, got {status}")
         if size is not None and content_length is not None and content_length != size:
             raise ProtocolError(f"{what}: the server sends {content_length} bytes, the object has {size}")
-        return
+        return size if size is not None else content_length
     if status != 206 or not content_range:
         raise ProtocolError(f"{what}: expected 206 with Content-Range, got {status} {content_range!r}")
     try:
@@ -392,4 +475,4 @@ def _check_answer(status, content_range, content_length, version_id, *, ref, ran
         raise ProtocolError(f"{what}: server sent range {content_range!r}, asked for {start}-{'' if end is None else end - 1}")
     if content_length is not None and int(content_length) != last - first + 1:
         raise ProtocolError(f"{what}: Content-Length {content_length} does not match Content-Range {content_range!r}")
-
+    return last - first + 1

@@ -1,4 +1,4 @@
-"""A lean HTTP/1.1 GET client whose response bodies land straight in our own large buffers.
+"""A lean HTTP/1.1 client whose response bodies land straight in our own large buffers.
 
 Why not aiohttp for the bytes: for every socket read aiohttp copies the data into a new
 `bytes`, runs its parser, feeds a StreamReader and reschedules a timer, all holding the GIL;
@@ -8,9 +8,16 @@ recycled buffer of a MiB or more; Python runs two tiny calls per socket read and
 buffer over only when it is full. Timeouts cost nothing per read either: one watchdog tick
 per client compares byte counters.
 
-Scope, on purpose: GET with keep-alive, bodies delimited by Content-Length (S3 always sends
-one for objects); error documents are read up to a few KiB however they are framed, and
-their connection is then closed. No pipelining, no redirects, no compression.
+What HTTP/1.1 says is h11's job, not ours: every request is written by h11 and every answer
+head parsed by it (1xx skipped, obsolete line folding, strict and duplicate Content-Length,
+header size), so this module only decides where the bytes go. A body framed by Content-Length
+(S3's objects) skips h11 and is received in place; any other framing (chunked, as AWS sends
+listings and error documents and as proxies re-frame, or delimited by the close) is decoded by
+h11 and copied into the same buffers: slower, with the same guarantees above it.
+
+Proxies as curl does them (netenv.py): a CONNECT tunnel for https, the absolute form for http,
+the endpoint's name resolved by the proxy. Keep-alive, no pipelining, no compression; redirects
+are the caller's decision (remote/client.py), never followed here.
 """
 
 from __future__ import annotations
@@ -19,19 +26,23 @@ import asyncio
 import collections
 import contextlib
 import mmap
-import os
 import socket
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import urlsplit
 
+import h11
+
+from .netenv import Proxy, ProxyConfig, host_header, ssl_context
 from .ratelimit import TokenBucket
 
-HEAD_MAX = 64 << 10  # status line + headers
+HEAD_MAX = 64 << 10  # status line + headers (h11's limit of an incomplete head)
+MAX_HEADERS = 200  # header fields in one answer
+MAX_INFORMATIONAL = 16  # 1xx answers skipped before the final one
 FLUSH_ALIGN = 4096  # what the watchdog hands over of a buffer held too long: whole blocks (O_DIRECT)
 ERROR_BODY_MAX = 8 << 10
-USER_AGENT = b"vbo-mirror"
+USER_AGENT = "vbo-mirror"
 
 # What a body sink gets: a buffer it now owns and how many bytes of it are filled. It gives
 # the buffer back to the pool (from any thread) once it is done with it.
@@ -48,6 +59,15 @@ class ConnectFailed(HttpError):
 
 class ConnectTimeout(HttpError):
     pass
+
+
+class ProxyFailed(ConnectFailed):
+    """The proxy itself cannot be reached, or did not open the tunnel."""
+
+    def __init__(self, message: str, proxy: Proxy, status: int | None = None) -> None:
+        super().__init__(message)
+        self.proxy = proxy
+        self.status = status
 
 
 class StreamBroken(HttpError):
@@ -74,19 +94,61 @@ class BadResponse(HttpError):
 class Response:
     status: int
     headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
+    reason: str = ""
+    # How the body is delimited (RFC 9112 6.3): "none" (HEAD, 204, 304), "length",
+    # "chunked", or "close" (until the server closes the connection).
+    framing: str = "length"
+    length: int | None = None  # with framing "length"
+    error_body: bytes = b""  # the first bytes of a non-2xx answer's body (its error document)
+    url: str = ""  # the URL that gave this answer
 
     @property
-    def length(self) -> int | None:
-        value = self.headers.get("content-length")
-        if value is None or "transfer-encoding" in self.headers:
-            return None
-        try:
-            n = int(value)
-        except ValueError:
-            raise BadResponse(f"bad Content-Length {value!r}") from None
-        if n < 0:
-            raise BadResponse(f"bad Content-Length {value!r}")
-        return n
+    def error_code(self) -> str | None:
+        return xml_text(self.error_body, "Code")
+
+
+def xml_text(body: bytes, tag: str) -> str | None:
+    """The text of the first <tag> in a small S3 XML document (error documents are flat)."""
+    start = body.find(b"<%s>" % tag.encode())
+    if start < 0:
+        return None
+    start += len(tag) + 2
+    end = body.find(b"</%s>" % tag.encode(), start)
+    if end < 0:
+        return None
+    return body[start:end].decode("utf-8", "replace").strip() or None
+
+
+def _response(event: h11.Response, method: str) -> Response:
+    if len(event.headers) > MAX_HEADERS:
+        raise BadResponse(f"more than {MAX_HEADERS} header fields")
+    headers: dict[str, str] = {}
+    for name, value in event.headers:
+        key = name.decode("latin-1")
+        text = value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    status = event.status_code
+    length = None
+    if method == "HEAD" or status in (204, 304) or (method == "CONNECT" and 200 <= status < 300):
+        framing = "none"
+    elif "transfer-encoding" in headers:
+        framing = "chunked"  # h11 accepts no other transfer coding (and it beats Content-Length)
+    elif "content-length" in headers:
+        framing = "length"
+        length = int(headers["content-length"])  # h11 checked: digits only, duplicates equal
+    else:
+        framing = "close"
+    return Response(status, headers, event.reason.decode("latin-1", "replace"), framing, length)
+
+
+def _keeps_alive(event: h11.Response) -> bool:
+    """RFC 9112 9.3, as h11 decides it: HTTP/1.0 or `Connection: close` ends the connection."""
+    if event.http_version < b"1.1":
+        return False
+    for name, value in event.headers:
+        if name == b"connection" and b"close" in [t.strip().lower() for t in value.split(b",")]:
+            return False
+    return True
 
 
 class BufferPool:
@@ -143,12 +205,14 @@ class BufferPool:
         return self._made - len(self._free)
 
 
+
 # Connection states
-_IDLE, _HEAD, _HEADERS, _BODY, _DONE, _DEAD = range(6)
+_IDLE, _HEAD, _HEADERS, _BODY, _SLOW, _DONE, _DEAD = range(7)
+_READING = (_BODY, _SLOW)
 
 
 class _Connection(asyncio.BufferedProtocol):
-    def __init__(self, client: "HttpClient", key: tuple[str, str, int]) -> None:
+    def __init__(self, client: "HttpClient", key: tuple) -> None:
         self.client = client
         self.key = key
         self.transport: asyncio.Transport | None = None
@@ -156,14 +220,22 @@ class _Connection(asyncio.BufferedProtocol):
         self.requests = 0
         self.received = 0  # every byte read, for the watchdog
         self.waiting_for_buffer = False
+        self._wait_cb: Callable[[bytearray], None] | None = None
         self._head = bytearray(HEAD_MAX)
-        self._hlen = 0
-        self._leftover = b""
+        self.h: h11.Connection | None = None  # this request's parser (a fresh one per request)
+        self.method = "GET"
+        self._informational = 0
+        self._head_fed = 0
         self._waiter: asyncio.Future | None = None
         self._buf: bytearray | None = None
         self._fill = 0
         self._remaining = 0
         self._leftover_pending = b""
+        self._pending: memoryview | None = None  # decoded body bytes not yet in a buffer (slow path)
+        self._got = 0
+        self._limit: int | None = None  # slow path: more body bytes than this is an error
+        self._cap: int | None = None  # slow path: stop (and drop the connection) after this many
+        self._closing = False
         self._sink: Sink | None = None
         self._pool: BufferPool | None = None
         self._reason: BaseException | None = None
@@ -188,57 +260,50 @@ class _Connection(asyncio.BufferedProtocol):
             if self._fill == 0 and end >= len(buf):
                 return buf
             return memoryview(buf)[self._fill:min(len(buf), end)]
-        if self._hlen >= len(self._head):  # cannot happen while a request waits: see buffer_updated
-            self._hlen = 0
-        return memoryview(self._head)[self._hlen:]
+        # A head, a body h11 decodes, or bytes nobody asked for: copied out at once.
+        if self.state == _SLOW and self.client.read_cap < HEAD_MAX:
+            return memoryview(self._head)[:self.client.read_cap]
+        return self._head
 
     def buffer_updated(self, nbytes: int) -> None:
         self.received += nbytes
         if self.state == _BODY:
             self._fill += nbytes
             self._remaining -= nbytes
-            bucket = self.client.bucket
-            delay = bucket.spend(nbytes) if bucket is not None else 0.0  # a debt left is paid by the next read
             if self._remaining == 0 or self._fill == len(self._buf):
                 self._hand_off()
-            if delay > 0 and self.state == _BODY:
-                self.throttled = True
-                self.transport.pause_reading()
-                bucket.pause(self._unthrottle, self.client.loop, delay)
+            self._throttle(nbytes)
             return
-        start = max(0, self._hlen - 3)
-        self._hlen += nbytes
+        data = bytes(memoryview(self._head)[:nbytes])
+        if self.state == _SLOW:
+            self.h.receive_data(data)
+            self._pump()
+            self._throttle(nbytes)
+            return
         if self.state != _HEAD:
             # Bytes nobody asked for (after a body, or on an idle connection): out of step.
             self._break(BadResponse("the server sent bytes outside any response"))
             return
-        end = self._head.find(b"\r\n\r\n", start, self._hlen)
-        if end < 0:
-            if self._hlen >= len(self._head):
-                self._break(BadResponse(f"response headers larger than {HEAD_MAX} bytes"))
-            return
-        try:
-            response = _parse_head(bytes(self._head[:end]))
-        except BadResponse as exc:
-            self._break(exc)
-            return
-        self._leftover = bytes(self._head[end + 4:self._hlen])
-        self._hlen = 0
-        self.state = _HEADERS
-        self.keep_alive = _keeps_alive(response)
-        self.transport.pause_reading()  # until the caller says where the body goes
-        self._resolve(response)
+        self._head_fed += nbytes
+        self.h.receive_data(data)
+        self._next_head()
 
     def eof_received(self):
         return False  # close our side too; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.state == _SLOW and exc is None and self._reason is None:
+            # A body delimited by the close ends here; a chunked one cut short is broken.
+            self._closing = True
+            with contextlib.suppress(h11.RemoteProtocolError):
+                self.h.receive_data(b"")
+            self._pump()
         state, self.state = self.state, _DEAD
         self.client._forget(self)
         if self._pool is not None and self.waiting_for_buffer:
-            self._pool.cancel_wait(self._take_buffer)
+            self._pool.cancel_wait(self._wait_cb)
             self.waiting_for_buffer = False
-        if state == _BODY and self._buf is not None:
+        if state in _READING and self._buf is not None:
             if self._fill and self._sink is not None:
                 # What did arrive is good (the caller resumes from the byte reached).
                 buf, n, self._buf = self._buf, self._fill, None
@@ -247,7 +312,7 @@ class _Connection(asyncio.BufferedProtocol):
             elif self._buf is not None and self._pool is not None:
                 self._pool.give(self._buf)
                 self._buf = None
-        if state in (_HEAD, _HEADERS, _BODY):
+        if state in (_HEAD, _HEADERS, _BODY, _SLOW):
             reason = self._reason or exc
             if isinstance(reason, HttpError):
                 err = reason
@@ -259,52 +324,67 @@ class _Connection(asyncio.BufferedProtocol):
 
     # --- used by HttpClient ---------------------------------------------------------------
 
-    def send(self, head: bytes) -> asyncio.Future:
+    def send(self, method: str, target: str, headers: list[tuple[str, str]]) -> asyncio.Future:
+        """Write one request (h11 checks and frames it); the future gets the final answer's
+        `Response` once its head is in."""
+        self.h = h11.Connection(h11.CLIENT, max_incomplete_event_size=HEAD_MAX)
+        self.method = method
+        self._informational = 0
+        self._head_fed = 0
+        try:
+            data = self.h.send(h11.Request(method=method, target=target, headers=headers))
+            data += self.h.send(h11.EndOfMessage())
+        except h11.LocalProtocolError as exc:
+            raise BadResponse(f"cannot send this request: {exc}") from None
         self.state = _HEAD
-        self._hlen = 0
         self.requests += 1
         waiter = self._waiter = self.client.loop.create_future()
-        self.transport.write(head)
+        self.transport.write(data)
         return waiter
 
-    def read_body(self, length: int, sink: Sink, pool: BufferPool) -> asyncio.Future:
-        """Stream `length` body bytes into `sink`, in buffers from `pool`."""
+    def read_body(self, response: Response, sink: Sink, pool: BufferPool, *, expect: int | None = None,
+                  cap: int | None = None) -> asyncio.Future:
+        """Stream the body into `sink`, in buffers from `pool`. A body framed by Content-Length
+        is received in place; any other is decoded by h11 (then `expect` bytes must come,
+        no more, no fewer). `cap`: keep only the first `cap` bytes (an error document)."""
         waiter = self._waiter = self.client.loop.create_future()
         self._sink = sink
         self._pool = pool
-        self._remaining = length
-        self._fill = 0
-        self.state = _BODY
-        leftover, self._leftover = self._leftover, b""
-        if leftover and self.client.bucket is not None:
-            self.client.bucket.spend(len(leftover))  # body bytes that came with the headers count too
-        if len(leftover) > self._remaining:
-            # Bytes after the announced body: the body is whole, the stream is out of step.
-            leftover = leftover[:self._remaining]
-            self.keep_alive = False
-        if self._remaining == 0:
+        self._buf, self._fill = None, 0
+        if response.framing == "none":
             self._finish_body()
+        elif response.framing == "length" and cap is None:
+            self._in_place(response.length)
         else:
-            self._leftover_pending = leftover
-            buf = pool.take()
-            if buf is None:
-                self.waiting_for_buffer = True
-                pool.wait(self._take_buffer)
-            else:
-                self._take_buffer(buf)
+            self.state = _SLOW
+            self._limit, self._cap, self._got, self._pending = expect, cap, 0, None
+            self._pump()
+            if self.state == _SLOW and not self.waiting_for_buffer and not self.throttled:
+                self.client._progress(self)
+                self.transport.resume_reading()
         return waiter
 
     def hand_over(self) -> None:
         """Give the sink what the current buffer holds, now (it is handed over only when full
         otherwise): a cancelled caller keeps, and records for resume, every byte that came."""
-        if self.state == _BODY and self._buf is not None and self._fill and self._sink is not None:
+        if self.state in _READING and self._buf is not None and self._fill and self._sink is not None:
             buf, n, self._buf, self._fill = self._buf, self._fill, None, 0
             with contextlib.suppress(BaseException):
                 self._sink(buf, n)
 
+    def _throttle(self, nbytes: int) -> None:
+        bucket = self.client.bucket
+        if bucket is None:
+            return
+        delay = bucket.spend(nbytes)  # a debt left is paid by the next read
+        if delay > 0 and self.state in _READING:
+            self.throttled = True
+            self.transport.pause_reading()
+            bucket.pause(self._unthrottle, self.client.loop, delay)
+
     def _unthrottle(self) -> None:
         self.throttled = False
-        if self.state == _BODY and not self.waiting_for_buffer:
+        if self.state in _READING and not self.waiting_for_buffer:
             self.client._progress(self)
             self.transport.resume_reading()
 
@@ -313,7 +393,7 @@ class _Connection(asyncio.BufferedProtocol):
         unaligned tail, under one block, is copied over). Called by the watchdog for a buffer
         that has held bytes for a tick: on a slow link a buffer would otherwise hold seconds
         of data that a kill -9 throws away, and that the resume state never records."""
-        if self.state != _BODY or self._buf is None or self._sink is None or self._pool is None:
+        if self.state not in _READING or self._buf is None or self._sink is None or self._pool is None:
             return
         n = self._fill - self._fill % FLUSH_ALIGN
         if n <= 0:
@@ -336,7 +416,69 @@ class _Connection(asyncio.BufferedProtocol):
         if self.transport is not None:
             self.transport.abort()
 
-    # --- internals ----------------------------------------------------------------------------
+    # --- the head -------------------------------------------------------------------------------
+
+    def _next_head(self) -> None:
+        while True:
+            try:
+                event = self.h.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._break(BadResponse(f"not a well-formed HTTP/1.1 answer: {exc}"))
+                return
+            if event is h11.NEED_DATA:
+                if self._head_fed > HEAD_MAX:  # h11 bounds what it holds, not what it was fed
+                    self._break(BadResponse(f"response headers larger than {HEAD_MAX} bytes"))
+                return
+            if type(event) is h11.InformationalResponse:  # 100 Continue, 103 Early Hints: not the answer
+                self._informational += 1
+                if self._informational > MAX_INFORMATIONAL:
+                    self._break(BadResponse(f"more than {MAX_INFORMATIONAL} informational (1xx) answers"))
+                    return
+                continue
+            if type(event) is h11.Response:
+                if self._head_fed > HEAD_MAX and self._head_fed - len(self.h.trailing_data[0]) > HEAD_MAX:
+                    self._break(BadResponse(f"response headers larger than {HEAD_MAX} bytes"))
+                    return
+                try:
+                    response = _response(event, self.method)
+                except BadResponse as exc:
+                    self._break(exc)
+                    return
+                self.keep_alive = _keeps_alive(event)
+                self.state = _HEADERS
+                self.transport.pause_reading()  # until the caller says where the body goes
+                self._resolve(response)
+                return
+            self._break(BadResponse(f"unexpected {type(event).__name__} before the answer"))
+            return
+
+    # --- a body framed by Content-Length: received in place -----------------------------------
+
+    def _in_place(self, length: int) -> None:
+        self._remaining = length
+        self.state = _BODY
+        leftover = self.h.trailing_data[0]  # body bytes that came with the head
+        if leftover and self.client.bucket is not None:
+            self.client.bucket.spend(len(leftover))
+        if len(leftover) > self._remaining:
+            # Bytes after the announced body: the body is whole, the stream is out of step.
+            leftover = leftover[:self._remaining]
+            self.keep_alive = False
+        if self._remaining == 0:
+            self._finish_body()
+        else:
+            self._leftover_pending = leftover
+            buf = self._pool.take()
+            if buf is None:
+                self._await_buffer(self._take_buffer)
+            else:
+                self._take_buffer(buf)
+
+    def _await_buffer(self, callback: Callable[[bytearray], None]) -> None:
+        self.transport.pause_reading()
+        self.waiting_for_buffer = True
+        self._wait_cb = callback
+        self._pool.wait(callback)
 
     def _take_buffer(self, buf: bytearray) -> None:
         self.waiting_for_buffer = False
@@ -372,11 +514,98 @@ class _Connection(asyncio.BufferedProtocol):
             return
         buf = self._pool.take()
         if buf is None:
-            self.transport.pause_reading()
-            self.waiting_for_buffer = True
-            self._pool.wait(self._take_buffer)
+            self._await_buffer(self._take_buffer)
         else:
             self._buf = buf
+
+    # --- any other body: decoded by h11, copied into the same buffers ----------------------------
+
+    def _pump(self) -> None:
+        while self.state == _SLOW:
+            pending = self._pending
+            if pending is not None:
+                if self._buf is None:
+                    buf = self._pool.take()
+                    if buf is None:
+                        self._await_buffer(self._slow_take)
+                        return
+                    self._buf, self._fill = buf, 0
+                buf = self._buf
+                n = min(len(pending), len(buf) - self._fill)
+                if self._cap is not None:
+                    n = min(n, self._cap - self._got)
+                buf[self._fill:self._fill + n] = pending[:n]
+                self._fill += n
+                self._got += n
+                self._pending = pending[n:] if n < len(pending) else None
+                if self._limit is not None and self._got > self._limit:
+                    self._break(BadResponse(f"the body is longer than the {self._limit} bytes announced"))
+                    return
+                if self._cap is not None and self._got >= self._cap:
+                    self.keep_alive = False  # the rest of an overlong error document goes with the connection
+                    self._end_slow()
+                    return
+                if self._fill == len(buf):
+                    self._buf, self._fill = None, 0
+                    self.handed += 1
+                    try:
+                        self._sink(buf, len(buf))
+                    except BaseException as exc:
+                        self._sink_refused(exc)
+                        return
+                continue
+            try:
+                event = self.h.next_event()
+            except h11.RemoteProtocolError as exc:
+                kind = StreamBroken if self._closing else BadResponse
+                self._break(kind(f"the body broke off: {exc}" if self._closing else f"malformed body: {exc}"))
+                return
+            if event is h11.NEED_DATA:
+                return
+            if type(event) is h11.Data:
+                if event.data:
+                    self._pending = memoryview(event.data)
+                continue
+            if type(event) is h11.EndOfMessage:
+                self._end_slow()
+                return
+            self._break(BadResponse(f"unexpected {type(event).__name__} in a body"))
+            return
+
+    def _slow_take(self, buf: bytearray) -> None:
+        self.waiting_for_buffer = False
+        if self.state != _SLOW:
+            self._pool.give(buf)
+            return
+        self._buf, self._fill = buf, 0
+        self._pump()
+        if self.state == _SLOW and not self.waiting_for_buffer and not self.throttled:
+            self.client._progress(self)
+            self.transport.resume_reading()
+
+    def _end_slow(self) -> None:
+        buf, n = self._buf, self._fill
+        self._buf, self._fill = None, 0
+        if buf is not None:
+            if n:
+                try:
+                    self._sink(buf, n)
+                except BaseException as exc:
+                    self._sink_refused(exc)
+                    return
+            else:
+                self._pool.give(buf)
+        if self.h.their_state is not h11.DONE:
+            self.keep_alive = False
+        if self._limit is not None and self._got < self._limit and self._cap is None:
+            self.keep_alive = False
+            self.state = _DONE
+            self._sink = None
+            self._reject(StreamBroken(f"the body ended after {self._got} of {self._limit} bytes"))
+            return
+        self._finish_body()
+
+    # --- endings ------------------------------------------------------------------------------------
 
     def _sink_refused(self, exc: BaseException) -> None:
         """The sink refused a buffer (an earlier write failed): this response stops here."""
@@ -405,38 +634,10 @@ class _Connection(asyncio.BufferedProtocol):
         self.abort(exc)
 
 
-def _parse_head(raw: bytes) -> Response:
-    try:
-        text = raw.decode("latin-1")
-    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes any byte
-        raise BadResponse("undecodable response head") from None
-    lines = text.split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-        raise BadResponse(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
-            raise BadResponse(f"malformed header line {line[:80]!r}")
-        name = name.lower()
-        value = value.strip()
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    headers[":version"] = parts[0]
-    return Response(int(parts[1]), headers)
-
-
-def _keeps_alive(r: Response) -> bool:
-    conn = r.headers.get("connection", "").lower()
-    if r.headers[":version"] == "HTTP/1.0":
-        return "keep-alive" in conn
-    return "close" not in conn
-
-
 class HttpClient:
-    """A pool of keep-alive connections per (scheme, host, port), at most `max_connections`
-    in all. Waiting for a free connection is not counted against the connect timeout: only
-    opening a socket (and TLS) is."""
+    """A pool of keep-alive connections per (scheme, host, port, proxy), at most
+    `max_connections` in all. Waiting for a free connection is not counted against the connect
+    timeout: only opening a socket (the proxy's tunnel, TLS) is."""
 
     # Also about how long a slow response's buffer holds bytes before the watchdog hands them
     # over (`_Connection.flush`); a fast one fills its buffers within a tick and is left alone.
@@ -445,7 +646,7 @@ class HttpClient:
     def __init__(self, *, max_connections: int, connect_timeout: float, read_timeout: float,
                  ssl_context: ssl.SSLContext | None = None, min_rate: float = 0.0, rate_window: float = 30.0,
                  straggler_factor: float = 0.0, straggler_window: float = 5.0, straggler_peers: int = 4,
-                 bucket: TokenBucket | None = None) -> None:
+                 bucket: TokenBucket | None = None, proxies: ProxyConfig | None = None) -> None:
         """`min_rate` (bytes/s, 0: off) over `rate_window` seconds: a body that arrives slower
         is aborted as Stalled, like curl's --speed-limit/--speed-time: a server that drips a
         byte now and then never trips the read timeout, and would hold a sync forever."""
@@ -474,7 +675,8 @@ class HttpClient:
         self.straggler_peers = straggler_peers
         self._strag: dict[_Connection, tuple[int, float]] = {}
         self._rates: dict[_Connection, float] = {}
-        self._ssl = ssl_context
+        self._ssl = ssl_context  # None: netenv.ssl_context() on the first https connection
+        self.proxies = proxies or ProxyConfig()
         self._slots: asyncio.Semaphore | None = None
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._busy: set[_Connection] = set()
@@ -513,14 +715,14 @@ class HttpClient:
     def _watch(self) -> None:
         now = self.loop.time()
         for c in list(self._busy):
-            if c.state == _BODY and c._buf is not None:
+            if c.state in _READING and c._buf is not None:
                 # A response that filled no buffer since the last tick hands over what it holds:
                 # at most a tick or two of a slow response's bytes waits in memory; a fast one is
                 # never split.
                 if c.handed == c._handed_seen and c._fill >= FLUSH_ALIGN:
                     c.flush()
                 c._handed_seen = c.handed
-            if c.state not in (_HEAD, _BODY) or c.waiting_for_buffer or c.throttled:
+            if c.state not in (_HEAD, _BODY, _SLOW) or c.waiting_for_buffer or c.throttled:
                 self._seen[c] = (c.received, now)
                 self._window.pop(c, None)  # our own backpressure is not the server's slowness
                 self._strag.pop(c, None)
@@ -532,7 +734,7 @@ class HttpClient:
             elif now - last[1] >= self.read_timeout:
                 c.abort(Stalled(f"no data for {self.read_timeout:g}s"))
                 continue
-            if self.min_rate > 0 and c.state == _BODY:
+            if self.min_rate > 0 and c.state in _READING:
                 start = self._window.get(c)
                 if start is None:
                     self._window[c] = (c.received, now)
@@ -544,7 +746,7 @@ class HttpClient:
                     else:
                         self._window[c] = (c.received, now)
             if self.straggler_factor > 0:
-                if c.state != _BODY:
+                if c.state not in _READING:
                     self._strag.pop(c, None)
                     self._rates.pop(c, None)
                 elif (start := self._strag.get(c)) is None:
@@ -578,25 +780,63 @@ class HttpClient:
 
     # --- connections ------------------------------------------------------------------------------
 
-    async def _open(self, key: tuple[str, str, int]) -> _Connection:
-        scheme, host, port = key
+    async def _open(self, key: tuple, proxy: Proxy | None) -> _Connection:
+        scheme, host, port, _ = key
         ctx = None
         if scheme == "https":
             if self._ssl is None:
-                # The CA bundle botocore would use (AWS_CA_BUNDLE), else the system's (which
-                # OpenSSL lets SSL_CERT_FILE / SSL_CERT_DIR override).
-                self._ssl = ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE") or None)
+                self._ssl = ssl_context()
             ctx = self._ssl
         try:
-            _, conn = await asyncio.wait_for(
-                self.loop.create_connection(lambda: _Connection(self, key), host, port, ssl=ctx,
-                                            server_hostname=host if ctx else None),
-                self.connect_timeout)
+            return await asyncio.wait_for(self._connect(key, proxy, ctx), self.connect_timeout)
         except asyncio.TimeoutError:
-            raise ConnectTimeout(f"connect timed out after {self.connect_timeout:g}s") from None
-        except (OSError, ssl.SSLError) as exc:
-            raise ConnectFailed(f"{type(exc).__name__}: {exc}") from exc
+            via = f" through the proxy {proxy.url} (from {proxy.source})" if proxy else ""
+            raise ConnectTimeout(f"connect timed out after {self.connect_timeout:g}s{via}") from None
+
+    async def _connect(self, key: tuple, proxy: Proxy | None, ctx: ssl.SSLContext | None) -> _Connection:
+        scheme, host, port, _ = key
+        if proxy is None:
+            try:
+                _, conn = await self.loop.create_connection(lambda: _Connection(self, key), host, port, ssl=ctx,
+                                                            server_hostname=host if ctx else None)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConnectFailed(f"{type(exc).__name__}: {exc}") from exc
+            self.opened += 1
+            return conn
+        try:
+            _, conn = await self.loop.create_connection(lambda: _Connection(self, key), proxy.host, proxy.port)
+        except OSError as exc:
+            raise ProxyFailed(f"cannot reach the proxy {proxy.url} (from {proxy.source}): "
+                              f"{type(exc).__name__}: {exc}", proxy) from exc
         self.opened += 1
+        if ctx is None:
+            return conn  # plain http: each request names its absolute URL to the proxy
+        # https: a CONNECT tunnel (the proxy resolves the endpoint's name), then TLS inside it.
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # authority form: port always
+        headers = [("Host", authority), ("User-Agent", USER_AGENT)]
+        if proxy.auth:
+            headers.append(("Proxy-Authorization", proxy.auth))
+        try:
+            response = await conn.send("CONNECT", authority, headers)
+        except HttpError as exc:
+            conn.abort(StreamBroken("tunnel abandoned"))
+            raise ProxyFailed(f"the proxy {proxy.url} (from {proxy.source}) broke off the tunnel to "
+                              f"{authority}: {exc}", proxy) from exc
+        except BaseException:
+            conn.abort(StreamBroken("tunnel abandoned"))
+            raise
+        if not 200 <= response.status < 300:
+            conn.keep_alive = False
+            conn.state = _DEAD
+            conn.transport.abort()
+            raise ProxyFailed(f"the proxy {proxy.url} (from {proxy.source}) refused the tunnel to {authority}: "
+                              f"HTTP {response.status} {response.reason}".rstrip(), proxy, response.status)
+        try:
+            conn.transport = await self.loop.start_tls(conn.transport, conn, ctx, server_hostname=host)
+        except (OSError, ssl.SSLError) as exc:
+            conn.transport.abort()
+            raise ConnectFailed(f"{type(exc).__name__}: {exc} (TLS inside the tunnel of {proxy.url})") from exc
+        conn.state = _IDLE
         return conn
 
     def _pooled(self, key) -> _Connection | None:
@@ -607,24 +847,39 @@ class HttpClient:
                 return c
         return None
 
+    def request(self, method: str, url: str, headers: dict[str, str]):
+        """Send a request; yield an `Exchange` once the final status and headers are in (1xx
+        skipped). The body must be read (`read_into` / `read_error_body`) inside the block;
+        the connection goes back to the pool only when its body was read whole and the server
+        keeps it alive. A `Host` in `headers` is sent as given (a signature covers it)."""
+        return self._request(method, url, headers)
+
+    def get(self, url: str, headers: dict[str, str]):
+        return self._request("GET", url, headers)
+
     @contextlib.asynccontextmanager
-    async def get(self, url: str, headers: dict[str, str]):
-        """Send a GET; yield an `Exchange` once the status and headers are in. The body must
-        be read (`read_into` / `read_error_body`) inside the block; the connection goes back
-        to the pool only when its body was read whole and the server keeps it alive."""
+    async def _request(self, method: str, url: str, headers: dict[str, str]):
         parts = urlsplit(url)
         scheme = parts.scheme
         if scheme not in ("http", "https") or not parts.hostname:
             raise BadResponse(f"unsupported URL {url!r}")
-        port = parts.port or (443 if scheme == "https" else 80)
-        key = (scheme, parts.hostname, port)
+        try:
+            port = parts.port or (443 if scheme == "https" else 80)
+        except ValueError:
+            raise BadResponse(f"bad port in {url!r}") from None
+        host = parts.hostname
+        proxy = self.proxies.select(scheme, host, port)
+        key = (scheme, host, port, proxy.key if proxy is not None else None)
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
-        host = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
-        lines = [f"GET {target} HTTP/1.1", f"Host: {host}", "User-Agent: vbo-mirror", "Accept-Encoding: identity"]
-        lines += [f"{k}: {v}" for k, v in headers.items()]
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        fields = [("Host", headers.get("Host") or host_header(scheme, host, parts.port))]
+        if proxy is not None and scheme == "http":
+            target = f"http://{fields[0][1]}{target}"  # absolute form: the proxy opens the connection
+            if proxy.auth:
+                fields.append(("Proxy-Authorization", proxy.auth))
+        fields += [("User-Agent", USER_AGENT), ("Accept-Encoding", "identity")]
+        fields += [(k, v) for k, v in headers.items() if k.lower() != "host"]
         async with self._slots:
             conn = None
             response = None
@@ -632,12 +887,12 @@ class HttpClient:
                 conn = None if fresh else self._pooled(key)
                 reused = conn is not None
                 if conn is None:
-                    conn = await self._open(key)
+                    conn = await self._open(key, proxy)
                 self._busy.add(conn)
                 self._progress(conn)
                 before = conn.received
                 try:
-                    response = await conn.send(head)
+                    response = await conn.send(method, target, fields)
                     break
                 except StreamBroken:
                     # A pooled connection the server had closed meanwhile: try once on a new one.
@@ -657,6 +912,8 @@ class HttpClient:
             finally:
                 self._busy.discard(conn)
                 self._seen.pop(conn, None)
+                if conn.state == _HEADERS and response.framing == "none":
+                    conn.state = _DONE  # nothing to read (HEAD, 204, 304)
                 if conn.state == _DONE and conn.keep_alive and not conn.transport.is_closing():
                     conn.state = _IDLE
                     conn.transport.resume_reading()  # so a close by the server is noticed
@@ -672,10 +929,11 @@ class Exchange:
         self.conn = conn
         self.response = response
 
-    async def read_into(self, sink: Sink, pool: BufferPool, length: int | None) -> None:
-        """Stream the body into `sink`, in buffers from `pool`. Cancelled, the connection is
-        dropped (the caller's finally releases what it holds)."""
-        fut = self.conn.read_body(length, sink, pool)
+    async def read_into(self, sink: Sink, pool: BufferPool, expect: int | None = None) -> None:
+        """Stream the body into `sink`, in buffers from `pool`; `expect`: the bytes it must
+        have, checked whatever the framing. Cancelled, the connection is dropped (the
+        caller's finally releases what it holds)."""
+        fut = self.conn.read_body(self.response, sink, pool, expect=expect)
         try:
             await fut
         except asyncio.CancelledError:
@@ -684,24 +942,23 @@ class Exchange:
             raise
 
     async def read_error_body(self, limit: int = ERROR_BODY_MAX, wait: float = 2.0) -> bytes:
-        """Up to `limit` bytes of a (small) error document, whatever its framing; the
-        connection is not reused afterwards."""
-        self.conn.keep_alive = False
+        """Up to `limit` bytes of a (small) error document, whatever its framing (a body that
+        neither ends nor closes is cut after `wait` s)."""
         got = bytearray()
         pool = BufferPool(limit, 1)
 
         def sink(buf: bytearray, n: int) -> None:
             got.extend(memoryview(buf)[:n])
+            pool.give(buf)
 
-        length = self.response.length
-        want = min(limit, length) if length is not None else limit
         conn = self.conn
-        fut = conn.read_body(want, sink, pool)
+        fut = conn.read_body(self.response, sink, pool, cap=limit)
         with contextlib.suppress(HttpError, asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(fut), wait)
         if not fut.done():
             conn.abort(StreamBroken("error body abandoned"))  # hands what arrived to the sink
             with contextlib.suppress(HttpError):
                 await fut
+        elif not fut.cancelled():
+            fut.exception()  # seen
         return bytes(got)
-

@@ -56,21 +56,31 @@ class RemoteSettings:
     signed: bool = False
     timeouts: Timeouts = field(default_factory=Timeouts)
     transport: str = "lean"
+    proxy: str | None = None  # None: HTTPS_PROXY & co. from the environment; "": none; else this proxy URL
 
     @property
     def base_url(self) -> str:
+        """The host requests go to (for messages): the endpoint, or AWS's for the bucket."""
         if self.endpoint_url:
             return self.endpoint_url.rstrip("/")
-        return f"https://{self.bucket}.s3.{self.region}.amazonaws.com"
+        return self.bucket_url(self.bucket)
 
-    def object_url(self, ref: ObjectRef) -> str:
-        """The object's URL with its version. AWS gets the virtual-hosted form the manifests
-        use; a user-given endpoint keeps bucket and key, path-style, under its own host."""
-        key = quote(ref.key, safe="/~-._")
+    def bucket_url(self, bucket: str) -> str:
+        """The URL of a bucket's root, no trailing slash. A user-given endpoint gets the
+        path-style form under its own host. AWS gets the virtual-hosted form the manifests use,
+        except for a bucket name with dots: over HTTPS `a.b.s3...` cannot match the wildcard
+        certificate `*.s3.<region>.amazonaws.com`, so that one goes path-style (as botocore)."""
         if self.endpoint_url:
-            url = f"{self.base_url}/{ref.bucket}/{key}"
-        else:
-            url = f"https://{ref.bucket}.s3.{self.region}.amazonaws.com/{key}"
-        if ref.version_id:
-            url += f"?versionId={quote(ref.version_id, safe='')}"
+            return f"{self.endpoint_url.rstrip('/')}/{bucket}"
+        if "." in bucket:
+            return f"https://s3.{self.region}.amazonaws.com/{bucket}"
+        return f"https://{bucket}.s3.{self.region}.amazonaws.com"
+
+    def object_url(self, ref: ObjectRef, **params: str) -> str:
+        """The object's URL with its version (and any other query parameters)."""
+        url = f"{self.bucket_url(ref.bucket)}/{quote(ref.key, safe='/~-._')}"
+        query = {"versionId": ref.version_id} if ref.version_id else {}
+        query.update(params)
+        if query:
+            url += "?" + "&".join(f"{k}={quote(str(v), safe='')}" for k, v in sorted(query.items()))
         return url

@@ -4,6 +4,7 @@ only exception classes, HTTP status codes and S3 error codes."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 from ..errors import (
     AccessDenied,
@@ -11,6 +12,8 @@ from ..errors import (
     ObjectChanged,
     ObjectNotFound,
     ProtocolError,
+    ProxyAuthRequired,
+    ProxyUnreachable,
     RemoteError,
     RequestRejected,
     MirrorError,
@@ -25,7 +28,16 @@ _DENIED_CODES = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled", "Inval
 _SLOW_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests", "503"}
 
 
-def from_status(status: int, *, what: str, code: str | None = None) -> RemoteError:
+def from_status(status: int, *, what: str, code: str | None = None, proxied: str | None = None) -> RemoteError:
+    if status == 407:
+        return ProxyAuthRequired(f"{what}: the proxy {proxied or ''} asks for credentials (HTTP 407)".replace("  ", " "),
+                                 hint="put them in the proxy URL: HTTPS_PROXY=http://USER:PASSWORD@HOST:PORT "
+                                      "(or --proxy)")
+    if status == 408 or code == "RequestTimeout":
+        # The server gave up waiting for our request (RFC 9110 15.5.9; S3 says it as 400
+        # RequestTimeout): sending it again is what it asks for.
+        return TransferError(f"{what}: the server timed out waiting for the request (HTTP {status}"
+                             f"{', ' + code if code else ''})")
     if status in (404,) or code in _NOT_FOUND_CODES:
         return ObjectNotFound(f"{what}: not found (HTTP {status}{', ' + code if code else ''})")
     if status == 403 or code in _DENIED_CODES:
@@ -44,12 +56,35 @@ def from_status(status: int, *, what: str, code: str | None = None) -> RemoteErr
     return ProtocolError(f"{what}: unexpected HTTP {status}{' ' + code if code else ''}")
 
 
-def unreachable(url: str, connect_timeout: float, reason: object) -> EndpointUnreachable:
-    return EndpointUnreachable(
-        f"cannot reach {url} (connect timeout {connect_timeout:g}s): {reason}",
-        hint="check --endpoint-url / AWS_ENDPOINT_URL_S3 and your network, raise --connect-timeout, "
-        "or use --offline to work from what cache_dir holds",
-    )
+def unreachable(url: str, connect_timeout: float, reason: object, proxied: str | None = None) -> EndpointUnreachable:
+    via = f" through the proxy {proxied}" if proxied else ""
+    cause = getattr(reason, "certificate_error", None) or getattr(reason, "__cause__", None)
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return EndpointUnreachable(
+            f"cannot reach {url}{via}: its TLS certificate is not trusted ({cause.verify_message or cause})",
+            hint="a proxy that inspects TLS signs with its site's CA: point AWS_CA_BUNDLE (or SSL_CERT_FILE) "
+                 "at that CA's bundle")
+    if proxied:
+        hint = ("the proxy answered but could not reach the endpoint: check --endpoint-url and the proxy, "
+                "NO_PROXY (or --no-proxy) for endpoints reached directly, or use --offline")
+    else:
+        hint = ("check --endpoint-url / AWS_ENDPOINT_URL_S3 and your network (a cluster's compute nodes often "
+                "reach the internet only through a proxy: HTTPS_PROXY or --proxy), raise --connect-timeout, "
+                "or use --offline to work from what cache_dir holds")
+    return EndpointUnreachable(f"cannot reach {url}{via} (connect timeout {connect_timeout:g}s): {reason}", hint=hint)
+
+
+def proxy_failed(exc: "http.ProxyFailed", what: str) -> RemoteError:
+    if exc.status == 407:
+        return ProxyAuthRequired(f"{what}: {exc} (the proxy asks for credentials)",
+                                 hint="put them in the proxy URL: HTTPS_PROXY=http://USER:PASSWORD@HOST:PORT "
+                                      "(or --proxy)")
+    if exc.status is not None:
+        return ProxyUnreachable(f"{what}: {exc}",
+                                hint="the proxy could not reach the endpoint or does not allow it: check "
+                                     "--endpoint-url, the proxy's rules, or NO_PROXY / --no-proxy to go direct")
+    return ProxyUnreachable(str(exc), hint=f"check {exc.proxy.source} (or --proxy), or --no-proxy to connect "
+                                           f"directly, or use --offline to work from what cache_dir holds")
 
 
 def silent(url: str, read_timeout: float, what: str) -> TransferError:
@@ -61,7 +96,7 @@ def silent(url: str, read_timeout: float, what: str) -> TransferError:
 
 
 def from_exception(exc: BaseException, *, what: str, url: str, connect_timeout: float,
-                   read_timeout: float) -> MirrorError:
+                   read_timeout: float, proxied: str | None = None) -> MirrorError:
     """Translate a transport / botocore / OS exception. CancelledError must never get here.
     aiohttp and botocore are imported only when one of their errors is in hand: the lean
     transport's runs never load them for this."""
@@ -69,8 +104,10 @@ def from_exception(exc: BaseException, *, what: str, url: str, connect_timeout: 
     if isinstance(exc, MirrorError):
         return exc
     if isinstance(exc, http.HttpError):
+        if isinstance(exc, http.ProxyFailed):
+            return proxy_failed(exc, what)
         if isinstance(exc, (http.ConnectFailed, http.ConnectTimeout)):
-            return unreachable(url, connect_timeout, exc)
+            return unreachable(url, connect_timeout, exc, proxied)
         if isinstance(exc, http.Straggler):
             return TransferError(f"{what}: asked again on another connection: {exc}")
         if isinstance(exc, http.TooSlow):
@@ -101,7 +138,7 @@ def from_exception(exc: BaseException, *, what: str, url: str, connect_timeout: 
         import aiohttp
 
         if isinstance(exc, aiohttp.ClientConnectorError):
-            return unreachable(url, connect_timeout, exc)
+            return unreachable(url, connect_timeout, exc, proxied)
         if isinstance(exc, aiohttp.ConnectionTimeoutError):
             return unreachable(url, connect_timeout, "connect timed out")
         if isinstance(exc, aiohttp.ServerTimeoutError):
