@@ -342,3 +342,205 @@ def test_a_response_much_slower_than_its_peers_is_cut_as_a_straggler():
     results = run(go())
     assert sum(isinstance(r, Straggler) for r in results) == 1
     assert sorted(r for r in results if isinstance(r, bytes)) == [fast_body] * 4
+
+
+# --- RFC 9110/9112 edges, each as a client must take it ----------------------------------------
+
+
+def raw(data: bytes, *, close=False):
+    async def act(w):
+        w.write(data)
+        await w.drain()
+        if close:
+            w.close()
+    return act
+
+
+def test_a_chunked_200_is_decoded_into_the_same_buffers_byte_exact():
+    """A proxy may re-frame what S3 sent: chunks of odd sizes, a chunk extension, a trailer."""
+    body = bytes(range(256)) * 1000
+    pieces, at = [], 0
+    for n in (1, 4095, 70000, 13, 100000):
+        pieces.append(b"%x;ext=1\r\n%s\r\n" % (len(body[at:at + n]), body[at:at + n]))
+        at += n
+    pieces.append(b"%x\r\n%s\r\n" % (len(body[at:]), body[at:]))
+    answer = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"".join(pieces)
+              + b"0\r\nX-Trailer: yes\r\n\r\n")
+
+    async def go():
+        async with RawServer([raw(answer), ok(b"again")]) as srv:
+            async with HttpClient(max_connections=1, connect_timeout=2, read_timeout=5) as c:
+                pool = BufferPool(64 << 10, 2)
+                async with c.get(srv.url + "/obj", {}) as ex:
+                    assert ex.response.framing == "chunked" and ex.response.length is None
+                got = bytearray()
+
+                def sink(buf, n):
+                    got.extend(memoryview(buf)[:n])
+                    pool.give(buf)
+
+                async with c.get(srv.url + "/obj", {}) as ex:
+                    assert ex.response.framing == "length"
+                    await ex.read_into(sink, pool, ex.response.length)
+                assert bytes(got) == b"again"
+                assert srv.connections == 2  # the first body was not read: its connection was dropped
+        async with RawServer([raw(answer), ok(b"next")]) as srv:
+            async with HttpClient(max_connections=1, connect_timeout=2, read_timeout=5) as c:
+                pool = BufferPool(64 << 10, 2)
+                assert await fetch_expect(c, srv.url, pool, len(body)) == body
+                assert await fetch(c, srv.url, pool) == b"next"
+                assert srv.connections == 1  # a chunked body read whole keeps the connection
+    run(go())
+
+
+async def fetch_expect(client, url, pool, expect):
+    got = bytearray()
+
+    def sink(buf, n):
+        got.extend(memoryview(buf)[:n])
+        pool.give(buf)
+
+    async with client.get(url + "/obj", {}) as ex:
+        await ex.read_into(sink, pool, expect)
+    return bytes(got)
+
+
+def test_a_chunked_body_longer_or_shorter_than_announced_is_refused():
+    longer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n0\r\n\r\n"
+
+    async def go():
+        async with RawServer([raw(longer), raw(longer)]) as srv:
+            async with HttpClient(max_connections=1, connect_timeout=2, read_timeout=5) as c:
+                with pytest.raises(BadResponse):
+                    await fetch_expect(c, srv.url, BufferPool(64 << 10, 1), 4)
+                with pytest.raises(StreamBroken):
+                    await fetch_expect(c, srv.url, BufferPool(64 << 10, 1), 9)
+    run(go())
+
+
+def test_a_chunked_body_cut_off_hands_over_what_came_then_breaks():
+    async def go():
+        async with RawServer([raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n10\r\nxy",
+                                  close=True)]) as srv:
+            async with HttpClient(max_connections=1, connect_timeout=2, read_timeout=5) as c:
+                pool = BufferPool(64 << 10, 1)
+                got = bytearray()
+
+                def sink(buf, n):
+                    got.extend(memoryview(buf)[:n])
+                    pool.give(buf)
+
+                with pytest.raises(StreamBroken):
+                    async with c.get(srv.url + "/obj", {}) as ex:
+                        await ex.read_into(sink, pool, 22)
+                assert bytes(got) == b"abcdefxy"  # every byte that came is kept (resume from there)
+    run(go())
+
+
+def test_a_body_delimited_by_the_close_is_read_to_the_end():
+    async def go():
+        async with RawServer([raw(b"HTTP/1.1 200 OK\r\n\r\n" + b"z" * 100_000, close=True)]) as srv:
+            async with HttpClient(max_connections=1, connect_timeout=2, read_timeout=5) as c:
+                assert await fetch_expect(c, srv.url, BufferPool(64 << 10, 2), 100_000) == b"z" * 100_000
+    run(go())
+
+
+def test_informational_answers_are_skipped_and_obsolete_folding_unfolded():
+    answer = (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n"
+              b"HTTP/1.1 200 OK\r\nX-Folded: one\r\n  two\r\nContent-Length: 5\r\n\r\nhello")
+
+    async def go():
+        async with RawServer([raw(answer)]) as srv:
+            async with HttpClient(max_connections=1, connect_timeout=2, read_timeout=5) as c:
+                pool = BufferPool(64 << 10, 1)
+                got = bytearray()
+
+                def sink(buf, n):
+                    got.extend(memoryview(buf)[:n])
+                    pool.give(buf)
+
+                async with c.get(srv.url + "/obj", {}) as ex:
+                    assert ex.response.status == 200
+                    assert ex.response.headers["x-folded"] == "one two"
+                    await ex.read_into(sink, pool, ex.response.length)
+                assert bytes(got) == b"hello"
+    run(go())
+
+
+@pytest.mark.parametrize("value", [b"+12", b"1_000", b"\xd9\xa1\xd9\xa2", b"-1", b"12, 13", b"0x10"])
+def test_content_length_must_be_plain_digits_and_agree(value):
+    async def go():
+        async with RawServer([raw(b"HTTP/1.1 200 OK\r\nContent-Length: " + value + b"\r\n\r\n" + b"x" * 20)]) as srv:
+            async with HttpClient(max_connections=1, connect_timeout=2, read_timeout=2) as c:
+                with pytest.raises(BadResponse):
+                    await fetch(c, srv.url, BufferPool(64 << 10, 1))
+    run(go())
+
+
+def test_duplicate_content_lengths_are_fine_when_equal_and_refused_when_not():
+    async def go():
+        same = raw(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc")
+        differ = raw(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd")
+        async with RawServer([same, differ]) as srv:
+            async with HttpClient(max_connections=1, connect_timeout=2, read_timeout=2) as c:
+                pool = BufferPool(64 << 10, 1)
+                assert await fetch(c, srv.url, pool) == b"abc"
+                with pytest.raises(BadResponse):
+                    await fetch(c, srv.url, pool)
+    run(go())
+
+
+def test_too_many_header_fields_or_1xx_answers_are_refused():
+    many = b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(500)) + b"Content-Length: 0\r\n\r\n"
+    informational = b"HTTP/1.1 100 Continue\r\n\r\n" * 50 + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+
+    async def go():
+        for answer in (many, informational):
+            async with RawServer([raw(answer)]) as srv:
+                async with HttpClient(max_connections=1, connect_timeout=2, read_timeout=2) as c:
+                    with pytest.raises(BadResponse):
+                        await fetch(c, srv.url, BufferPool(64 << 10, 1))
+    run(go())
+
+
+def test_head_has_no_body_whatever_content_length_says_and_keeps_the_connection():
+    async def go():
+        async with RawServer([raw(b"HTTP/1.1 200 OK\r\nContent-Length: 123456\r\nETag: \"abc\"\r\n\r\n"),
+                              ok(b"after")]) as srv:
+            async with HttpClient(max_connections=1, connect_timeout=2, read_timeout=2) as c:
+                async with c.request("HEAD", srv.url + "/obj", {}) as ex:
+                    assert ex.response.status == 200 and ex.response.framing == "none"
+                    assert ex.response.headers["content-length"] == "123456"
+                assert await fetch(c, srv.url, BufferPool(64 << 10, 1)) == b"after"
+                assert srv.connections == 1
+                assert srv.requests[0].startswith(b"HEAD /obj HTTP/1.1\r\n")
+    run(go())
+
+
+def test_the_host_header_is_what_botocores_signer_signs():
+    """IPv6 literals bracketed, default ports dropped: a signature made for one Host and a
+    request sent with another reads as 'access denied'."""
+    from urllib.parse import urlsplit
+
+    from botocore.auth import _host_from_url
+
+    from mirror.remote.netenv import host_header
+
+    for url in ("http://[::1]:9000/b/k", "https://[::1]:443/b/k", "http://[::1]/b", "https://s3.us-west-2.amazonaws.com:443/b",
+                "http://127.0.0.1:80/b", "http://127.0.0.1:8080/b", "https://Bucket.S3.amazonaws.com/k",
+                "https://h.example:8443/k"):
+        parts = urlsplit(url)
+        assert host_header(parts.scheme, parts.hostname, parts.port) == _host_from_url(url), url
+
+
+def test_the_request_sent_names_the_host_as_signed():
+    async def go():
+        async with RawServer([ok(b"x"), ok(b"y")]) as srv:
+            port = srv.url.rsplit(":", 1)[1]
+            async with HttpClient(max_connections=1, connect_timeout=2, read_timeout=2) as c:
+                assert await fetch(c, srv.url, BufferPool(64 << 10, 1)) == b"x"
+                async with c.request("GET", srv.url + "/obj", {"Host": "signed.example"}) as ex:
+                    await ex.read_error_body()
+        assert b"\r\nHost: 127.0.0.1:" + port.encode() + b"\r\n" in srv.requests[0]
+        assert b"\r\nHost: signed.example\r\n" in srv.requests[1] and srv.requests[1].count(b"Host:") == 1
+    run(go())
