@@ -19,7 +19,13 @@ $(STAMP): pyproject.toml
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
+# The network tests run a real forward proxy, Debian's tinyproxy (tinyproxy-bin: the binary
+# alone, no service), installed here when missing and root; elsewhere those tests are skipped.
 test: install
+	@command -v tinyproxy >/dev/null || PATH="$$PATH:/usr/sbin:/sbin" command -v tinyproxy >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q tinyproxy-bin >/dev/null; }; } || \
+	  echo "make test: tinyproxy not installed (needs root and apt-get): the proxy tests will be skipped"
 	$(BIN)/python -m pytest -q
 
 # The benchmark: vbo-mirror beside s5cmd, rclone, aws-cli (and AllenSDK with --allensdk) on a
