@@ -247,7 +247,7 @@ def test_error_documents_are_read_whatever_their_framing():
                 t0 = time.monotonic()
                 got = await fetch(c, srv.url, BufferPool(64 << 10, 1))
                 assert b"<Code>SlowDown</Code>" in got
-                assert time.monotonic() - t0 < 3
+                assert time.monotonic() - t0 < 1  # the last chunk ends it: no waiting for more
     run(go())
 
 

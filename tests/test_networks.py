@@ -43,8 +43,12 @@ def _latest() -> str:
     return max(VERSIONS, key=lambda v: tuple(int(x) for x in v.split(".")))
 
 
-def _run_the_job(cli: Cli, replica, version: str) -> None:
+def _run_the_job(cli: Cli, replica, version: str, flags: tuple[str, ...] = ()) -> None:
     """manifests list, sync, get, a deleted view repaired, verify: every byte checked."""
+    if flags:
+        plain = cli
+        cli = lambda *args, **kw: plain(*flags, *args, **kw)  # noqa: E731
+        cli.cache_dir = plain.cache_dir
     names = cli("manifests", "list", json_out=True).data
     assert [n.rsplit("_v", 1)[1].removesuffix(".json") for n in names] == list(VERSIONS)
     cli("sync", "--version", "latest" if version == _latest() else version, "--part-size", "64KiB")
@@ -60,15 +64,19 @@ def _run_the_job(cli: Cli, replica, version: str) -> None:
     assert cli("verify").stdout.strip().endswith("ok")
 
 
-def test_the_main_job_through_an_aws_shaped_front_asks_the_server_for_exactly_the_same(sandbox, replica, tmp_path):
+@pytest.mark.parametrize("transport", ["lean", "aiohttp"])
+def test_the_main_job_through_an_aws_shaped_front_asks_the_server_for_exactly_the_same(sandbox, replica, tmp_path,
+                                                                                      transport):
     """Chunked listings, error documents and half the object bodies, 1xx before every answer,
     a third of the connections closed, the first GET of each object redirected (307): the
-    job ends with every byte verified, and moto was asked for exactly what a plain run asks."""
+    job ends with every byte verified, and moto was asked for exactly what a plain run asks.
+    Both transports take the same way (the same redirect rules, the same checks)."""
     version = _latest()
+    flags = ("--transport", transport)
     with AwsFront(sandbox.url, seed=3, chunk_objects=0.5, close_rate=0.3, redirect_first_get=True) as front:
-        _run_the_job(Cli(front.url, tmp_path / "shaped"), replica, version)
+        _run_the_job(Cli(front.url, tmp_path / "shaped"), replica, version, flags)
     with AwsFront(sandbox.url, chunk_listings=False, chunk_errors=False, informational=False) as plain:
-        _run_the_job(Cli(plain.url, tmp_path / "plain"), replica, version)
+        _run_the_job(Cli(plain.url, tmp_path / "plain"), replica, version, flags)
     for what in ("chunked", "informational", "close", "307"):  # the front did re-frame: not a vacuous pass
         assert front.counts[what] > 0, (what, front.counts)
     assert plain.counts["chunked"] == 0
@@ -211,7 +219,9 @@ def test_every_request_goes_through_the_proxy_and_no_proxy_bypasses_it(sandbox, 
         assert len(proxy.requests()) == through and front.counts["direct"] > 0
 
 
-def test_https_goes_through_a_connect_tunnel_and_trusts_the_sites_ca(sandbox, replica, tmp_path, monkeypatch):
+@pytest.mark.parametrize("transport", ["lean", "aiohttp"])
+def test_https_goes_through_a_connect_tunnel_and_trusts_the_sites_ca(sandbox, replica, tmp_path, monkeypatch,
+                                                                     transport):
     """The endpoint behind TLS (a CA of the test's own, as a TLS-inspecting site has), reached
     only through the proxy: CONNECT tunnels, every byte verified; without the CA bundle the
     message says what to set."""
@@ -229,10 +239,10 @@ def test_https_goes_through_a_connect_tunnel_and_trusts_the_sites_ca(sandbox, re
     with TinyProxy(tmp_path) as proxy, FaultProxy(sandbox.url, ssl_context=server_ctx) as tls:
         monkeypatch.setenv("https_proxy", proxy.url)
         cli = Cli(tls.url, tmp_path / "cache")
-        r = cli("manifests", "list", expect=3)
+        r = cli("--transport", transport, "manifests", "list", expect=3)
         assert "not trusted" in r.stderr and "AWS_CA_BUNDLE" in r.stderr and "Traceback" not in r.stderr
         monkeypatch.setenv("AWS_CA_BUNDLE", str(bundle))
-        cli("sync", "--version", version, "--part-size", "64KiB")
+        cli("--transport", transport, "sync", "--version", version, "--part-size", "64KiB")
         assert_mirror(cli.cache_dir, replica, version)
         tunnels = proxy.requests("CONNECT")
         assert tunnels and all(t.startswith(f"CONNECT 127.0.0.1:{tls.url.rsplit(':', 1)[1]} ") for t in tunnels)
