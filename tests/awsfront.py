@@ -13,6 +13,12 @@ it, this server re-frames its answers with h11 (server role) as the real world d
   region: every request (`wrong_region`), or by the first path segment (`regions`, for the
   AWS addressing tests, where the client builds `/<region>/<bucket>/<key>` URLs).
 
+With `intercept` (an ssl.SSLContext) it is also what many clusters put in the way: a
+TLS-inspecting forward proxy. It takes `CONNECT host:443`, answers 200, and speaks TLS to the
+client itself with a certificate of the site's own CA; inside, it serves AWS's host names
+(`BUCKET.s3.REGION.amazonaws.com`, `s3.REGION.amazonaws.com/BUCKET`) from the sandbox, and a
+wrong REGION gets the 301 AWS sends. The client never resolves or reaches an AWS name itself.
+
 It listens on 127.0.0.1 only, runs its own loop in a thread, and is stopped by the test that
 started it (a context manager). What reaches moto is counted, so a test can show the re-framed
 run asked moto for exactly what a plain run asks.
@@ -23,6 +29,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
+import re
+import ssl
 import threading
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
@@ -52,12 +60,15 @@ class AwsFront:
     redirect_first_get: bool = False  # 307 to the second listener, once per object path
     wrong_region: str | None = None  # every request: 301 PermanentRedirect naming this region
     regions: tuple[str, str] | None = None  # (the bucket's region, prefix routing): /<region>/... paths
+    intercept: object = None  # an ssl.SSLContext: be a TLS-inspecting forward proxy for AWS names
+    home_region: str = "us-west-2"  # with `intercept`: the region the bucket lives in
     counts: collections.Counter = field(default_factory=collections.Counter)
     upstream_requests: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
         self._redirected: set[str] = set()
+        self.tunnels: list[str] = []
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="awsfront", daemon=True)
@@ -88,6 +99,7 @@ class AwsFront:
         self._session = aiohttp.ClientSession(auto_decompress=False)
         self._servers = []
         self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task] = set()
         for second in (False, True):
             server = await asyncio.start_server(lambda r, w, s=second: self._connection(r, w, s), "127.0.0.1", 0)
             self._servers.append(server)
@@ -102,14 +114,46 @@ class AwsFront:
             server.close()
         for w in list(self._writers):
             w.close()
+        tasks = [t for t in self._tasks if not t.done()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self._session.close()
 
     # --- HTTP/1.1, server side, by h11 ----------------------------------------------------------
 
+    async def _tunnel(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str | None:
+        """As a forward proxy: take the CONNECT, then speak TLS as the host asked for."""
+        conn = h11.Connection(h11.SERVER)
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await reader.read(65536)
+                if not data:
+                    return None
+                conn.receive_data(data)
+                continue
+            if isinstance(event, h11.Request):
+                if event.method != b"CONNECT":
+                    writer.write(conn.send(h11.Response(status_code=405, headers=[("Content-Length", "0")])))
+                    return None
+                authority = event.target.decode()
+            if isinstance(event, h11.EndOfMessage):
+                break
+        self.counts["CONNECT"] += 1
+        self.tunnels.append(authority)
+        writer.write(conn.send(h11.Response(status_code=200, headers=[])))
+        await writer.drain()
+        await writer.start_tls(self.intercept)
+        return authority
+
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, second: bool) -> None:
         self._writers.add(writer)
+        self._tasks.add(asyncio.current_task())
         conn = h11.Connection(h11.SERVER)
         try:
+            if self.intercept is not None and await self._tunnel(reader, writer) is None:
+                return
             while True:
                 request = None
                 while True:
@@ -130,7 +174,7 @@ class AwsFront:
                 if close or conn.our_state is h11.MUST_CLOSE:
                     return
                 conn.start_next_cycle()
-        except (h11.ProtocolError, ConnectionError):
+        except (h11.ProtocolError, ConnectionError, ssl.SSLError):
             return
         finally:
             self._writers.discard(writer)
@@ -185,6 +229,24 @@ class AwsFront:
                                                          ("Content-Type", "application/xml")], body,
                              chunked=self.chunk_errors, close=close)
             return close
+        if self.intercept is not None:
+            host = next(v.decode() for k, v in request.headers if k == b"host").rsplit(":", 1)[0]
+            aws = re.fullmatch(r"(?:(?P<bucket>[a-z0-9.-]+)\.)?s3\.(?P<region>[a-z0-9-]+)\.amazonaws\.com", host)
+            if aws is None:
+                raise h11.LocalProtocolError(f"not an AWS S3 host: {host}")
+            self.counts[("host", host)] += 1
+            if aws["region"] != self.home_region:
+                self.counts["301"] += 1
+                body = error_doc("PermanentRedirect", "The bucket you are attempting to access must be addressed "
+                                 "using the specified endpoint.", Endpoint=f"s3.{self.home_region}.amazonaws.com")
+                await self._send(conn, writer, method, 301, [("x-amz-bucket-region", self.home_region),
+                                                             ("Content-Type", "application/xml")], body,
+                                 chunked=self.chunk_errors, close=close)
+                return close
+            if aws["bucket"]:  # virtual-hosted: the bucket is in the name, path-style upstream
+                target = f"/{aws['bucket']}{target}"
+                parts = urlsplit(target)
+                listing = "list-type" in query or "versions" in query or parts.path.rstrip("/").count("/") <= 1
         if self.regions is not None:
             home = self.regions[0]
             region, _, rest = parts.path.lstrip("/").partition("/")

@@ -201,21 +201,21 @@ def _need_tinyproxy() -> None:
 def test_every_request_goes_through_the_proxy_and_no_proxy_bypasses_it(sandbox, replica, tmp_path, monkeypatch,
                                                                         transport):
     _need_tinyproxy()
-    version = "1.0.1"
+    flags = ("--transport", transport)
     with TinyProxy(tmp_path) as proxy, AwsFront(sandbox.url, informational=False) as front:
         monkeypatch.setenv("HTTP_PROXY", proxy.url)
-        cli = Cli(front.url, tmp_path / "cache")
-        flags = ("--transport", transport)
-        cli(*flags, "manifests", "list")
-        cli(*flags, "sync", "--version", version, "--part-size", "64KiB")
-        assert_mirror(cli.cache_dir, replica, version)
-        cli(*flags, "get", "behavior-session", str(replica.behavior_ids[version][0]), "--version", version)
+        _run_the_job(Cli(front.url, tmp_path / "cache"), replica, _latest(), flags)
+        shards = Cli(front.url, tmp_path / "shards")
+        for k in range(2):
+            shards(*flags, "sync", "--version", "1.0.1", "--shard", f"{k}/2", "--verify", "all")  # HEADs too
+        assert_mirror(shards.cache_dir, replica, "1.0.1")
         assert front.counts["direct"] == 0  # tinyproxy adds Via: to what it forwards
         assert front.counts["via"] > 0 and len(proxy.requests()) == front.counts["via"]
-        assert {x.split()[0] for x in proxy.requests()} >= {"GET"}
+        assert {x.split()[0] for x in proxy.requests()} == {"GET", "HEAD"}
+        assert all(x.split()[1].startswith(front.url + "/") for x in proxy.requests())  # the absolute form
         through = len(proxy.requests())
         monkeypatch.setenv("NO_PROXY", "localhost, 127.0.0.0/8")
-        cli(*flags, "manifests", "list")
+        shards(*flags, "manifests", "list")
         assert len(proxy.requests()) == through and front.counts["direct"] > 0
 
 
@@ -277,3 +277,68 @@ def test_an_unusable_proxy_setting_is_bad_input(sandbox, tmp_path, monkeypatch):
     assert "HTTPS_PROXY" in r.stderr and "only http:// proxies" in r.stderr
     r = Cli(sandbox.url, tmp_path / "cache")("--proxy", "http://x:1", "--no-proxy", "manifests", "list", expect=2)
     assert "contradict" in r.stderr
+
+
+@pytest.mark.parametrize("transport", ["lean", "aiohttp"])
+def test_aws_itself_through_a_tls_inspecting_proxy_in_the_wrong_region(sandbox, replica, tmp_path, monkeypatch,
+                                                                        transport):
+    """The cluster case, end to end: no --endpoint-url, so AWS's own names
+    (visual-behavior-ophys-data.s3.REGION.amazonaws.com); the node resolves no outside name
+    and reaches AWS only through HTTPS_PROXY, which inspects TLS with the site's CA; and the
+    dataset file names the wrong region, so S3 answers 301 with x-amz-bucket-region. The
+    whole job runs, every byte verified, and not one connection bypassed the proxy."""
+    import ssl
+
+    import trustme
+
+    import mirror.remote.http as lean
+
+    ca = trustme.CA()
+    intercept = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("*.s3.us-west-2.amazonaws.com", "s3.us-west-2.amazonaws.com", "*.s3.us-east-1.amazonaws.com",
+                  "s3.us-east-1.amazonaws.com").configure_cert(intercept)
+    bundle = tmp_path / "site-ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    dataset = tmp_path / "vbo-east.toml"  # the real dataset file, with the wrong region
+    real = (Path(__file__).parents[1] / "configs" / "datasets" / "visual-behavior-ophys.toml").read_text()
+    dataset.write_text(real.replace('region = "us-west-2"', 'region = "us-east-1"'))
+    assert 'region = "us-east-1"' in dataset.read_text()
+
+    direct: list[str] = []  # a guard: nothing may connect anywhere but 127.0.0.1 by itself
+    connect = lean.HttpClient._connect
+
+    async def guarded(self, key, proxy, ctx):
+        if proxy is None and key[1] not in ("127.0.0.1", "localhost"):
+            direct.append(key[1])
+            raise lean.ConnectFailed(f"the test forbids a direct connection to {key[1]}")
+        return await connect(self, key, proxy, ctx)
+
+    monkeypatch.setattr(lean.HttpClient, "_connect", guarded)
+    import aiohttp.connector
+
+    resolve = aiohttp.connector.TCPConnector._resolve_host
+
+    async def guarded_resolve(self, host, port, *args, **kwargs):
+        if host not in ("127.0.0.1", "localhost"):
+            direct.append(host)
+            raise OSError(f"the test forbids resolving {host}")
+        return await resolve(self, host, port, *args, **kwargs)
+
+    monkeypatch.setattr(aiohttp.connector.TCPConnector, "_resolve_host", guarded_resolve)
+
+    version = _latest()
+    with AwsFront(sandbox.url, intercept=intercept, chunk_objects=0.3, close_rate=0.2, seed=11) as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(bundle))
+        cli = Cli(None, tmp_path / "cache")
+        r = cli("--dataset", str(dataset), "--transport", transport, "manifests", "list")
+        assert "is in region us-west-2, not us-east-1" in r.stderr
+        _run_the_job(cli, replica, version, ("--dataset", str(dataset), "--transport", transport))
+        assert direct == []
+        assert proxy.tunnels and {t.rsplit(":", 1)[1] for t in proxy.tunnels} == {"443"}
+        assert all(t.endswith(".amazonaws.com:443") for t in proxy.tunnels)
+        hosts = {k[1]: n for k, n in proxy.counts.items() if isinstance(k, tuple) and k[0] == "host"}
+        assert hosts.get("visual-behavior-ophys-data.s3.us-west-2.amazonaws.com", 0) > 20
+        # once per command that reached the network (a run keeps the region it learned)
+        assert 1 <= proxy.counts["301"] <= 8
+        assert proxy.counts["chunked"] > 0
