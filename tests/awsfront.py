@@ -31,12 +31,12 @@ import collections
 import random
 import re
 import ssl
-import threading
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import h11
+from threaded import LoopThread
 
 HOP = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-connection", "host",
        "content-length", "trailer"}
@@ -49,7 +49,7 @@ def error_doc(code: str, message: str, **extra: str) -> bytes:
 
 
 @dataclass
-class AwsFront:
+class AwsFront(LoopThread):
     upstream: str
     seed: int = 1
     chunk_listings: bool = True
@@ -69,31 +69,10 @@ class AwsFront:
         self._rng = random.Random(self.seed)
         self._redirected: set[str] = set()
         self.tunnels: list[str] = []
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="awsfront", daemon=True)
-        self.url = ""
+        self._init_loop("awsfront")
         self.second_url = ""
 
     # --- lifecycle ---------------------------------------------------------------------------
-
-    def __enter__(self) -> "AwsFront":
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("AWS-shaped front did not start")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._start())
-        self._ready.set()
-        self._loop.run_forever()
 
     async def _start(self) -> None:
         self._session = aiohttp.ClientSession(auto_decompress=False)
@@ -212,6 +191,16 @@ class AwsFront:
 
     # --- S3, as AWS shapes it ---------------------------------------------------------------------
 
+    async def _moved(self, conn, writer, method: str, region: str, close: bool) -> bool:
+        """S3's answer to a bucket asked for in the wrong region."""
+        self.counts["301"] += 1
+        body = error_doc("PermanentRedirect", "The bucket you are attempting to access must be addressed using "
+                         "the specified endpoint.", Endpoint=f"s3.{region}.amazonaws.com")
+        await self._send(conn, writer, method, 301, [("x-amz-bucket-region", region),
+                                                     ("Content-Type", "application/xml")], body,
+                         chunked=self.chunk_errors, close=close)
+        return close
+
     async def _answer(self, conn, writer, request: h11.Request, second: bool) -> bool:
         method = request.method.decode()
         target = request.target.decode()
@@ -222,13 +211,7 @@ class AwsFront:
         self.counts[("second" if second else "first", method)] += 1
         self.counts["via" if any(k.lower() == b"via" for k, _ in request.headers) else "direct"] += 1
         if self.wrong_region:
-            self.counts["301"] += 1
-            body = error_doc("PermanentRedirect", "The bucket you are attempting to access must be addressed "
-                             "using the specified endpoint.", Endpoint=f"s3.{self.wrong_region}.amazonaws.com")
-            await self._send(conn, writer, method, 301, [("x-amz-bucket-region", self.wrong_region),
-                                                         ("Content-Type", "application/xml")], body,
-                             chunked=self.chunk_errors, close=close)
-            return close
+            return await self._moved(conn, writer, method, self.wrong_region, close)
         if self.intercept is not None:
             host = next(v.decode() for k, v in request.headers if k == b"host").rsplit(":", 1)[0]
             aws = re.fullmatch(r"(?:(?P<bucket>[a-z0-9.-]+)\.)?s3\.(?P<region>[a-z0-9-]+)\.amazonaws\.com", host)
@@ -236,13 +219,7 @@ class AwsFront:
                 raise h11.LocalProtocolError(f"not an AWS S3 host: {host}")
             self.counts[("host", host)] += 1
             if aws["region"] != self.home_region:
-                self.counts["301"] += 1
-                body = error_doc("PermanentRedirect", "The bucket you are attempting to access must be addressed "
-                                 "using the specified endpoint.", Endpoint=f"s3.{self.home_region}.amazonaws.com")
-                await self._send(conn, writer, method, 301, [("x-amz-bucket-region", self.home_region),
-                                                             ("Content-Type", "application/xml")], body,
-                                 chunked=self.chunk_errors, close=close)
-                return close
+                return await self._moved(conn, writer, method, self.home_region, close)
             if aws["bucket"]:  # virtual-hosted: the bucket is in the name, path-style upstream
                 target = f"/{aws['bucket']}{target}"
                 parts = urlsplit(target)
@@ -251,12 +228,7 @@ class AwsFront:
             home = self.regions[0]
             region, _, rest = parts.path.lstrip("/").partition("/")
             if region != home:
-                self.counts["301"] += 1
-                body = error_doc("PermanentRedirect", "wrong region", Endpoint=f"s3.{home}.amazonaws.com")
-                await self._send(conn, writer, method, 301, [("x-amz-bucket-region", home),
-                                                             ("Content-Type", "application/xml")], body,
-                                 chunked=self.chunk_errors, close=close)
-                return close
+                return await self._moved(conn, writer, method, home, close)
             target = "/" + rest + (f"?{parts.query}" if parts.query else "")
         if (self.redirect_first_get and not second and method == "GET" and not listing
                 and parts.path not in self._redirected):

@@ -8,12 +8,12 @@ that started it (a context manager). Everything else is moto's real answer.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
+from threaded import LoopThread
 
 HOP = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-connection", "host"}
 
@@ -35,7 +35,7 @@ class Rule:
 
 
 @dataclass
-class FaultProxy:
+class FaultProxy(LoopThread):
     upstream: str
     rate: float | None = None  # bytes per second for response bodies (None: as fast as possible)
     rules: list[Rule] = field(default_factory=list)
@@ -51,30 +51,9 @@ class FaultProxy:
     chunk_size: int = 16 << 10  # bodies are written (and counted, and paced) this many bytes at a time
 
     def __post_init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="faultproxy", daemon=True)
-        self.url = ""
+        self._init_loop("faultproxy")
 
     # --- lifecycle ---------------------------------------------------------------------
-
-    def __enter__(self) -> "FaultProxy":
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("fault proxy did not start")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._start())
-        self._ready.set()
-        self._loop.run_forever()
 
     async def _start(self) -> None:
         self._session = aiohttp.ClientSession(auto_decompress=False)

@@ -76,7 +76,8 @@ def paced(body: bytes, chunk: int, pause: float, *, length: int | None = None):
     return act
 
 
-async def fetch(client: HttpClient, url: str, pool: BufferPool, *, hold: list | None = None) -> bytes:
+def collector(pool: BufferPool, *, hold: list | None = None):
+    """(bytes received, a sink that collects them and gives each buffer back, or holds it)."""
     got = bytearray()
 
     def sink(buf, n):
@@ -86,10 +87,17 @@ async def fetch(client: HttpClient, url: str, pool: BufferPool, *, hold: list | 
         else:
             pool.give(buf)
 
+    return got, sink
+
+
+async def fetch(client: HttpClient, url: str, pool: BufferPool, *, hold: list | None = None,
+                expect: int | None = None) -> bytes:
+    """GET url/obj whole; `expect`: the bytes the body must have (default: its Content-Length)."""
+    got, sink = collector(pool, hold=hold)
     async with client.get(url + "/obj", {}) as ex:
         if ex.response.status != 200:
             return b"ERROR " + await ex.read_error_body()
-        await ex.read_into(sink, pool, ex.response.length)
+        await ex.read_into(sink, pool, ex.response.length if expect is None else expect)
     return bytes(got)
 
 
@@ -222,12 +230,7 @@ def test_a_connection_cut_mid_body_hands_over_what_arrived_then_fails():
         async with RawServer([cut]) as srv:
             async with HttpClient(max_connections=1, connect_timeout=2, read_timeout=2) as c:
                 pool = BufferPool(64 << 10, 1)
-                got = bytearray()
-
-                def sink(buf, n):
-                    got.extend(memoryview(buf)[:n])
-                    pool.give(buf)
-
+                got, sink = collector(pool)
                 with pytest.raises(StreamBroken):
                     async with c.get(srv.url + "/x", {}) as ex:
                         await ex.read_into(sink, pool, ex.response.length)
@@ -373,36 +376,15 @@ def test_a_chunked_200_is_decoded_into_the_same_buffers_byte_exact():
                 pool = BufferPool(64 << 10, 2)
                 async with c.get(srv.url + "/obj", {}) as ex:
                     assert ex.response.framing == "chunked" and ex.response.length is None
-                got = bytearray()
-
-                def sink(buf, n):
-                    got.extend(memoryview(buf)[:n])
-                    pool.give(buf)
-
-                async with c.get(srv.url + "/obj", {}) as ex:
-                    assert ex.response.framing == "length"
-                    await ex.read_into(sink, pool, ex.response.length)
-                assert bytes(got) == b"again"
+                assert await fetch(c, srv.url, pool) == b"again"
                 assert srv.connections == 2  # the first body was not read: its connection was dropped
         async with RawServer([raw(answer), ok(b"next")]) as srv:
             async with HttpClient(max_connections=1, connect_timeout=2, read_timeout=5) as c:
                 pool = BufferPool(64 << 10, 2)
-                assert await fetch_expect(c, srv.url, pool, len(body)) == body
+                assert await fetch(c, srv.url, pool, expect=len(body)) == body
                 assert await fetch(c, srv.url, pool) == b"next"
                 assert srv.connections == 1  # a chunked body read whole keeps the connection
     run(go())
-
-
-async def fetch_expect(client, url, pool, expect):
-    got = bytearray()
-
-    def sink(buf, n):
-        got.extend(memoryview(buf)[:n])
-        pool.give(buf)
-
-    async with client.get(url + "/obj", {}) as ex:
-        await ex.read_into(sink, pool, expect)
-    return bytes(got)
 
 
 def test_a_chunked_body_longer_or_shorter_than_announced_is_refused():
@@ -412,9 +394,9 @@ def test_a_chunked_body_longer_or_shorter_than_announced_is_refused():
         async with RawServer([raw(longer), raw(longer)]) as srv:
             async with HttpClient(max_connections=1, connect_timeout=2, read_timeout=5) as c:
                 with pytest.raises(BadResponse):
-                    await fetch_expect(c, srv.url, BufferPool(64 << 10, 1), 4)
+                    await fetch(c, srv.url, BufferPool(64 << 10, 1), expect=4)
                 with pytest.raises(StreamBroken):
-                    await fetch_expect(c, srv.url, BufferPool(64 << 10, 1), 9)
+                    await fetch(c, srv.url, BufferPool(64 << 10, 1), expect=9)
     run(go())
 
 
@@ -424,12 +406,7 @@ def test_a_chunked_body_cut_off_hands_over_what_came_then_breaks():
                                   close=True)]) as srv:
             async with HttpClient(max_connections=1, connect_timeout=2, read_timeout=5) as c:
                 pool = BufferPool(64 << 10, 1)
-                got = bytearray()
-
-                def sink(buf, n):
-                    got.extend(memoryview(buf)[:n])
-                    pool.give(buf)
-
+                got, sink = collector(pool)
                 with pytest.raises(StreamBroken):
                     async with c.get(srv.url + "/obj", {}) as ex:
                         await ex.read_into(sink, pool, 22)
@@ -441,7 +418,7 @@ def test_a_body_delimited_by_the_close_is_read_to_the_end():
     async def go():
         async with RawServer([raw(b"HTTP/1.1 200 OK\r\n\r\n" + b"z" * 100_000, close=True)]) as srv:
             async with HttpClient(max_connections=1, connect_timeout=2, read_timeout=5) as c:
-                assert await fetch_expect(c, srv.url, BufferPool(64 << 10, 2), 100_000) == b"z" * 100_000
+                assert await fetch(c, srv.url, BufferPool(64 << 10, 2), expect=100_000) == b"z" * 100_000
     run(go())
 
 
@@ -453,12 +430,7 @@ def test_informational_answers_are_skipped_and_obsolete_folding_unfolded():
         async with RawServer([raw(answer)]) as srv:
             async with HttpClient(max_connections=1, connect_timeout=2, read_timeout=5) as c:
                 pool = BufferPool(64 << 10, 1)
-                got = bytearray()
-
-                def sink(buf, n):
-                    got.extend(memoryview(buf)[:n])
-                    pool.give(buf)
-
+                got, sink = collector(pool)
                 async with c.get(srv.url + "/obj", {}) as ex:
                     assert ex.response.status == 200
                     assert ex.response.headers["x-folded"] == "one two"
