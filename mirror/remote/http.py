@@ -292,7 +292,7 @@ class _Connection(asyncio.BufferedProtocol):
         return False  # close our side too; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.state == _SLOW and exc is None and self._reason is None:
+        if self.state == _SLOW and exc is None and self._reason is None and not self.waiting_for_buffer:
             # A body delimited by the close ends here; a chunked one cut short is broken.
             self._closing = True
             with contextlib.suppress(h11.RemoteProtocolError):
@@ -595,8 +595,8 @@ class _Connection(asyncio.BufferedProtocol):
                     return
             else:
                 self._pool.give(buf)
-        if self.h.their_state is not h11.DONE:
-            self.keep_alive = False
+        if self.h.their_state is not h11.DONE or self.h.trailing_data[0]:
+            self.keep_alive = False  # the server ends the connection, or sent bytes beyond the answer
         if self._limit is not None and self._got < self._limit and self._cap is None:
             self.keep_alive = False
             self.state = _DONE
