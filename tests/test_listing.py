@@ -80,6 +80,16 @@ def test_listing_pages_are_checked():
             listing.parse(bad, what="t")
 
 
+def test_encoded_keys_decode_as_botocore_decodes_them():
+    """A space as `+` (SeaweedFS's ListObjectsV2) or `%20`; a literal `+` only as `%2B`."""
+    doc = ('<ListBucketResult><IsTruncated>false</IsTruncated><EncodingType>url</EncodingType>'
+           "<Contents><Key>enc/a+b%2Bc%25d%26e.txt</Key><Size>1</Size><ETag>x</ETag></Contents>"
+           "<Contents><Key>enc/a%20b</Key><Size>1</Size><ETag>x</ETag></Contents></ListBucketResult>").encode()
+    assert [o.key for o in listing.parse(doc, what="t").objects] == ["enc/a b+c%d&e.txt", "enc/a b"]
+    raw = doc.replace(b"<EncodingType>url</EncodingType>", b"")  # not encoded (SeaweedFS's versions listing)
+    assert [o.key for o in listing.parse(raw, what="t").objects][0] == "enc/a+b%2Bc%25d%26e.txt"
+
+
 def test_an_explicit_version_is_fetched_by_name_without_listing_the_manifests(sandbox, replica, tmp_path, cli):
     with FaultProxy(sandbox.url) as proxy:
         m = Mirror(tmp_path / "c", endpoint_url=proxy.url)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from urllib.parse import unquote
+from urllib.parse import unquote_plus
 
 from ..errors import ProtocolError
 from ..model import ObjectInfo, strip_etag
@@ -29,7 +29,9 @@ def _local(tag: str) -> str:
 
 def parse(data: bytes, *, what: str) -> Page:
     """One page of either listing. Keys are URL-decoded when the server says it encoded them
-    (we ask for `encoding-type=url`: keys may hold characters XML cannot carry)."""
+    (we ask for `encoding-type=url`: keys may hold characters XML cannot carry). Form-style, as
+    botocore decodes them: a space may come as `+` (SeaweedFS's ListObjectsV2 does so) or
+    `%20`, and a real `+` always comes as `%2B`."""
     try:
         root = ET.fromstring(data)
     except ET.ParseError as exc:
@@ -39,7 +41,7 @@ def parse(data: bytes, *, what: str) -> Page:
         raise ProtocolError(f"{what}: unexpected listing document <{kind}>")
     ns = root.tag[:-len(kind)]
     encoded = (root.findtext(f"{ns}EncodingType") or "").lower() == "url"
-    key_of = unquote if encoded else (lambda k: k)
+    key_of = unquote_plus if encoded else (lambda k: k)
     page = Page(truncated=(root.findtext(f"{ns}IsTruncated") or "").strip().lower() == "true")
     entry_tag = f"{ns}Contents" if kind == "ListBucketResult" else f"{ns}Version"
     k_tag, v_tag, s_tag, e_tag = f"{ns}Key", f"{ns}VersionId", f"{ns}Size", f"{ns}ETag"
