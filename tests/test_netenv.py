@@ -89,6 +89,7 @@ def test_status_codes_about_the_network():
     assert isinstance(e, ProxyAuthRequired) and not e.retry and e.outcome is Action.STOP_RUN
     assert "http://p:3128" in str(e)
     assert isinstance(from_status(400, what="GET x", code="InvalidRequest"), RequestRejected)
+    assert "through the proxy http://p:3128" in str(from_status(502, what="GET x", proxied="http://p:3128"))
 
 
 # --- redirects the client cannot follow --------------------------------------------------------------

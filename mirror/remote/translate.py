@@ -48,7 +48,9 @@ def from_status(status: int, *, what: str, code: str | None = None, proxied: str
     if status in (429, 503) or code in _SLOW_CODES:
         return SlowDown(f"{what}: server asks to slow down (HTTP {status})")
     if status >= 500:
-        return ServerError(f"{what}: server error HTTP {status}")
+        # Through a proxy a 502/504 is often the proxy's own word that it could not reach the server.
+        via = f" (through the proxy {proxied})" if proxied else ""
+        return ServerError(f"{what}: server error HTTP {status}{' ' + code if code else ''}{via}")
     if status == 400 and code == "InvalidArgument":
         return ObjectNotFound(f"{what}: rejected by the server (HTTP 400 {code}); is the version id valid?")
     if 400 <= status < 500:
