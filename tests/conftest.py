@@ -21,11 +21,15 @@ from mirror.sandbox import ReplicaSpec, Sandbox
 TEST_SPEC = ReplicaSpec(seed=7, scale=1 / 4000, part_size=64 << 10, multipart_threshold=128 << 10)
 
 
+PROXY_ENV = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY",
+             "no_proxy", "AWS_CA_BUNDLE", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
+
+
 @pytest.fixture(autouse=True)
 def _no_aws_env(monkeypatch):
-    """Tests never see the developer's AWS settings, and never reach past 127.0.0.1."""
+    """Tests never see the developer's AWS and proxy settings, and never reach past 127.0.0.1."""
     for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "VBO_MIRROR_CACHE_DIR", "VBO_MIRROR_ENDPOINT_URL",
-                "VBO_MIRROR_DATASET", "AWS_PROFILE"):
+                "VBO_MIRROR_DATASET", "AWS_PROFILE", *PROXY_ENV):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")

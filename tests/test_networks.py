@@ -29,16 +29,6 @@ from test_sync import assert_mirror
 from mirror.errors import RegionWarning
 from mirror.sandbox.replica import BUCKET, VERSIONS
 
-PROXY_ENV = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY",
-             "no_proxy", "AWS_CA_BUNDLE", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy_env(monkeypatch):
-    for var in PROXY_ENV:
-        monkeypatch.delenv(var, raising=False)
-
-
 def _latest() -> str:
     return max(VERSIONS, key=lambda v: tuple(int(x) for x in v.split(".")))
 
