@@ -11,8 +11,6 @@ the lab's servers send.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import socket
 import subprocess

@@ -28,7 +28,7 @@ import contextlib
 import mmap
 import socket
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import urlsplit
 
