@@ -21,18 +21,50 @@ from .manifest import FileEntry, Manifest
 # Columns that hold ids: always int64, never inferred as float or string.
 _ID_SUFFIX = "_id"
 _LIST_COLUMNS = {"ophys_experiment_id", "ophys_container_id"}  # "[1, 2]" in some tables
+# Field metadata on an id column that the CSV wrote as floats ("951410079.0"): pandas.read_csv
+# reads it as float64, and the pandas view (to_pandas) does the same.
+_FLOAT_TEXT = b"vbo.float_text"
+_WHOLE_FLOAT = r"^\s*([+-]?[0-9]+)\.0*\s*$"
 
 
 def read_csv(data: bytes, *, name: str) -> pa.Table:
-    """Parse one metadata CSV into an Arrow table; a malformed file raises InputError."""
+    """Parse one metadata CSV into an Arrow table; a malformed file raises InputError.
+
+    The tables were written by pandas, so an id column with missing values comes as floats
+    and empty cells (`951410079.0,` then `,`): id columns are read as text and made int64
+    here, exactly (no float in between, so ids past 2**53 survive), with pandas' NA tokens
+    as nulls. A value that is not a whole number is named, with its column and row."""
     first_line = data.split(b"\n", 1)[0].decode("utf-8", "replace")
     columns = [c.strip().strip('"') for c in first_line.split(",")]
-    types = {c: pa.int64() for c in columns if c.endswith(_ID_SUFFIX) and c not in _LIST_COLUMNS}
-    types["file_id"] = pa.int64()
+    id_columns = [c for c in columns if (c.endswith(_ID_SUFFIX) and c not in _LIST_COLUMNS) or c == "file_id"]
     try:
-        return pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(column_types=types))
+        table = pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(
+            column_types={c: pa.string() for c in id_columns}))
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise InputError(f"{name}: not a readable metadata table: {exc}") from exc
+    for column in id_columns:
+        if column in table.column_names:
+            i = table.column_names.index(column)
+            table = table.set_column(i, *_id_column(table[column], name=name, column=column))
+    return table
+
+
+def _id_column(text: pa.ChunkedArray, *, name: str, column: str) -> tuple[pa.Field, pa.ChunkedArray]:
+    na = pc.or_kleene(pc.is_null(text), pc.is_in(pc.utf8_trim_whitespace(text), value_set=pa.array(sorted(_PANDAS_NA))))
+    floats = pc.fill_null(pc.match_substring_regex(text, _WHOLE_FLOAT), False)
+    digits = pc.replace_substring_regex(text, pattern=_WHOLE_FLOAT, replacement=r"\1")
+    digits = pc.if_else(na, pa.scalar(None, pa.string()), pc.utf8_trim_whitespace(digits))
+    try:
+        values = pc.cast(digits, pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        for row, value in enumerate(digits.to_pylist()):
+            bare = (value or "0").lstrip("+-")
+            if not (bare.isascii() and bare.isdigit()):
+                raise InputError(f"{name}: column {column!r}, data row {row + 1}: {value!r} is not an id "
+                                 "(a whole number)") from None
+        raise InputError(f"{name}: column {column!r} holds an id out of range (64-bit)") from None
+    metadata = {_FLOAT_TEXT: b"1"} if pc.any(floats).as_py() else None
+    return pa.field(column, pa.int64(), metadata=metadata), values
 
 
 # --- pandas, shaped like AllenSDK 2.16.2's tables ------------------------------------------------
@@ -148,6 +180,8 @@ def _pandas_column(pd, field: pa.Field, column: pa.ChunkedArray, *, as_str: bool
         return pd.Series([np.nan if v is None or v in _PANDAS_NA else v for v in column.to_pylist()], dtype=object)
     if pa.types.is_integer(t) and nullable_int:
         return column.to_pandas(types_mapper=lambda _t: pd.Int64Dtype())
+    if pa.types.is_integer(t) and (field.metadata or {}).get(_FLOAT_TEXT):
+        return column.to_pandas().astype("float64")  # "951410079.0" in the CSV: pandas reads floats
     if pa.types.is_boolean(t) and column.null_count:
         return pd.Series([np.nan if v is None else v for v in column.to_pylist()], dtype=object)
     if pa.types.is_timestamp(t) and keep_datetime:

@@ -273,3 +273,78 @@ def test_the_table_view_fits_the_terminal_and_columns_can_be_chosen(cli, replica
     assert "cre_line" in r.stdout.splitlines()[0] and "mouse_id" not in r.stdout
     r = cli("tables", "ophys_experiment_table", "--version", "1.0.1", "--columns", "cre_lin", expect=2)
     assert "cre_lin" in r.stderr and "cre_line" in r.stderr
+
+
+# --- tables exactly as pandas writes them (AllenSDK's were) -------------------------------------
+
+
+def _pandas_written() -> bytes:
+    """Every form a pandas-written metadata CSV holds a column in: an id column with missing
+    values as floats and empty cells, a file_id the same, booleans, list columns as quoted
+    text, dates with an offset and without, an integer column with NA."""
+    import pandas as pd
+
+    df = pd.DataFrame({
+        "behavior_session_id": [870987812, 951410079, 1000000001, 1000000002],
+        "ophys_session_id": [None, 951410080, None, 951410090],
+        "ophys_experiment_id": [None, "[951980471, 951980473]", None, "[1]"],
+        "session_number": [None, 1, 3, None],
+        "passive": [False, True, False, False],
+        "date_of_acquisition": ["2019-05-17 10:35:21.000000+00:00", "2019-09-20 09:45:29.373000-07:00",
+                                "2020-01-02 08:00:00", "2021-03-04T05:06:07.123456"],
+        "cre_line": ["Sst-IRES-Cre", None, "Vip-IRES-Cre", "Sst-IRES-Cre"],
+        "file_id": [1, None, 2, None],
+    })
+    text = df.to_csv(index=False, lineterminator="\n").encode()
+    assert b"951410080.0" in text and b"1.0," in text  # what pandas really writes: floats and empty cells
+    return text
+
+
+def test_a_table_exactly_as_pandas_writes_it_is_read_like_allensdk_reads_it():
+    from mirror import select as sel
+    from mirror.tables import read_csv, to_pandas
+
+    table = read_csv(_pandas_written(), name="behavior_session_table")
+    assert table["ophys_session_id"].to_pylist() == [None, 951410080, None, 951410090]
+    assert table["file_id"].to_pylist() == [1, None, 2, None]
+    mask = sel.evaluate(sel.parse("ophys_session_id is null and passive == false"), table,
+                        table_name="behavior_session_table")
+    assert table.filter(mask)["behavior_session_id"].to_pylist() == [870987812, 1000000001]
+    df = to_pandas(table, index="behavior_session_id", name="behavior_session_table")
+    assert str(df["ophys_session_id"].dtype) == "Int64" and str(df["session_number"].dtype) == "Int64"
+    assert str(df["file_id"].dtype) == "float64"  # as pandas.read_csv reads "1.0" (AllenSDK keeps it)
+    assert df["ophys_experiment_id"].tolist()[1] == [951980471, 951980473]
+    assert df["passive"].dtype == bool
+    dates = df["date_of_acquisition"]
+    assert str(dates.dtype) == "datetime64[ns, UTC]" and dates.iloc[1].hour == 16  # -07:00 made UTC
+    assert dates.iloc[2].hour == 8  # no offset: taken as UTC, as AllenSDK's to_datetime(utc=True) does
+
+
+@pytest.mark.parametrize("cell,words", [(b"1.5", "'1.5' is not an id"), (b"abc", "'abc' is not an id"),
+                                        (b"99999999999999999999", "out of range")])
+def test_an_id_that_is_not_a_whole_number_is_named_with_its_column_and_row(cell, words):
+    from mirror.errors import InputError
+    from mirror.tables import read_csv
+
+    with pytest.raises(InputError) as err:
+        read_csv(b"behavior_session_id,file_id\n1,2.0\n3," + cell + b"\n", name="t")
+    assert words in str(err.value) and ("file_id" in str(err.value))
+
+
+def test_the_sandbox_writes_its_tables_as_pandas_does_and_every_reader_takes_them(cli, replica):
+    """The replica's behavior table has ids as floats where some are missing (as the real
+    one); the API's tables, --where on those columns, and get all work on it."""
+    body = replica.tables["1.0.1"]["behavior_session_table"]
+    header, first = body.decode().splitlines()[:2]
+    column = header.split(",").index("ophys_session_id")
+    assert any(line.split(",")[column].endswith(".0") for line in body.decode().splitlines()[1:])
+    m = Mirror(cli.cache_dir, endpoint_url=cli.endpoint)
+    try:
+        df = m.get_behavior_session_table()
+    finally:
+        m.close()
+    assert str(df["ophys_session_id"].dtype) == "Int64"
+    plan = cli("plan", "--version", "1.0.1", "--where", "ophys_session_id is null", json_out=True).data
+    report = next(iter(plan["selection"].values()))
+    assert report["tables"]["behavior_session_table"]["matched"] == len(replica.behavior_ids["1.0.1"]) > 0
+    cli("get", "behavior-session", str(replica.behavior_ids["1.0.1"][0]), "--version", "1.0.1")

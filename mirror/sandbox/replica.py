@@ -12,9 +12,7 @@ like the real ones times `scale`. The same seed gives the same bytes.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import random
 from dataclasses import dataclass, field
@@ -135,7 +133,8 @@ def build_replica(spec: ReplicaSpec = ReplicaSpec()) -> Replica:
                   "prior_exposures_to_session_type": rng.randint(0, 5), "prior_exposures_to_image_set": rng.randint(0, 20),
                   "prior_exposures_to_omissions": rng.randint(0, 3),
                   "date_of_acquisition": f"2019-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d} {rng.randint(8, 17):02d}:{rng.randint(0, 59):02d}:00.000000+00:00",
-                  "equipment_name": rng.choice(_EQUIP), "release": release}
+                  "equipment_name": rng.choice(_EQUIP), "passive": "passive" in stype.lower() or bsid % 10 == 0,
+                  "release": release}
         if not with_ophys:
             fid = next(next_file_id)
             files[fid] = ReplicaFile(f"{PROJECT}/behavior_sessions/behavior_session_{bsid}.nwb",
@@ -158,7 +157,12 @@ def build_replica(spec: ReplicaSpec = ReplicaSpec()) -> Replica:
                                      sized(OPHYS_NWB, True), rng.getrandbits(63), 0, "ophys", fid)
             experiment_rows.append({"ophys_experiment_id": eid, "behavior_session_id": bsid, "ophys_session_id": osid,
                                     "ophys_container_id": cid, **common, "imaging_depth": 175 + 75 * depth_i,
-                                    "targeted_structure": rng.choice(_STRUCT), "file_id": fid})
+                                    "targeted_structure": rng.choice(_STRUCT),
+                                    # an id that some rows lack: pandas writes the column as floats
+                                    # (derived from the id: the replica's random stream, and so its
+                                    # data files, stay what they were)
+                                    "isi_experiment_id": None if eid % 10 < 3 else eid // 3 + 17,
+                                    "file_id": fid})
             for _ in range(rng.randint(3, 8)):
                 cells.append({"cell_roi_id": next(it),
                               "cell_specimen_id": rng.randint(1_080_000_000, 1_090_000_000),
@@ -213,15 +217,16 @@ def build_replica(spec: ReplicaSpec = ReplicaSpec()) -> Replica:
 
 
 def _csv(rows: list[dict], *, exclude: tuple[str, ...]) -> bytes:
-    buf = io.StringIO()
+    """The table as pandas writes it (AllenSDK's tables were written by pandas): an integer
+    column with a missing value becomes floats (`951410079.0`) and empty cells, booleans
+    `True`/`False`, lists as quoted text; so the tests meet the CSVs users meet."""
+    import pandas as pd
+
     if not rows:
         return b""
     cols = [k for k in rows[0] if k not in exclude]
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r[k]) for k in cols})
-    return buf.getvalue().encode()
+    return pd.DataFrame([{k: r.get(k) for k in cols} for r in rows], columns=cols).to_csv(
+        index=False, lineterminator="\n").encode()
 
 
 def manifest_doc(version: str, metadata: dict[str, tuple[str, str, str]], data: dict[str, tuple[str, str, str]]) -> bytes:
