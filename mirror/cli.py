@@ -416,17 +416,19 @@ def _fit(df, width: int, pd) -> tuple[str, int]:
 
 # --- sync and friends -------------------------------------------------------------------------
 
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1 << 10, "m": 1000**2, "mb": 1000**2, "mib": 1 << 20,
-          "g": 1000**3, "gb": 1000**3, "gib": 1 << 30}
+def _note(text: str) -> None:
+    """One line about how an option was understood (stderr: stdout stays the command's)."""
+    click.echo(f"vbo-mirror: note: {text}", err=True)
 
 
-def parse_size(text: str) -> int:
-    import re
+def part_size_option(text: str, *, what: str = "--part-size") -> int:
+    """A part size in any unit, rounded to whole 4 KiB blocks (said once when it is)."""
+    from .units import align_part_size, parse_size
 
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
-    if not m or m.group(2).lower() not in _UNITS:
-        raise click.BadParameter(f"{text!r} is not a size (examples: 8MiB, 64M, 1GiB, 1048576)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    size, note = align_part_size(parse_size(text, what=what), what=what, text=text)
+    if note:
+        _note(note)
+    return size
 
 
 version_option = click.option("--version", "version", default=None,
@@ -581,10 +583,15 @@ def sync_cmd(c: Ctx, version, jobs, part_size, verify, link_mode, wait, dry_run,
     """Fetch, verify and link every file of a version; resumes whatever an earlier run left."""
     from .limits import Limits
 
-    try:
-        from .remote.ratelimit import parse_rate
+    from .units import parse_rate
 
-        limits = Limits(jobs=jobs, part_size=parse_size(part_size), bwlimit=parse_rate(bwlimit) if bwlimit else None)
+    rate = None
+    if bwlimit:
+        rate, note = parse_rate(bwlimit)
+        if note:
+            _note(note)
+    try:
+        limits = Limits(jobs=jobs, part_size=part_size_option(part_size), bwlimit=rate)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     selection = _selection(version, **sel)
@@ -791,7 +798,15 @@ def index_rebuild_cmd(c: Ctx, jobs: int, wait: bool) -> None:
 
 
 def _mib(n: int) -> str:
-    return f"{n / (1 << 20):g} MiB"
+    return f"{n / (1 << 20):.3g} MiB"
+
+
+def _size_flag(n: int) -> str:
+    """A size as an option value that means exactly `n` bytes."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return str(n)
 
 
 def _int_list(text: str) -> list[int]:
@@ -827,13 +842,15 @@ def bench_cmd(c: Ctx, version, jobs, part_sizes, budget, repeat, to_disk, plot_p
     from .limits import Limits
 
     jobs_l = _int_list(jobs)
-    parts_l = [parse_size(p) for p in part_sizes.split(",") if p.strip()]
+    parts_l = [part_size_option(p) for p in part_sizes.split(",") if p.strip()]
     try:
         for p in parts_l:
             Limits(part_size=p)
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    budget_b = parse_size(budget)
+    from .units import parse_size
+
+    budget_b = parse_size(budget, what="--bytes")
     if to_disk:
         Path(to_disk).mkdir(parents=True, exist_ok=True)
 
@@ -869,7 +886,7 @@ def bench_cmd(c: Ctx, version, jobs, part_sizes, budget, repeat, to_disk, plot_p
         table.add_row(str(x.jobs), _mib(x.part_size), f"{x.mb_per_s:.1f}", f"{x.cpu_per_gb:.2f}",
                       f"{x.seconds:.2f}", str(x.requests), style=style)
     Console().print(table)
-    click.echo(f"best: vbo-mirror sync -j {best.jobs} --part-size {best.part_size >> 20}MiB"
+    click.echo(f"best: vbo-mirror sync -j {best.jobs} --part-size {_size_flag(best.part_size)}"
                + (f"  (plot: {plot_path})" if plot_path else ""))
 
 

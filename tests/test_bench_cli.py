@@ -47,8 +47,10 @@ def test_bench_to_disk_cleans_up_and_draws_a_plot(cli, tmp_path):
 def test_bench_rejects_bad_matrices(cli):
     r = cli("bench", "-j", "0,4", expect=2)
     assert "at least 1" in r.stderr
-    r = cli("bench", "--part-size", "10MB", expect=2)
-    assert "multiple of 4 KiB" in r.stderr
+    r = cli("bench", "--part-size", "32KiB", expect=2)
+    assert "at least 64 KiB" in r.stderr
+    r = cli("bench", "--part-size", "10 parsecs", expect=2)
+    assert "not a size" in r.stderr
 
 
 def test_best_of_takes_the_median_repeat():

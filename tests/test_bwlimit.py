@@ -6,19 +6,21 @@ import json
 
 import pytest
 
-from mirror.remote.ratelimit import TokenBucket, parse_rate
+from mirror.errors import InputError
+from mirror.remote.ratelimit import TokenBucket
+from mirror.units import parse_rate
 
 
 @pytest.mark.parametrize("text,rate", [("200MB/s", 200e6), ("1Gbit/s", 125e6), ("50MiB/s", 50 << 20),
                                        ("800k", 800e3), ("1.5 GB/s", 1.5e9), ("64KiBps", 64 << 10),
                                        ("10Mbit/s", 1.25e6)])
 def test_rates_parse_in_bytes_per_second(text, rate):
-    assert parse_rate(text) == pytest.approx(rate)
+    assert parse_rate(text) == (pytest.approx(rate), None)
 
 
 @pytest.mark.parametrize("text", ["fast", "10 parsecs", "-5MB/s", "100", "MB/s", ""])
 def test_bad_rates_are_refused(text):
-    with pytest.raises(ValueError, match="bwlimit"):
+    with pytest.raises(InputError, match="bwlimit"):
         parse_rate(text)
 
 

@@ -10,27 +10,8 @@ resumes at once, so none is starved. The burst is a tenth of a second of the rat
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from typing import Callable
-
-_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30, "ti": 1 << 40}
-_RATE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]i?)?(b|bit|byte|bytes)?\s*(?:/\s*s|ps)?\s*$", re.I)
-
-
-def parse_rate(text: str) -> float:
-    """Bytes per second from `200MB/s`, `1Gbit/s`, `50MiB/s`, `800k` (bytes unless `bit`;
-    a lowercase `b` alone is bytes too: `Mb/s` is ambiguous, spell `Mbit/s` for bits)."""
-    m = _RATE.match(text)
-    if not m:
-        raise ValueError(f"--bwlimit {text!r}: expected a rate such as 200MB/s, 1Gbit/s or 50MiB/s")
-    value = float(m.group(1)) * _UNITS[(m.group(2) or "").lower()]
-    if (m.group(3) or "").lower() == "bit":
-        value /= 8
-    if value < 1024:
-        raise ValueError(f"--bwlimit {text!r}: at least 1 KiB/s")
-    return value
-
 
 class TokenBucket:
     def __init__(self, rate: float, *, burst: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
