@@ -290,17 +290,20 @@ class Mirror:
         return self._call(lambda s: s.status())
 
     def verify(self, *, fast: bool = False, repair: bool = False, jobs: int = 2,
-               on_event: Callable[[Event], None] | None = None, wait: bool = False) -> dict[str, Any]:
+               on_event: Callable[[Event], None] | None = None, wait: bool = False,
+               confirm: Callable[[dict], bool] | None = None) -> dict[str, Any]:
         """Check every stored object (BLAKE2b, or with `fast` the xxh3 fingerprint in the
         index) and every view of the downloaded versions; with `repair`, fetch damaged
-        content again and relink wrong views."""
+        content again and relink wrong views. Missing views whose content was never stored
+        are fetched only if `confirm({"views": [...]})` returns True (default: not)."""
         layout = self.need_layout()
         if layout.read_only() and not repair:
             # Nobody can write there meanwhile: no lock needed, and the check only reports.
             return self._call(lambda s: s.verify(fast=fast, jobs=jobs, on_event=on_event, read_only=True))
         command = "vbo-mirror verify" + (" --repair" if repair else "")
         with CacheLock(layout.lock_path, wait=wait, on_wait=self.session.on_status, command=command):
-            return self._call(lambda s: s.verify(fast=fast, repair=repair, jobs=jobs, on_event=on_event))
+            return self._call(lambda s: s.verify(fast=fast, repair=repair, jobs=jobs, on_event=on_event,
+                                                 confirm=confirm))
 
     def prune(self, keep: list[str], *, dry_run: bool = False, confirm: Callable[[dict], bool] | None = None,
               wait: bool = False) -> dict[str, Any]:

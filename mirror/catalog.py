@@ -200,8 +200,11 @@ class Catalog:
                 await asyncio.to_thread(store.put_bytes, entry.file_hash, data, index=index, key=entry.key,
                                         version_id=entry.version_id)
         if store is not None:
-            await asyncio.to_thread(store.ensure_view, entry.file_hash,
-                                    f"{manifest.view_dir}/{entry.relative_path}")
+            view = f"{manifest.view_dir}/{entry.relative_path}"
+            if await asyncio.to_thread(store.ensure_view, entry.file_hash, view):
+                # Looking at a table wants that table, not the version's data files: recorded,
+                # so verify does not take a version directory it finds as wanted whole.
+                await asyncio.to_thread(store.want_views, manifest.view_dir, [view])
         return data
 
     async def _fetch_verified(self, ref: ObjectRef, file_hash: str) -> bytes:

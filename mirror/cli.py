@@ -649,19 +649,32 @@ def status_cmd(c: Ctx) -> None:
 @main.command("verify", short_help="Check stored objects and views (exit 5 if damaged).")
 @click.option("--fast", is_flag=True, help="Compare xxh3 fingerprints with the index (disk speed) instead of BLAKE2b.")
 @click.option("--repair", is_flag=True, help="Fetch damaged content again and relink wrong views.")
+@click.option("--yes", "-y", is_flag=True,
+              help="With --repair: also fetch missing views whose content was never in the store, without asking.")
 @click.option("-j", "--jobs", type=click.IntRange(1, 64), default=2, show_default=True, help="Files hashed at once.")
 @click.option("--wait", is_flag=True, help="If another run holds the cache, wait for it.")
 @click.pass_obj
 @handle_errors
-def verify_cmd(c: Ctx, fast: bool, repair: bool, jobs: int, wait: bool) -> None:
+def verify_cmd(c: Ctx, fast: bool, repair: bool, yes: bool, jobs: int, wait: bool) -> None:
     """Check every stored object and view; exit 5 if anything is damaged (and not repaired)."""
-    r = c.mirror.verify(fast=fast, repair=repair, jobs=jobs, wait=wait)
+    def confirm(info: dict) -> bool:
+        if yes:
+            return True
+        if c.json or not sys.stdin.isatty():
+            return False  # reported, with --yes to fetch them
+        click.echo(f"{len(info['views'])} missing views have content that was never in the store "
+                   f"(e.g. {info['views'][0]}): repairing them means fetching it.", err=True)
+        return click.confirm("fetch it?", default=False, err=True)
+
+    r = c.mirror.verify(fast=fast, repair=repair, jobs=jobs, wait=wait, confirm=confirm)
 
     def text() -> str:
         lines = [f"checked {r['objects']} objects ({human_bytes(r['bytes'])}, {r['mode']})"]
         lines += [f"  CORRUPT {x['path']}: {x['problem']}" for x in r["corrupt"]]
         lines += [f"  WRONG VIEW {v}" for v in r["views_wrong"]]
-        lines += [f"  MISSING VIEW {v} (its content is in the store)" for v in r["views_missing"]]
+        unstored = set(r.get("views_missing_unstored", ()))
+        lines += [f"  MISSING VIEW {v} ({'its content is not in the store: --repair fetches it' if v in unstored else 'its content is in the store: --repair relinks it'})"
+                  for v in r["views_missing"]]
         lines += [f"  VIEW OF DAMAGED CONTENT {v}" for v in r["views_missing_content"]]
         if r["orphan_partials_removed"]:
             lines.append(f"  removed {len(r['orphan_partials_removed'])} partial downloads no downloaded version wants")
@@ -669,6 +682,9 @@ def verify_cmd(c: Ctx, fast: bool, repair: bool, jobs: int, wait: bool) -> None:
             rep = r["repaired"]
             lines.append(f"  repaired: {rep['files_fetched']} files fetched again, {rep['views_linked']} views relinked"
                          + (f", {len(rep['failures'])} failed" if rep["failures"] else ""))
+            if r.get("repair_declined"):
+                lines.append(f"  not fetched: {len(r['repair_declined'])} missing views whose content was never in "
+                             "the store (more than damage): `vbo-mirror verify --repair --yes` fetches them")
         elif not r["ok"] or r["views_missing_content"]:
             lines.append("  run `vbo-mirror verify --repair` to fetch damaged content again")
         lines.append("ok" if r["ok"] else "NOT OK")

@@ -619,7 +619,11 @@ class Session:
         return await asyncio.to_thread(cache_status, layout, self.local_manifests(), current=self.current_manifest())
 
     async def verify(self, *, fast: bool = False, repair: bool = False, jobs: int = 2,
-                     on_event: Callable[[Event], None] | None = None, read_only: bool = False) -> dict[str, Any]:
+                     on_event: Callable[[Event], None] | None = None, read_only: bool = False,
+                     confirm: Callable[[dict], bool] | None = None) -> dict[str, Any]:
+        """With `repair`: fetch damaged content again and relink wrong or missing views. Views
+        whose content was never in the store are more than damage (a whole version may be
+        behind them): they are fetched only when `confirm` (shown what) says yes."""
         from .store.status import verify_store
 
         layout = self.need_layout()
@@ -633,6 +637,10 @@ class Session:
                     self.store.remove_view(rel)
             bad = {c["file_hash"] for c in report["corrupt"]}
             wrong = set(report["views_wrong"]) | set(report["views_missing"])
+            new = set(report["views_missing_unstored"])
+            if new and not (confirm is not None and confirm({"views": sorted(new)})):
+                wrong -= new
+                report["repair_declined"] = sorted(new)
             keys = {e.key for m in manifests for e in m.entries()
                     if e.file_hash in bad or f"{m.view_dir}/{e.relative_path}" in wrong}
             runs = [await self.repair(manifests, keys, on_event=on_event)] if keys else []
@@ -645,7 +653,7 @@ class Session:
             failures = [f.to_dict() for st in runs for f in st.failures]
             report["repaired"] = {"files_fetched": sum(st.files_done for st in runs),
                                   "views_linked": sum(st.files_linked for st in runs), "failures": failures}
-            report["ok"] = not failures
+            report["ok"] = not failures and not report.get("repair_declined")
         return report
 
     async def prune(self, keep: list[str] | None, *, dry_run: bool = False,

@@ -141,7 +141,9 @@ def verify_store(layout: CacheLayout, manifests: list[Manifest], *, fast: bool, 
     places += [(m, m.project_name) for m in manifests
                if os.path.isfile(layout.view_path(f"{m.project_name}/manifests/{m.name}"))]
     want = {d: wanted_views.expected(layout, d) for _, d in places}
+    stored = {h for h, _ in objects} - bad
     views_wrong, views_missing_content, views_missing, copies = [], [], [], []
+    unstored: set[str] = set()  # missing views whose content is not in the store: a repair fetches it
     for m, d in places:
         for e in m.entries():
             rel = f"{d}/{e.relative_path}"
@@ -149,6 +151,8 @@ def verify_store(layout: CacheLayout, manifests: list[Manifest], *, fast: bool, 
             if not os.path.lexists(view):
                 if want[d](rel):  # asked for by a sync (store/wanted.py), and gone
                     views_missing.append(rel)
+                    if e.file_hash not in stored:
+                        unstored.add(rel)
                 continue
             if e.file_hash in bad:
                 views_missing_content.append(rel)
@@ -167,6 +171,7 @@ def verify_store(layout: CacheLayout, manifests: list[Manifest], *, fast: bool, 
     return {"objects": len(objects), "bytes": checked_bytes, "mode": "fast" if fast else "full",
             "corrupt": corrupt, "views_wrong": sorted(views_wrong),
             "views_missing_content": sorted(views_missing_content), "views_missing": sorted(set(views_missing)),
+            "views_missing_unstored": sorted(unstored),
             "orphan_partials_removed": sorted(orphans),
             "ok": not corrupt and not views_wrong and not views_missing, "read_only": read_only}
 

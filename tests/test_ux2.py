@@ -1,0 +1,51 @@
+"""What a user meets, round two (issue 17): each point as it was tried."""
+
+from __future__ import annotations
+
+import json
+
+from test_sync import PROJECT, assert_mirror
+
+
+def test_looking_at_a_table_of_another_version_is_not_wanting_its_data(cli, replica):
+    """manifests use 1.0.1, a look at a 1.1.0 table, sync, verify: clean (it reported 24
+    missing views, and --repair fetched all of 1.1.0)."""
+    cli("manifests", "use", "1.0.1")
+    cli("tables", "--version", "1.1.0", "behavior_session_table")
+    cli("sync")
+    r = cli("verify")
+    assert r.stdout.strip().endswith("ok") and "MISSING" not in r.stdout
+    r = cli("--json", "verify", "--repair")
+    assert json.loads(r.stdout)["ok"] is True
+    assert not list((cli.cache_dir / f"{PROJECT}-1.1.0").rglob("*.nwb"))  # nothing of 1.1.0 fetched
+
+
+def test_a_repair_that_would_fetch_content_never_stored_asks_first(cli, replica):
+    """A version wanted whole whose content is not in the store (its record says so, its
+    objects are gone): verify says the content is not stored, and --repair fetches it only
+    with --yes (a terminal would be asked)."""
+    import shutil
+
+    cli("sync", "--version", "1.0.1")
+    views = sorted((cli.cache_dir / f"{PROJECT}-1.0.1").rglob("*.nwb"))
+    for v in views:
+        v.unlink()
+    shutil.rmtree(cli.cache_dir / ".vbo-mirror" / "objects-v1")  # and the store with them
+    r = cli("verify", expect=5)
+    assert "its content is not in the store: --repair fetches it" in r.stdout
+    r = cli("verify", "--repair", expect=5)
+    assert "not fetched" in r.stdout and "--yes" in r.stdout
+    assert not any(v.exists() for v in views)
+    cli("verify", "--repair", "--yes")
+    assert_mirror(cli.cache_dir, replica, "1.0.1")
+    assert cli("verify").stdout.strip().endswith("ok")
+
+
+def test_a_missing_view_whose_content_is_stored_says_so_and_is_relinked_without_asking(cli, replica):
+    cli("sync", "--version", "1.0.1")
+    victim = next((cli.cache_dir / f"{PROJECT}-1.0.1").rglob("*.nwb"))
+    victim.unlink()
+    r = cli("verify", expect=5)
+    assert "its content is in the store: --repair relinks it" in r.stdout
+    cli("verify", "--repair")
+    assert_mirror(cli.cache_dir, replica, "1.0.1")
