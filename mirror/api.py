@@ -126,6 +126,16 @@ class Mirror:
         """The cache layout, or a clear error when no cache_dir was given."""
         return self.session.need_layout()
 
+    def need_mirror(self) -> CacheLayout:
+        """The layout of a cache_dir that holds a mirror: reading commands (status, verify)
+        on a mistyped --cache-dir would report a healthy nothing."""
+        layout = self.need_layout()
+        if not layout.holds_mirror():
+            what = "does not exist" if not layout.root.exists() else "holds no mirror (no .vbo-mirror/, no manifest)"
+            raise InputError(f"{layout.root} {what}",
+                             hint="check --cache-dir / VBO_MIRROR_CACHE_DIR; `vbo-mirror sync` makes a mirror there")
+        return layout
+
     def _call(self, fn: Callable[[Session], Awaitable[T]]) -> T:
         return self._loop.run(lambda: fn(self.session))
 
@@ -287,6 +297,7 @@ class Mirror:
     def status(self) -> dict[str, Any]:
         """Per downloaded version: files present and missing, logical bytes (what the views
         add up to) against bytes on disk (each stored object counted once)."""
+        self.need_mirror()
         return self._call(lambda s: s.status())
 
     def verify(self, *, fast: bool = False, repair: bool = False, jobs: int = 2,
@@ -296,7 +307,7 @@ class Mirror:
         index) and every view of the downloaded versions; with `repair`, fetch damaged
         content again and relink wrong views. Missing views whose content was never stored
         are fetched only if `confirm({"views": [...]})` returns True (default: not)."""
-        layout = self.need_layout()
+        layout = self.need_mirror()
         if layout.read_only() and not repair:
             # Nobody can write there meanwhile: no lock needed, and the check only reports.
             return self._call(lambda s: s.verify(fast=fast, jobs=jobs, on_event=on_event, read_only=True))

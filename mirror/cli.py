@@ -711,6 +711,8 @@ def _prune_text(r: dict) -> str:
     verb = "frees" if r.get("applied") else "would free"
     lines.append(f"{verb} {human_bytes(r['frees_bytes'])}" + ("" if r.get("applied") else
                                                               " (dry run)" if r["dry_run"] else " (nothing removed)"))
+    for refusal in r.get("refused", ()):
+        lines.append(f"warning: the real prune would refuse: {refusal['message']} ({refusal['hint']})")
     return "\n".join(lines)
 
 

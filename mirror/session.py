@@ -177,7 +177,23 @@ class Session:
         return report
 
     async def list_manifests(self) -> list[str]:
-        return await self.available(self.catalog())
+        """The versions online (with those cache_dir holds); offline, cache_dir's. When the
+        endpoint does not answer, a list of only what the cache holds would pass for what is
+        online: that is an error naming both ways on (exit 3)."""
+        cat = self.catalog()
+        if cat.remote is None:
+            return await self.available(cat)
+        try:
+            if self._online_names is None:
+                self._online_names = await cat.online_names()
+        except (EndpointUnreachable, TransferError) as exc:
+            local = cat.local_names()
+            if not local:
+                raise
+            raise OfflineError(f"cannot list the versions online: {exc}",
+                               hint=f"cache_dir holds {len(local)} (`vbo-mirror --offline manifests list` lists "
+                                    "them); or check the endpoint / proxy") from exc
+        return await self.available(cat)
 
     async def load_manifest(self, version: str) -> Manifest:
         self.need_layout()
@@ -677,20 +693,25 @@ class Session:
             kept_names = list(manifests)
         else:
             kept_names = list(dict.fromkeys(resolve_name(self.dataset, v, list(manifests)) for v in keep))
-            current = self.current_manifest()
-            if current is not None and current in manifests and current not in kept_names:
-                v = manifests[current].manifest_version
-                raise InputError(f"the current version {v} (_manifest_last_used.txt) is not among the kept ones",
-                                 hint=f"add --keep {v}, or make a kept version current first (`manifests use`)")
+        refusals: list[InputError] = []  # a dry run shows the plan and says what a real prune would refuse
+        current = self.current_manifest()
+        if keep is not None and current is not None and current in manifests and current not in kept_names:
+            v = manifests[current].manifest_version
+            refusals.append(InputError(f"the current version {v} (_manifest_last_used.txt) is not among the kept ones",
+                                       hint=f"add --keep {v}, or make a kept version current first (`manifests use`)"))
         kept = [manifests[n] for n in kept_names]
         dropped = [m for n, m in manifests.items() if n not in kept_names]
         for m in dropped:  # the bucket layout's views are links of that version's objects too
             if os.path.isfile(layout.view_path(f"{m.project_name}/manifests/{m.name}")):
-                raise InputError(f"the bucket layout ({m.project_name}/) holds version {m.manifest_version}",
-                                 hint=f"add --keep {m.manifest_version}, or sync the bucket layout to a kept "
-                                      "version first (sync --layout bucket --version V)")
+                refusals.append(InputError(
+                    f"the bucket layout ({m.project_name}/) holds version {m.manifest_version}",
+                    hint=f"add --keep {m.manifest_version}, or sync the bucket layout to a kept "
+                         "version first (sync --layout bucket --version V)"))
+        if refusals and not dry_run:
+            raise refusals[0]
         plan = await asyncio.to_thread(plan_prune, layout, self.store.objects, kept, dropped)
-        report: dict[str, Any] = {"dry_run": dry_run, **plan.summary()}
+        report: dict[str, Any] = {"dry_run": dry_run, **plan.summary(),
+                                  "refused": [{"message": e.message, "hint": e.hint} for e in refusals]}
         if dry_run or (confirm is not None and not confirm(report)):
             report["applied"] = False
             return report

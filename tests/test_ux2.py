@@ -49,3 +49,37 @@ def test_a_missing_view_whose_content_is_stored_says_so_and_is_relinked_without_
     assert "its content is in the store: --repair relinks it" in r.stdout
     cli("verify", "--repair")
     assert_mirror(cli.cache_dir, replica, "1.0.1")
+
+
+def test_a_mistyped_cache_dir_is_not_a_healthy_empty_mirror(cli, tmp_path):
+    for where in (tmp_path / "no-such-dir", tmp_path):
+        for command in (["status"], ["verify"], ["verify", "--fast"]):
+            r = cli("--cache-dir", str(where), *command, cache=False, expect=2)
+            assert str(where) in r.stderr and ("does not exist" in r.stderr or "holds no mirror" in r.stderr)
+    cli("sync", "--version", "1.0.1")
+    assert cli("status").exit_code == 0 and cli("verify").stdout.strip().endswith("ok")
+
+
+def test_a_dry_run_prune_shows_what_would_go_and_what_the_real_one_would_refuse(cli, replica):
+    cli("sync", "--version", "1.0.1")
+    cli("sync", "--version", "1.1.0")
+    cli("manifests", "use", "1.0.1")
+    before = sorted(p.name for p in cli.cache_dir.rglob("*"))
+    r = cli("prune", "--keep", "1.1.0", "--dry-run")  # it refused, exit 2, showing nothing
+    assert "would free" in r.stdout and "1.0.1" in r.stdout
+    assert "the real prune would refuse" in r.stdout and "current version 1.0.1" in r.stdout
+    assert sorted(p.name for p in cli.cache_dir.rglob("*")) == before
+    r = cli("prune", "--keep", "1.1.0", "--yes", expect=2)
+    assert "current" in r.stderr
+
+
+def test_manifests_list_against_a_dead_endpoint_does_not_pass_the_cache_off_as_online(cli, replica):
+    from test_ux import _dead_endpoint
+
+    cli("sync", "--version", "1.0.1")
+    dead = ["--endpoint-url", _dead_endpoint(), "--connect-timeout", "1"]
+    r = cli(*dead, "manifests", "list", expect=3, endpoint=None)
+    assert "cannot list the versions online" in r.stderr and "--offline manifests list" in r.stderr
+    assert r.stdout == ""
+    r = cli(*dead, "--offline", "manifests", "list", endpoint=None)
+    assert "v1.0.1" in r.stdout

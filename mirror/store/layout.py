@@ -39,6 +39,17 @@ class CacheLayout:
         self.claims_path = self.meta / "claims"
         self.last_used = self.root / LAST_USED
 
+    def holds_mirror(self) -> bool:
+        """cache_dir holds something to report on: vbo-mirror's store, or a manifest at the
+        top (AllenSDK's cache too). A mistyped --cache-dir holds neither."""
+        if self.meta.is_dir():
+            return True
+        try:
+            with os.scandir(self.root) as it:
+                return any(e.name.endswith(".json") and "_manifest_v" in e.name for e in it)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
     def read_only(self) -> bool:
         """cache_dir is on a read-only filesystem (a mirror mounted read-only for readers)."""
         probe = self.root
