@@ -44,6 +44,7 @@ class Cell:
     requests: int
     seconds: float
     cpu_seconds: float  # this process, user + system, over the cell
+    largest: int = 0  # the largest object fetched (a part size at least this fetches it whole)
 
     @property
     def mb_per_s(self) -> float:
@@ -137,7 +138,8 @@ async def measure_cell(settings: RemoteSettings, targets: list[Target], *, jobs:
                 os.close(fd)
                 if dfd >= 0:
                     os.close(dfd)
-    return Cell(jobs, part_size, repeat, counted, len(targets), len(parts), seconds, cpu)
+    return Cell(jobs, part_size, repeat, counted, len(targets), len(parts), seconds, cpu,
+                max((t.size for t in targets), default=0))
 
 
 async def run_matrix(settings: RemoteSettings, targets: list[Target], *, jobs: list[int], part_sizes: list[int],
@@ -160,18 +162,95 @@ async def run_matrix(settings: RemoteSettings, targets: list[Target], *, jobs: l
 
 def best_of(cells: list[Cell]) -> list[Cell]:
     """Per (jobs, part size): the repeat with the median throughput."""
+    return [row.median for row in summarize(cells)]
+
+
+@dataclass
+class Row:
+    """One (jobs, part size) over its repeats: the median run, and the spread."""
+
+    median: Cell
+    low: float  # MB/s of the slowest repeat
+    high: float  # MB/s of the fastest
+
+    @property
+    def jobs(self) -> int:
+        return self.median.jobs
+
+    @property
+    def part_size(self) -> int:
+        return self.median.part_size
+
+    def to_dict(self) -> dict:
+        return {**self.median.to_dict(), "mb_per_s_min": round(self.low, 1), "mb_per_s_max": round(self.high, 1)}
+
+
+def summarize(cells: list[Cell]) -> list[Row]:
     groups: dict[tuple[int, int], list[Cell]] = {}
     for c in cells:
         groups.setdefault((c.jobs, c.part_size), []).append(c)
-    out = []
+    rows = []
     for key in sorted(groups):
         g = sorted(groups[key], key=lambda c: c.mb_per_s)
-        out.append(g[len(g) // 2])
-    return out
+        rows.append(Row(g[len(g) // 2], g[0].mb_per_s, g[-1].mb_per_s))
+    return rows
 
 
-def plot(cells: list[Cell], path: Path, *, title: str) -> None:
-    """MB/s against concurrency, one line per part size (matplotlib: the `plot` extra)."""
+MIN_SECONDS = 1.0  # a cell shorter than this measures start-up, not throughput
+DEFAULT_JOBS, DEFAULT_PART = 16, 32 << 20  # what `sync` does without flags
+
+
+@dataclass
+class Verdict:
+    best: Row | None  # the setting recommended, or None: nothing measured beyond noise
+    notes: list[str]
+
+    def to_dict(self) -> dict:
+        return {"jobs": self.best.jobs if self.best else None,
+                "part_size": self.best.part_size if self.best else None, "notes": self.notes}
+
+
+def judge(rows: list[Row], *, repeat: int, budget: int) -> Verdict:
+    """What the matrix can tell: a setting is recommended only when its slowest repeat beat
+    the fastest repeat of every setting it is preferred to (the ranges do not overlap), and
+    only when the measurement can carry that (several repeats, cells long enough, data as
+    large as asked for)."""
+    notes: list[str] = []
+    bytes_per_cell = rows[0].median.bytes if rows else 0
+    largest_object = rows[0].median.largest if rows else 0
+    if bytes_per_cell < budget:
+        notes.append(f"the version's largest objects hold only {bytes_per_cell / 1e6:.1f} MB, under --bytes "
+                     f"{budget / 1e6:.0f} MB: every cell measured that")
+    big_parts = sorted({r.part_size for r in rows if r.part_size >= largest_object})
+    if len(big_parts) > 1:
+        notes.append(f"part sizes of {', '.join(f'{p >> 20} MiB' if p % (1 << 20) == 0 else str(p) for p in big_parts)} "
+                     f"are all at least the largest object ({largest_object / 1e6:.1f} MB): they fetch alike")
+    short = [r for r in rows if r.median.seconds < MIN_SECONDS]
+    if short:
+        notes.append(f"{len(short)} of {len(rows)} cells took under {MIN_SECONDS:g} s: too short to measure "
+                     "throughput (raise --bytes)")
+    if repeat < 2:
+        notes.append("one run per cell shows no spread: --repeat 3 (or more) to tell a difference from noise")
+        return Verdict(None, notes)
+    if short or not rows:
+        return Verdict(None, notes)
+    best = max(rows, key=lambda r: r.median.mb_per_s)
+    rivals = [r for r in rows if r is not best and r.high >= best.low]  # ranges overlap: not told apart
+    default = next((r for r in rows if (r.jobs, r.part_size) == (DEFAULT_JOBS, DEFAULT_PART)), None)
+    if len(rivals) == len(rows) - 1:
+        notes.append("no setting was faster than the others beyond the spread between runs")
+        return Verdict(None, notes)
+    if default is not None and (default is best or default in rivals):
+        notes.append("the defaults (-j 16, 32 MiB parts) are as fast as any setting measured, within the spread")
+        return Verdict(None, notes)
+    if rivals:
+        notes.append(f"{len(rivals)} other setting(s) were within the spread of the best; the fastest median is shown")
+    return Verdict(best, notes)
+
+
+def plot(rows: list[Row], path: Path, *, title: str) -> None:
+    """MB/s against concurrency, one line per part size, the spread of the repeats as error
+    bars, from zero (matplotlib: the `plot` extra)."""
     try:
         import matplotlib
 
@@ -182,9 +261,13 @@ def plot(cells: list[Cell], path: Path, *, title: str) -> None:
 
         raise InputError("--plot needs matplotlib", hint="pip install 'vbo-mirror[plot]'") from exc
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    for p in sorted({c.part_size for c in cells}):
-        row = sorted((c for c in cells if c.part_size == p), key=lambda c: c.jobs)
-        ax.plot([c.jobs for c in row], [c.mb_per_s for c in row], marker="o", label=f"part {p >> 20} MiB")
+    for p in sorted({r.part_size for r in rows}):
+        line = sorted((r for r in rows if r.part_size == p), key=lambda r: r.jobs)
+        mid = [r.median.mb_per_s for r in line]
+        ax.errorbar([r.jobs for r in line], mid, yerr=[[m - r.low for m, r in zip(mid, line)],
+                                                      [r.high - m for m, r in zip(mid, line)]],
+                    marker="o", capsize=3, label=f"part {p / (1 << 20):.3g} MiB")
+    ax.set_ylim(bottom=0)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("requests in flight (-j)")
     ax.set_ylabel("MB/s")

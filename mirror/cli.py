@@ -845,8 +845,9 @@ def _int_list(text: str) -> list[int]:
               help="Ranged part sizes to try, comma-separated.")
 @click.option("--bytes", "budget", default="1GiB", show_default=True,
               help="Bytes fetched per cell: the version's largest objects, up to this much.")
-@click.option("--repeat", type=click.IntRange(1, 20), default=1, show_default=True,
-              help="Runs of the whole matrix; the median run of each cell is reported.")
+@click.option("--repeat", type=click.IntRange(1, 20), default=3, show_default=True,
+              help="Runs of the whole matrix; each cell's median and min-max are reported, and a setting is "
+                   "recommended only when it beats the others beyond that spread.")
 @click.option("--to-disk", "to_disk", type=click.Path(file_okay=False),
               help="Write the bytes into a scratch directory under DIR (removed after each cell) "
                    "instead of discarding them.")
@@ -856,7 +857,7 @@ def _int_list(text: str) -> list[int]:
 @handle_errors
 def bench_cmd(c: Ctx, version, jobs, part_sizes, budget, repeat, to_disk, plot_path) -> None:
     """Measure GET throughput of the endpoint over a matrix of -j x part size, on real objects."""
-    from .bench import best_of, plot
+    from .bench import plot
     from .limits import Limits
 
     jobs_l = _int_list(jobs)
@@ -885,27 +886,36 @@ def bench_cmd(c: Ctx, version, jobs, part_sizes, budget, repeat, to_disk, plot_p
         click.echo(f"measuring GETs from {where} ({'to disk' if to_disk else 'discarded'})...", err=True)
     cells = c.mirror.bench(version, jobs=tuple(jobs_l), part_sizes=tuple(parts_l), budget=budget_b,
                            repeat=repeat, to_disk=Path(to_disk) if to_disk else None, on_cell=on_cell)
-    summary = best_of(cells)
+    from .bench import judge, summarize
+
+    rows = summarize(cells)
+    verdict = judge(rows, repeat=repeat, budget=budget_b)
     if plot_path:
-        plot(summary, Path(plot_path), title=f"vbo-mirror bench: {where}")
-    best = max(summary, key=lambda x: x.mb_per_s)
+        plot(rows, Path(plot_path), title=f"vbo-mirror bench: {where}")
     if c.json:
-        click.echo(json.dumps({"event": "summary", "cells": [x.to_dict() for x in summary],
-                               "best": best.to_dict(), "plot": plot_path}))
+        click.echo(json.dumps({"event": "summary", "ok": True, "cells": [x.to_dict() for x in rows],
+                               "recommendation": verdict.to_dict(), "plot": plot_path}))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"GET throughput from {where}" + (" (median of runs)" if repeat > 1 else ""))
+    table = Table(title=f"GET throughput from {where}" + (f" (median of {repeat} runs, min-max)" if repeat > 1 else ""))
     for col in ("-j", "part size", "MB/s", "CPU s/GB", "seconds", "GETs"):
         table.add_column(col, justify="right")
-    for x in summary:
-        style = "bold green" if x is best else None
-        table.add_row(str(x.jobs), _mib(x.part_size), f"{x.mb_per_s:.1f}", f"{x.cpu_per_gb:.2f}",
-                      f"{x.seconds:.2f}", str(x.requests), style=style)
+    for x in rows:
+        style = "bold green" if x is verdict.best else None
+        spread = f" ({x.low:.0f}-{x.high:.0f})" if repeat > 1 else ""
+        m = x.median
+        table.add_row(str(x.jobs), _mib(x.part_size), f"{m.mb_per_s:.1f}{spread}", f"{m.cpu_per_gb:.2f}",
+                      f"{m.seconds:.2f}", str(m.requests), style=style)
     Console().print(table)
-    click.echo(f"best: vbo-mirror sync -j {best.jobs} --part-size {_size_flag(best.part_size)}"
-               + (f"  (plot: {plot_path})" if plot_path else ""))
+    for note in verdict.notes:
+        click.echo(f"note: {note}")
+    if verdict.best is not None:
+        click.echo(f"best: vbo-mirror sync -j {verdict.best.jobs} --part-size {_size_flag(verdict.best.part_size)}"
+                   + (f"  (plot: {plot_path})" if plot_path else ""))
+    else:
+        click.echo("no recommendation: keep the defaults" + (f"  (plot: {plot_path})" if plot_path else ""))
 
 
 # --- sandbox --------------------------------------------------------------------------------
