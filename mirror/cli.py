@@ -543,15 +543,41 @@ def _run_with_progress(c: Ctx, fn, stats_every: float = 10.0):
 
 
 def _summary_text(s: dict) -> str:
+    if s.get("shard"):
+        return _shard_summary_text(s)
     text = (f"{s['files']} files: {s['files_fetched']} fetched ({human_bytes(s['bytes_fetched'])}"
             + (f", {human_bytes(s['bytes_resumed'])} resumed" if s['bytes_resumed'] else "")
             + f"), {s['files_linked']} linked ({human_bytes(s['bytes_linked'])}), {s['files_present']} already present"
             + (f", {s['removed']} stray views removed" if s['removed'] else "")
             + f" in {s['seconds']:.1f}s ({s['mb_per_s']:.1f} MB/s)"
             + (f", {s['retries']} retries" if s['retries'] else ""))
-    if s.get("shard"):
-        text = f"shard {s['shard']}: " + text + (f"; {s['files_elsewhere']} left to other shards fetching them"
-                                                  if s["files_elsewhere"] else "")
+    if s["failures"]:
+        text += f"\n{len(s['failures'])} files FAILED:" + "".join(f"\n  {f['key']}: {f['message']}" for f in s["failures"])
+    return text
+
+
+def _shard_summary_text(s: dict) -> str:
+    """What this process did, in counts that add up: its part (the objects it was given:
+    fetched + made from other shards' objects + failed), the rest of the selection every shard
+    makes sure of (linked from the store, present), and other shards' parts (fetched here,
+    made here from their objects, left to the shard fetching them)."""
+    part, others = s["part"], s["others"]
+    failed = part["views"] - part["fetched_views"] - part["by_others"]
+    lines = [f"shard {s['shard']}: its part, {part['views']} files: {part['fetched_views']} fetched "
+             f"({part['fetched_objects']} objects, {human_bytes(part['fetched_bytes'])}"
+             + (f", {human_bytes(s['bytes_resumed'])} resumed" if s['bytes_resumed'] else "")
+             + f"), {part['by_others']} made from objects other shards fetched"
+             + (f", {failed} failed" if failed > 0 else "")
+             + f"; in {s['seconds']:.1f}s ({s['mb_per_s']:.1f} MB/s)",
+             f"  the rest of the selection: {s['store_linked']} linked from content already stored, "
+             f"{s['files_present']} already present"]
+    if others["fetched_views"] or others["linked_views"] or others["left_views"]:
+        lines.append(f"  other shards' parts: {others['fetched_views']} fetched here ({others['fetched_objects']} objects "
+                     f"nobody had claimed, {human_bytes(others['fetched_bytes'])}), {others['linked_views']} made here "
+                     f"from their objects, {others['left_views']} left to the shards fetching them")
+    if s["retries"]:
+        lines.append(f"  {s['retries']} retries")
+    text = "\n".join(lines)
     if s["failures"]:
         text += f"\n{len(s['failures'])} files FAILED:" + "".join(f"\n  {f['key']}: {f['message']}" for f in s["failures"])
     return text

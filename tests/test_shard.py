@@ -105,9 +105,40 @@ def test_three_shards_at_once_fill_one_cache_and_fetch_every_object_once(sandbox
     unique = sum(len(b) for b in set(files.values()))
     assert fetched == unique  # every distinct content once, over all shards together
     assert all(s["files_fetched"] > 0 for s in sums)  # each did a share (started together)
+    _assert_summaries_add_up(sums, files)
     r = subprocess.run([sys.executable, "-m", "mirror.cli", "--cache-dir", str(cache), "--offline", "verify"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _assert_summaries_add_up(sums: list[dict], files: dict) -> None:
+    """Each shard's log counts what that process did (issue 17, item 2), in counts that add
+    up: its part (fetched here + made from other shards' objects), the rest every shard makes
+    sure of (linked, present), and other shards' parts (fetched here, made here from their
+    objects, left to them) together are the whole selection, for every shard; over all shards
+    every distinct object was fetched once."""
+    for s in sums:
+        part, others = s["part"], s["others"]
+        assert part["views"] == part["fetched_views"] + part["by_others"], s  # nothing failed here
+        whole = (part["views"] + s["store_linked"] + s["files_present"]
+                 + others["fetched_views"] + others["linked_views"] + others["left_views"])
+        assert whole == len(files), s
+    stored = {b for b in files.values()}
+    assert sum(s["files_fetched"] for s in sums) <= len(stored)
+
+
+def test_shard_logs_add_up_when_one_shard_does_everything(cli, replica):
+    """Shards one after the other: the first fetches its part, then every object nobody has
+    claimed; the others find their parts made. Each log says so, in counts that add up."""
+    files = expected_files(replica, VERSION)
+    runs = [cli("sync", "--version", VERSION, "--shard", f"{k}/3", json_out=True).data for k in range(3)]
+    _assert_summaries_add_up(runs, files)
+    first, second = runs[0], runs[1]
+    assert first["others"]["fetched_objects"] > 0 and first["others"]["left_views"] == 0  # nobody else ran
+    assert second["part"]["fetched_objects"] == 0 and second["files_fetched"] == 0
+    log = cli("sync", "--version", VERSION, "--shard", "2/3").stdout.splitlines()
+    assert log[0].startswith("shard 2/3: its part, ") and "0 fetched" in log[0]
+    assert "already present" in log[1]
 
 
 def test_a_killed_shard_is_finished_by_the_next_run_of_another_shard(sandbox, replica, tmp_path):

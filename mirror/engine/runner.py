@@ -68,6 +68,20 @@ class Stats:
     removed: int = 0
     retries: int = 0
     files_elsewhere: int = 0  # (--shard) another process was fetching them: its run makes their views
+    # (--shard) counts that add up, for one shard's log:
+    #   its part (objects it was given to fetch): part_views = part_fetched_views + views_by_others + failed
+    #   the rest of the selection: linked from the store + present (every shard makes sure of them)
+    #   other shards' parts: helped_views (fetched here) + helped_linked (their objects, views made
+    #   here) + elsewhere_views (left to the shard fetching them)
+    part_views: int = 0
+    part_fetched_views: int = 0
+    views_by_others: int = 0  # views of its part made from objects another shard fetched
+    store_linked: int = 0  # views linked from content already in the store
+    helped_files: int = 0  # of files_done: objects of other shards' parts (nobody had claimed them)
+    helped_bytes: int = 0
+    helped_views: int = 0
+    helped_linked: int = 0
+    elsewhere_views: int = 0
     shard: str | None = None
     in_flight: set[str] = field(default_factory=set)
     failures: list[Failure] = field(default_factory=list)
@@ -94,7 +108,15 @@ class Stats:
             "seconds": round(secs, 3),
             "mb_per_s": round(self.bytes_done / secs / 1e6, 2) if secs > 0 else 0.0,
             "retries": self.retries,
-            **({"shard": self.shard, "files_elsewhere": self.files_elsewhere} if self.shard else {}),
+            **({"shard": self.shard, "files_elsewhere": self.files_elsewhere,
+                "part": {"views": self.part_views, "fetched_objects": self.files_done - self.helped_files,
+                         "fetched_bytes": self.bytes_done - self.helped_bytes, "fetched_views": self.part_fetched_views,
+                         "by_others": self.views_by_others},
+                "store_linked": self.store_linked,
+                "others": {"fetched_objects": self.helped_files, "fetched_bytes": self.helped_bytes,
+                           "fetched_views": self.helped_views, "linked_views": self.helped_linked,
+                           "left_objects": self.files_elsewhere, "left_views": self.elsewhere_views}}
+               if self.shard else {}),
             "failures": [f.to_dict() for f in self.failures],
             "ok": not self.failures,
         }
@@ -139,6 +161,7 @@ class Engine:
         st.bytes_total = plan.fetch_bytes
         st.files_present, st.bytes_present = len(plan.present), plan.present_bytes
         st.shard = str(plan.shard) if plan.shard else None
+        st.part_views = sum(len(f.views) for f in plan.fetch)
         self.emit(ev.Started(plan.summary()))
         executor = ThreadPoolExecutor(max_workers=self.limits.io_threads, thread_name_prefix="vbo-io")
         self._index_pool = index_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vbo-index")
@@ -155,6 +178,7 @@ class Engine:
                     continue
                 st.files_linked += 1
                 st.bytes_linked += link.size
+                st.store_linked += 1
             if plan.fetch:
                 if self.remote is None:
                     raise OfflineError(f"{len(plan.fetch)} files ({plan.fetch_bytes} bytes) need fetching "
@@ -234,6 +258,7 @@ class Engine:
         while not claims.try_claim(h):
             if mode == "steal":
                 self.stats.files_elsewhere += 1
+                self.stats.elsewhere_views += len(item.views)
                 return
             if mode == "own":
                 self._deferred.append(item)
@@ -247,7 +272,7 @@ class Engine:
             if mode == "steal":
                 self.stats.bytes_total += item.size or 0
                 self.stats.files_total += len(item.views)
-            await self._fetch_one(item, gets, executor)
+            await self._fetch_one(item, gets, executor, own=mode != "steal")
         finally:
             claims.release(h)
 
@@ -266,13 +291,16 @@ class Engine:
             self._failed(item.ref.key, item.ref.version_id, exc, list(item.views))
             return True
         size = item.size or 0
-        self.stats.files_linked += len(item.views)
-        self.stats.bytes_linked += size * len(item.views)
-        if counted:  # planned as a fetch of ours: it no longer is one (a steal was never counted)
+        if counted:  # planned as a fetch of ours: another shard fetched it (a steal was never counted)
+            self.stats.views_by_others += len(item.views)
             self.stats.bytes_total -= size
+        else:
+            self.stats.helped_linked += len(item.views)
         return True
 
-    async def _fetch_one(self, item: Fetch, gets: asyncio.Semaphore, executor: ThreadPoolExecutor) -> None:
+    async def _fetch_one(self, item: Fetch, gets: asyncio.Semaphore, executor: ThreadPoolExecutor, *,
+                         own: bool = True) -> None:
+        """`own`: of this run's part (else another shard's part, nobody had claimed it)."""
         st = self.stats
         ref = item.ref
         st.in_flight.add(ref.key)
@@ -297,9 +325,15 @@ class Engine:
             self._record(item, job, digests)
             if transfer.link_error is not None:
                 raise transfer.link_error
-            st.files_done += 1
-            st.files_linked += len(item.views) - 1
-            st.bytes_linked += size * (len(item.views) - 1)
+            st.files_done += 1  # every object this process fetched (progress counts them all)
+            if own:
+                st.files_linked += len(item.views) - 1
+                st.bytes_linked += size * (len(item.views) - 1)
+                st.part_fetched_views += len(item.views)
+            else:
+                st.helped_files += 1
+                st.helped_bytes += size
+                st.helped_views += len(item.views)
             self.emit(ev.FileDone(ref.key, size, transfer.resumed_bytes, round(time.monotonic() - started, 3),
                                   list(item.views), True if transfer.etag_unverifiable else None))
         except MirrorError as exc:
