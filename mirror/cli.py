@@ -967,22 +967,32 @@ def sandbox_up_cmd(c: Ctx, port: int, scale: float, seed: int) -> None:
     if not 0 < scale <= 0.05:
         raise InputError("--scale must be in (0, 0.05]: moto keeps every object in memory")
     state = sandbox_up(ReplicaSpec(seed=seed, scale=scale), port=port)
+    joined = (f" (it was already running: now {state['users']} users; `sandbox down` stops it when the last one "
+              "leaves)" if state.get("already_running") else "")
     c.emit(state, lambda: (f"sandbox {'already ' if state.get('already_running') else ''}running at {state['endpoint_url']} "
-                           f"(pid {state['pid']}, {len(state['manifests'])} manifests, {human_bytes(state['bytes'])})\n"
+                           f"(pid {state['pid']}, {len(state['manifests'])} manifests, {human_bytes(state['bytes'])})"
+                           f"{joined}\n"
                            f"  export AWS_ENDPOINT_URL_S3={state['endpoint_url']}\n"
+                           f"  its state: {state.get('state_dir', '')} (VBO_MIRROR_SANDBOX_DIR chooses another)\n"
                            "  stop it with: vbo-mirror sandbox down"))
 
 
 @sandbox.command("down")
+@click.option("--force", is_flag=True, help="Stop it even if other `sandbox up` sessions still use it.")
 @click.pass_obj
 @handle_errors
-def sandbox_down_cmd(c: Ctx) -> None:
-    """Stop the sandbox."""
+def sandbox_down_cmd(c: Ctx, force: bool) -> None:
+    """Leave the sandbox: stop it when this is its last user (each `sandbox up` is one)."""
     from .sandbox.server import sandbox_down
 
-    state = sandbox_down()
-    c.emit({"stopped": state is not None, **(state or {})},
-           "sandbox stopped" if state else "no sandbox was running")
+    state = sandbox_down(force=force)
+    if state is None:
+        c.emit({"stopped": False, "running": False}, "no sandbox was running")
+    elif state["stopped"]:
+        c.emit(state, "sandbox stopped")
+    else:
+        c.emit(state, f"sandbox at {state['endpoint_url']} left running: {state['users']} other `sandbox up` "
+                      "still use it (--force stops it anyway)")
 
 
 @sandbox.command("status")

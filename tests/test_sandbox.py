@@ -113,3 +113,30 @@ def test_sandbox_up_and_down_commands(tmp_path):
     assert json.loads(down.stdout)["stopped"] is True
     status = json.loads(subprocess.run([*exe, "status"], env=env, capture_output=True, text=True).stdout)
     assert status["running"] is False
+
+
+def test_a_second_terminal_joins_the_sandbox_and_does_not_stop_the_firsts(tmp_path):
+    """Two `sandbox up` on one account share one server; the first `down` leaves it running
+    for the other (it was stopped under the first terminal's feet), the last stops it."""
+    env = {**os.environ, "VBO_MIRROR_SANDBOX_DIR": str(tmp_path)}
+    exe = [sys.executable, "-m", "mirror.cli", "sandbox"]
+
+    def run(*args):
+        r = subprocess.run([*exe, *args], env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    first = run("up", "--scale", "0.0001")
+    try:
+        second = run("up", "--scale", "0.0001")
+        assert "already running at http://127.0.0.1:" in second and "2 users" in second
+        assert str(tmp_path) in first and "VBO_MIRROR_SANDBOX_DIR" in first
+        left = run("down")
+        assert "left running" in left and "1 other" in left
+        assert "running at" in run("status")
+    finally:
+        last = run("down")
+    assert "sandbox stopped" in last and "no sandbox is running" in run("status")
+    run("up", "--scale", "0.0001")
+    run("up", "--scale", "0.0001")
+    assert "sandbox stopped" in run("down", "--force")

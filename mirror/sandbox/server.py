@@ -9,6 +9,7 @@ replicas are kept to tens of MB and clients list once per run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -196,21 +197,36 @@ def state_dir() -> Path:
     return Path(os.environ.get("VBO_MIRROR_SANDBOX_DIR") or Path(tempfile.gettempdir()) / f"vbo-mirror-sandbox-{os.getuid()}")
 
 
-def sandbox_up(spec: ReplicaSpec, *, port: int = 0) -> dict:
+@contextlib.contextmanager
+def _locked_state():
+    """The state directory's lock: two terminals starting or stopping at once take turns."""
+    import fcntl
+
     d = state_dir()
     d.mkdir(parents=True, exist_ok=True)
-    state_file = d / "sandbox.json"
-    if state_file.exists():
-        state = json.loads(state_file.read_text())
-        if _alive(state.get("pid")):
-            return {**state, "already_running": True}
-    sb = Sandbox(spec, port=port, log_path=d / "moto.log", detach=True)
-    sb.start()
-    state = {"pid": sb.server.proc.pid, "endpoint_url": sb.url, "port": sb.server.port,
-             "manifests": sorted(sb.replica.manifests), "bytes": sum(sb.replica.total_bytes(v) for v in VERSIONS),
-             "log": str(d / "moto.log")}
-    state_file.write_text(json.dumps(state, indent=2))
-    return state
+    with open(d / ".lock", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield d / "sandbox.json"
+
+
+def sandbox_up(spec: ReplicaSpec, *, port: int = 0) -> dict:
+    """Start the sandbox, or join the one running (it then counts one more user: `down`
+    stops it only when its last user leaves, so one terminal does not stop another's)."""
+    with _locked_state() as state_file:
+        d = state_file.parent
+        if state_file.exists():
+            state = json.loads(state_file.read_text())
+            if _alive(state.get("pid")):
+                state["users"] = state.get("users", 1) + 1
+                state_file.write_text(json.dumps(state, indent=2))
+                return {**state, "already_running": True}
+        sb = Sandbox(spec, port=port, log_path=d / "moto.log", detach=True)
+        sb.start()
+        state = {"pid": sb.server.proc.pid, "endpoint_url": sb.url, "port": sb.server.port,
+                 "manifests": sorted(sb.replica.manifests), "bytes": sum(sb.replica.total_bytes(v) for v in VERSIONS),
+                 "log": str(d / "moto.log"), "state_dir": str(d), "users": 1}
+        state_file.write_text(json.dumps(state, indent=2))
+        return state
 
 
 def sandbox_status() -> dict | None:
@@ -222,22 +238,29 @@ def sandbox_status() -> dict | None:
     return state if _alive(state.get("pid")) else None
 
 
-def sandbox_down() -> dict | None:
-    state_file = state_dir() / "sandbox.json"
-    if not state_file.exists():
-        return None
-    state = json.loads(state_file.read_text())
-    pid = state.get("pid")
-    if _alive(pid):
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(100):
-            if not _alive(pid):
-                break
-            time.sleep(0.1)
-        else:
-            os.kill(pid, signal.SIGKILL)
-    state_file.unlink()
-    return state
+def sandbox_down(*, force: bool = False) -> dict | None:
+    """Leave the sandbox: stop it when this was its last user (or with `force`); otherwise
+    say how many others still use it. None: none was running."""
+    with _locked_state() as state_file:
+        if not state_file.exists():
+            return None
+        state = json.loads(state_file.read_text())
+        pid = state.get("pid")
+        users = state.get("users", 1)
+        if _alive(pid) and users > 1 and not force:
+            state["users"] = users - 1
+            state_file.write_text(json.dumps(state, indent=2))
+            return {**state, "stopped": False}
+        if _alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(100):
+                if not _alive(pid):
+                    break
+                time.sleep(0.1)
+            else:
+                os.kill(pid, signal.SIGKILL)
+        state_file.unlink()
+        return {**state, "users": 0, "stopped": True}
 
 
 def _alive(pid: int | None) -> bool:
