@@ -346,11 +346,13 @@ def tables_cmd(c: Ctx, name: str | None, version: str | None, fmt: str, output: 
         for t in sorted(manifest.metadata_files):
             arrow = m.get_table(t, version=manifest.manifest_version)
             spec = m.dataset.tables.get(t)
-            summary.append({"table": t, "rows": arrow.num_rows, "columns": arrow.num_columns,
+            indexed = spec is not None and spec.index in arrow.column_names
+            # columns besides the index, as the table view counts them
+            summary.append({"table": t, "rows": arrow.num_rows, "columns": arrow.num_columns - indexed,
                             "index": spec.index if spec else None})
         c.emit({"manifest": manifest.name, "tables": summary},
                lambda: "\n".join([f"{manifest.name}:"] + [f"  {s['table']:<28} {s['rows']:>7} rows  {s['columns']:>3} columns"
-                                                          f"  index {s['index']}" for s in summary]))
+                                                          f" + index {s['index']}" for s in summary]))
         return
     if fmt == "csv":  # the verified bytes as released, not a re-encoding
         data = m.get_table_bytes(name, version=version)
@@ -395,7 +397,8 @@ def tables_cmd(c: Ctx, name: str | None, version: str | None, fmt: str, output: 
         if len(df) > rows:
             notes.append(f"first {rows} of {len(df)} rows")
         if shown < df.shape[1]:
-            notes.append(f"{shown} of {df.shape[1]} columns: --columns A,B,... for others, --format csv for all")
+            notes.append(f"{shown} of {df.shape[1]} columns besides the index {df.index.name}: --columns A,B,... for "
+                         "others, --format csv for all")
         if notes:
             click.echo(f"[{'; '.join(notes)}]")
 
@@ -445,7 +448,8 @@ def selection_options(fn):
                           ".startswith() .endswith() .contains()."),
         click.option("--ids", "ids_file", default=None, type=click.Path(dir_okay=False), metavar="FILE",
                      help="Only data files of these ids: one behavior_session_id / ophys_experiment_id per "
-                          "line, or a CSV with such a column (a session's id also picks its experiments)."),
+                          "line, or a CSV with such a column (a session's id also picks its experiments). With "
+                          "--where, a row must match both."),
         click.option("--tables-only", is_flag=True, help="Only the metadata tables, no data file."),
         click.option("--layout", "view_layout", type=click.Choice(["allensdk", "bucket"]), default="allensdk",
                      show_default=True,
@@ -503,7 +507,8 @@ def _plan_text(plan) -> str:
                        + (f", {i['not_found']} not found (e.g. {', '.join(map(str, i['not_found_first']))})"
                           if i.get("not_found") else ""))
         rows = "; ".join(f"{t}: {x['matched']} of {x['rows']} rows, {x['files']} files" for t, x in r["tables"].items())
-        lines.insert(1, f"  selected in {name}: {r['files']} data files + the tables ({' and '.join(why)}; {rows})")
+        both = " (rows matching both)" if len(why) == 2 else ""
+        lines.insert(1, f"  selected in {name}: {r['files']} data files + the tables ({' and '.join(why)}{both}; {rows})")
     if "shard" in s:
         lines[0] += f", shard {s['shard']}"
         lines.append(f"  then     {s['steal']['files']:>7} files  {human_bytes(s['steal']['bytes'])}  of the other shards "

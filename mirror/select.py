@@ -150,7 +150,8 @@ def _tokens(text: str) -> list[_Tok]:
             out.append(_Tok("kw", _KEYWORDS[word], i) if word in _KEYWORDS else _Tok("name", word, i))
             i = m.end()
         elif ch == "-":
-            raise SelectError("unexpected '-': expressions have no arithmetic", text=text, pos=i)
+            raise SelectError("unexpected '-': expressions have no arithmetic", text=text, pos=i,
+                              hint="a text value goes in quotes: cre_line == \"Sst-IRES-Cre\"")
         else:
             raise SelectError(f"unexpected character {ch!r}", text=text, pos=i)
 
@@ -415,7 +416,8 @@ class _Parser:
     def compare(self, left: _Operand, op: _Tok, right: _Operand) -> _Test:
         if left.kind == "column" and right.kind == "column":
             self.fail(f"'{left.value} {op.value} {right.value}' compares two columns; "
-                      "one side must be a value", op.pos)
+                      "one side must be a value", op.pos,
+                      hint=f"a text value goes in quotes: {left.value} {op.value} \"{right.value}\"")
         if "list" in (left.kind, right.kind):
             self.fail(f"a list can only follow 'in' or 'not in', not '{op.value}'", op.pos)
         if left.kind != "column" and right.kind != "column":

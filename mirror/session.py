@@ -217,6 +217,9 @@ class Session:
                     name = await self.resolve(cat, "latest")
                     manifest = await cat.load(name)
                     self.store.pin(name)
+                    self._status(f"no version was in use in {self.layout.root}: using the latest, "
+                                 f"{manifest.manifest_version} (now current, as AllenSDK does; `manifests use V` "
+                                 "for another)")
                     return manifest
             else:
                 local = cat.read_local(current)
@@ -262,11 +265,11 @@ class Session:
         latest = available[-1] if available else name
         if name != latest and name not in self._warned_outdated:
             self._warned_outdated.add(name)
+            old, new = self.dataset.version_of(name), self.dataset.version_of(latest)
             warnings.warn(
-                f"{name} is not the latest manifest: {latest} is. "
-                f"To see what changed: vbo-mirror manifests compare {self.dataset.version_of(name)} "
-                f"{self.dataset.version_of(latest)} (Python: compare_manifests({name!r}, {latest!r})); "
-                "to move to it: vbo-mirror manifests use latest",
+                f"version {old} is in use; the latest is {new}\n"
+                f"  what changed: vbo-mirror manifests compare {old} {new}\n"
+                "  move to it:   vbo-mirror manifests use latest",
                 OutdatedManifestWarning, stacklevel=3)
 
     async def manifest_summary(self, version: str | None) -> dict[str, Any]:

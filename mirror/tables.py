@@ -307,7 +307,7 @@ def select_files(manifest: Manifest, tables: dict[str, pa.Table], kinds: list[Fi
         raise unknown[0]  # no file-carrying table has every column named
     if ids is not None:
         if applied == 0:
-            raise InputError(f"no table of {manifest.name} has a {' or '.join(id_columns)} column",
+            raise InputError(f"no table of {manifest.name} has a column named {' or '.join(id_columns)}",
                              hint="name the id column in a CSV header (behavior_session_id, ophys_experiment_id, ...)")
         missing = [v for v in values if v not in found_ids]
         report["ids"]["not_found"] = len(missing)

@@ -19,8 +19,9 @@ def test_list_is_in_semver_order_and_latest_is_the_maximum(cli):
 def test_use_downloads_pins_and_warns_when_not_latest(cli, replica):
     r = cli("manifests", "use", "v0.2.0")
     assert r.stdout.strip() == f"using {manifest_name('0.2.0')}"
-    assert "is not the latest manifest" in r.stderr
+    assert "version 0.2.0 is in use; the latest is 1.1.0" in r.stderr
     assert "vbo-mirror manifests compare 0.2.0 1.1.0" in r.stderr
+    assert max(len(line) for line in r.stderr.splitlines()) < 100  # it was one line of ~400 characters
     # AllenSDK's files: the manifest at the top of cache_dir, the name in _manifest_last_used.txt
     assert (cli.cache_dir / manifest_name("0.2.0")).read_bytes() == replica.manifests[manifest_name("0.2.0")]
     assert (cli.cache_dir / "_manifest_last_used.txt").read_text() == manifest_name("0.2.0")

@@ -268,7 +268,7 @@ def test_the_table_view_fits_the_terminal_and_columns_can_be_chosen(cli, replica
     r = cli("tables", "ophys_experiment_table", "--version", "1.0.1", "--rows", "5")
     body = [line for line in r.stdout.splitlines() if not line.startswith("[")]
     assert body and max(map(len, body)) <= 80
-    assert "columns: --columns" in r.stdout
+    assert "columns besides the index ophys_experiment_id: --columns" in r.stdout
     r = cli("tables", "ophys_experiment_table", "--version", "1.0.1", "--columns", "cre_line,imaging_depth")
     assert "cre_line" in r.stdout.splitlines()[0] and "mouse_id" not in r.stdout
     r = cli("tables", "ophys_experiment_table", "--version", "1.0.1", "--columns", "cre_lin", expect=2)

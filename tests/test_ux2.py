@@ -83,3 +83,33 @@ def test_manifests_list_against_a_dead_endpoint_does_not_pass_the_cache_off_as_o
     assert r.stdout == ""
     r = cli(*dead, "--offline", "manifests", "list", endpoint=None)
     assert "v1.0.1" in r.stdout
+
+
+def test_the_small_things_of_round_two(cli, replica, tmp_path):
+    """Item 10: each as it was tried."""
+    # `tables` on a cache_dir with no version in use says which one it took
+    assert "no manifest is in use" in cli("manifests", "current", expect=2).stderr
+    r = cli("tables")
+    assert "no version was in use" in r.stderr and "using the latest, 1.1.0" in r.stderr
+    # the summary and the table view count columns the same way (besides the index)
+    summary = next(line for line in r.stdout.splitlines() if "behavior_session_table" in line)
+    columns = int(summary.split("rows")[1].split("columns")[0])
+    view = cli("tables", "behavior_session_table", "--columns", "cre_line").stdout
+    assert "index behavior_session_id" in summary
+    df_columns = len(replica.tables["1.1.0"]["behavior_session_table"].decode().splitlines()[0].split(",")) - 1
+    assert columns == df_columns and "cre_line" in view
+    # --ids with --where: the plan says rows must match both
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\n".join(map(str, replica.behavior_ids["1.0.1"][:3])) + "\n")
+    r = cli("plan", "--version", "1.0.1", "--ids", str(ids), "--where", 'cre_line != "x"')
+    assert "(rows matching both);" in r.stdout
+    # a CSV without an id column: plain English
+    bad = tmp_path / "bad.csv"
+    bad.write_text("experiment\n1\n")
+    r = cli("plan", "--version", "1.0.1", "--ids", str(bad), expect=2)
+    assert "has a experiment" not in r.stderr and "Traceback" not in r.stderr
+    # an unquoted text value: the hint says to quote it
+    r = cli("plan", "--version", "1.0.1", "--where", "cre_line == Sst-IRES-Cre", expect=2)
+    assert 'cre_line == "Sst-IRES-Cre"' in r.stderr and "quotes" in r.stderr
+    r = cli("plan", "--version", "1.0.1", "--where", "cre_line == Sst", expect=2)
+    assert 'cre_line == "Sst"' in r.stderr

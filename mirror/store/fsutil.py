@@ -19,7 +19,7 @@ def store_error(exc: OSError, what: str) -> StoreError:
                           "partial downloads resume on the next sync)")
     if exc.errno == errno.EROFS:
         return StoreError(f"cache_dir is on a read-only filesystem (while {what})",
-                          hint="reading commands (status, tables, manifests, plan, urls, verify) work on a "
+                          hint="reading commands (status, tables, manifests list/show/current/compare, plan, urls, verify) work on a "
                                "read-only mirror; anything that writes needs a writable cache_dir")
     if exc.errno in (errno.EACCES, errno.EPERM):
         return StoreError(f"permission denied while {what}: {exc.strerror}", hint="check the permissions of cache_dir")

@@ -50,7 +50,7 @@ class CacheLock:
             if exc.errno == errno.EROFS:
                 raise StoreError(f"{self.path.parent.parent} is on a read-only filesystem, and "
                                  f"`{self.command}` writes into cache_dir",
-                                 hint="reading commands (status, tables, manifests, plan, urls, verify) work on a "
+                                 hint="reading commands (status, tables, manifests list/show/current/compare, plan, urls, verify) work on a "
                                       "read-only mirror; sync into a writable cache_dir") from exc
             raise StoreError(f"cannot create the lock file {self.path}: {exc.strerror}") from exc
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
