@@ -987,7 +987,7 @@ def sandbox_up_cmd(c: Ctx, port: int, scale: float, seed: int) -> None:
 @click.pass_obj
 @handle_errors
 def sandbox_down_cmd(c: Ctx, force: bool) -> None:
-    """Leave the sandbox: stop it when this is its last user (each `sandbox up` is one)."""
+    """Leave the sandbox; the last to leave stops it."""
     from .sandbox.server import sandbox_down
 
     state = sandbox_down(force=force)
