@@ -100,6 +100,14 @@ def build_replica(spec: ReplicaSpec = ReplicaSpec()) -> Replica:
     rng = random.Random(spec.seed)
     rep = Replica(spec)
     ids = rng.sample(range(800_000_000, 1_100_000_000), 2000)
+    # The ids the README's examples use (real ones) are the first behavior session's and the
+    # first ophys experiment's here, so every command there runs against the sandbox as written.
+    # Placed without drawing from the random stream: the data files stay what they were.
+    first_experiment = spec.behavior_sessions + 2  # after the behavior sessions, then a session's two ids
+    for slot, wanted in ((0, README_BEHAVIOR_SESSION), (first_experiment, README_OPHYS_EXPERIMENT)):
+        if wanted in ids:
+            ids[ids.index(wanted)] = ids[slot]
+        ids[slot] = wanted
     it = iter(ids)
     next_file_id = iter(range(1, 100_000))
 
@@ -177,6 +185,7 @@ def build_replica(spec: ReplicaSpec = ReplicaSpec()) -> Replica:
     for _ in range(spec.added_ophys_sessions):
         session("1", True)
 
+    _readme_selection(behavior_rows, ophys_session_rows, experiment_rows)
     replaced = {fid: ReplicaFile(f.key, max(1024, int(f.size * rng.uniform(0.97, 1.05))), rng.getrandbits(63), 1, f.kind, fid)
                 for fid, f in files.items()}
 
@@ -214,6 +223,22 @@ def build_replica(spec: ReplicaSpec = ReplicaSpec()) -> Replica:
         rep.behavior_ids[version] = [r["behavior_session_id"] for r in b if r["file_id"] is not None]
         rep.experiment_ids[version] = [r["ophys_experiment_id"] for r in e]
     return rep
+
+
+README_BEHAVIOR_SESSION = 870987812
+README_OPHYS_EXPERIMENT = 951980471
+
+
+def _readme_selection(behavior_rows: list[dict], session_rows: list[dict], experiment_rows: list[dict]) -> None:
+    """The first ophys session is an Sst-IRES-Cre mouse's OPHYS_1 session, so the README's
+    `--where` (cre_line == "Sst-IRES-Cre" and session_type.startswith("OPHYS_1")) selects it.
+    Table values only: nothing is drawn from the random stream."""
+    cre, genotype, indicator = _CRE[1]
+    first = session_rows[0]["ophys_session_id"]
+    for row in (*behavior_rows, *session_rows, *experiment_rows):
+        if row.get("ophys_session_id") == first:
+            row.update(cre_line=cre, full_genotype=genotype, indicator=indicator, driver_line=f"['{cre}']",
+                       session_type="OPHYS_1_images_A", session_number=1, image_set="A")
 
 
 def _csv(rows: list[dict], *, exclude: tuple[str, ...]) -> bytes:
