@@ -24,7 +24,8 @@ _LIST_COLUMNS = {"ophys_experiment_id", "ophys_container_id"}  # "[1, 2]" in som
 # Field metadata on an id column that the CSV wrote as floats ("951410079.0"): pandas.read_csv
 # reads it as float64, and the pandas view (to_pandas) does the same.
 _FLOAT_TEXT = b"vbo.float_text"
-_WHOLE_FLOAT = r"^\s*([+-]?[0-9]+)\.0*\s*$"
+_WHOLE_FLOAT = r"^\s*[+-]?[0-9]+\.0*\s*$"  # "951410079.0": how pandas writes an id column with gaps
+_INTEGRAL = r"^\s*\+?(-?[0-9]+)(?:\.0*)?\s*$"  # any whole number, as its bare digits
 
 
 def read_csv(data: bytes, *, name: str) -> pa.Table:
@@ -52,7 +53,7 @@ def read_csv(data: bytes, *, name: str) -> pa.Table:
 def _id_column(text: pa.ChunkedArray, *, name: str, column: str) -> tuple[pa.Field, pa.ChunkedArray]:
     na = pc.or_kleene(pc.is_null(text), pc.is_in(pc.utf8_trim_whitespace(text), value_set=pa.array(sorted(_PANDAS_NA))))
     floats = pc.fill_null(pc.match_substring_regex(text, _WHOLE_FLOAT), False)
-    digits = pc.replace_substring_regex(text, pattern=_WHOLE_FLOAT, replacement=r"\1")
+    digits = pc.replace_substring_regex(text, pattern=_INTEGRAL, replacement=r"\1")
     digits = pc.if_else(na, pa.scalar(None, pa.string()), pc.utf8_trim_whitespace(digits))
     try:
         values = pc.cast(digits, pa.int64())
