@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
 
 from .catalog import Catalog
 from .config import DEFAULT_DATASET, DatasetConfig, load_dataset
-from .engine.policy import RetryPolicy
+from .policy import RetryPolicy
 from .engine.verify import Verify
 from .events import Event
 from .errors import InputError, OfflineError

@@ -197,7 +197,7 @@ def summarize(cells: list[Cell]) -> list[Row]:
 
 
 MIN_SECONDS = 1.0  # a cell shorter than this measures start-up, not throughput
-DEFAULT_JOBS, DEFAULT_PART = 16, 32 << 20  # what `sync` does without flags
+DEFAULT_JOBS, DEFAULT_PART = Limits().jobs, Limits().part_size  # what `sync` does without flags
 
 
 @dataclass
@@ -241,7 +241,8 @@ def judge(rows: list[Row], *, repeat: int, budget: int) -> Verdict:
         notes.append("no setting was faster than the others beyond the spread between runs")
         return Verdict(None, notes)
     if default is not None and (default is best or default in rivals):
-        notes.append("the defaults (-j 16, 32 MiB parts) are as fast as any setting measured, within the spread")
+        notes.append(f"the defaults (-j {DEFAULT_JOBS}, {DEFAULT_PART >> 20} MiB parts) are as fast as any setting "
+                     "measured, within the spread")
         return Verdict(None, notes)
     if rivals:
         notes.append(f"{len(rivals)} other setting(s) were within the spread of the best; the fastest median is shown")

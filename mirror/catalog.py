@@ -14,7 +14,7 @@ import hashlib
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from .config import DatasetConfig
-from .engine.policy import RetryPolicy, call_with_retries, first_error
+from .policy import RetryPolicy, call_with_retries, first_error
 from .errors import Action, AccessDenied, IntegrityError, ManifestError, MirrorError, OfflineError, UnknownVersionError
 from .manifest import FileEntry, Manifest, parse_manifest
 from .model import ObjectInfo, ObjectRef, strip_etag

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING  # noqa: E402
 from .config import DEFAULT_DATASET  # noqa: E402
 from .engine.verify import Verify  # noqa: E402
 from .errors import InputError, MirrorError, MirrorWarning, Terminated  # noqa: E402
+from .limits import Limits  # noqa: E402
+from .units import size_flag  # noqa: E402
 from .remote.settings import TRANSPORTS, Timeouts  # noqa: E402
 
 # The API (asyncio, the store, the engine, pyarrow on demand) is imported by the commands that
@@ -56,15 +58,11 @@ class Ctx:
         if self._mirror is None:
             from .api import Mirror
 
-            from .remote.settings import check_endpoint, endpoint_from_env
+            from .remote.settings import check_endpoint
 
-            if self.endpoint_url:  # named as the user gave it: the option, or the variable it came from
-                source = "--endpoint-url"
-                env, var = endpoint_from_env()
-                if var and env == self.endpoint_url and "--endpoint-url" not in sys.argv:
-                    source = var
-                check_endpoint(self.endpoint_url, source)
-            self._mirror = Mirror(self.cache_dir, dataset=self.dataset, endpoint_url=self.endpoint_url or "",
+            if self.endpoint_url:  # the option; without it the API reads (and names) the variables
+                check_endpoint(self.endpoint_url, "--endpoint-url")
+            self._mirror = Mirror(self.cache_dir, dataset=self.dataset, endpoint_url=self.endpoint_url or None,
                                   offline=self.offline, signed=self.signed, timeouts=self.timeouts,
                                   transport=self.transport, proxy=self.proxy, on_status=_status_line)
         return self._mirror
@@ -194,7 +192,7 @@ class _Main(click.Group):
               help="Dataset name (configs/datasets/NAME.toml) or a path to a dataset .toml.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), envvar="VBO_MIRROR_CACHE_DIR",
               help="Where the mirror lives (env VBO_MIRROR_CACHE_DIR).")
-@click.option("--endpoint-url", envvar=["VBO_MIRROR_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"],
+@click.option("--endpoint-url",
               help="S3 endpoint replacing the host of the manifest URLs; bucket and key are kept "
                    "(env AWS_ENDPOINT_URL_S3).")
 @click.option("--json", "json_out", is_flag=True, help="Machine-readable output on stdout.")
@@ -590,9 +588,9 @@ def _shard_summary_text(s: dict) -> str:
 
 @main.command("sync", short_help="Fetch, verify and link files of a version.")
 @version_option
-@click.option("-j", "--jobs", type=click.IntRange(1, 256), default=16, show_default=True,
+@click.option("-j", "--jobs", type=click.IntRange(1, 256), default=Limits().jobs, show_default=True,
               help="Concurrent GETs (and files in flight).")
-@click.option("--part-size", default="32MiB", show_default=True,
+@click.option("--part-size", default=size_flag(Limits().part_size), show_default=True,
               help="Objects larger than this are fetched as ranged parts of this size.")
 @click.option("--verify", "verify", type=click.Choice([v.value for v in Verify]), default="manifest", show_default=True,
               help="Check downloads against the manifest's BLAKE2b, the S3 ETag, both, or size only.")
@@ -612,7 +610,6 @@ def _shard_summary_text(s: dict) -> str:
 def sync_cmd(c: Ctx, version, jobs, part_size, verify, link_mode, wait, dry_run, stats_every, bwlimit,
              **sel) -> None:
     """Fetch, verify and link every file of a version; resumes whatever an earlier run left."""
-    from .limits import Limits
 
     from .units import parse_rate
 
@@ -850,14 +847,6 @@ def _mib(n: int) -> str:
     return f"{n / (1 << 20):.3g} MiB"
 
 
-def _size_flag(n: int) -> str:
-    """A size as an option value that means exactly `n` bytes."""
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n % (1 << shift) == 0:
-            return f"{n >> shift}{unit}"
-    return str(n)
-
-
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
@@ -889,7 +878,6 @@ def _int_list(text: str) -> list[int]:
 def bench_cmd(c: Ctx, version, jobs, part_sizes, budget, repeat, to_disk, plot_path) -> None:
     """Measure GET throughput of the endpoint over a matrix of -j x part size, on real objects."""
     from .bench import plot
-    from .limits import Limits
 
     jobs_l = _int_list(jobs)
     parts_l = [part_size_option(p) for p in part_sizes.split(",") if p.strip()]
@@ -912,7 +900,7 @@ def bench_cmd(c: Ctx, version, jobs, part_sizes, budget, repeat, to_disk, plot_p
                        f"{cell.cpu_per_gb:5.2f} CPU s/GB  ({human_bytes(cell.bytes)} in {cell.seconds:.2f}s, "
                        f"{cell.requests} GETs)", err=True)
 
-    where = c.endpoint_url or "AWS"
+    where = c.mirror.endpoint_url or "AWS"
     if not c.json:
         click.echo(f"measuring GETs from {where} ({'to disk' if to_disk else 'discarded'})...", err=True)
     cells = c.mirror.bench(version, jobs=tuple(jobs_l), part_sizes=tuple(parts_l), budget=budget_b,
@@ -943,7 +931,7 @@ def bench_cmd(c: Ctx, version, jobs, part_sizes, budget, repeat, to_disk, plot_p
     for note in verdict.notes:
         click.echo(f"note: {note}")
     if verdict.best is not None:
-        click.echo(f"best: vbo-mirror sync -j {verdict.best.jobs} --part-size {_size_flag(verdict.best.part_size)}"
+        click.echo(f"best: vbo-mirror sync -j {verdict.best.jobs} --part-size {size_flag(verdict.best.part_size)}"
                    + (f"  (plot: {plot_path})" if plot_path else ""))
     else:
         click.echo("no recommendation: keep the defaults" + (f"  (plot: {plot_path})" if plot_path else ""))

@@ -20,7 +20,9 @@ class Limits:
     sizes and however many connections there are."""
 
     jobs: int = 16  # GETs in flight across all files
-    part_size: int = 16 * MiB  # objects larger than this are fetched as ranged parts of this size
+    # Objects larger than this are fetched as ranged parts of this size. One default for the
+    # CLI, the API and bench (the default `make bench` measures: benchmarks/RESULTS.md).
+    part_size: int = 32 * MiB
     connections: int | None = None  # the pool; default `jobs`. Fewer means requests wait for one
     memory: int = 96 * MiB  # receive buffers + parts held for in-order hashing
     buffer_size: int | None = None  # one receive buffer; default derived from `memory`

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .catalog import Catalog, resolve_name
 from .config import DatasetConfig
-from .engine.policy import Pacer, RetryPolicy
+from .policy import Pacer, RetryPolicy
 from .engine.verify import Verify
 from .events import Event
 from .errors import (

@@ -57,3 +57,11 @@ def align_part_size(size: int, *, what: str = "--part-size", text: str | None = 
         return size, None
     return aligned, (f"{what} {text or size}: {size:,} bytes, rounded to {aligned:,} "
                      f"(a multiple of 4 KiB, which direct I/O writes)")
+
+
+def size_flag(n: int) -> str:
+    """A size as an option value that means exactly `n` bytes (`32MiB`, `98304`)."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return str(n)

@@ -10,7 +10,7 @@ import os
 import random
 import threading
 
-from mirror.engine.policy import Pacer, RetryPolicy
+from mirror.policy import Pacer, RetryPolicy
 from mirror.engine.writer import HoldBudget, OrderedHasher
 from mirror.hashing import MultiHasher
 

@@ -9,7 +9,7 @@ import hashlib
 
 import pytest
 
-from mirror.engine.policy import Pacer, RetryPolicy, call_with_retries
+from mirror.policy import Pacer, RetryPolicy, call_with_retries
 from mirror.errors import (AccessDenied, Action, ConfigError, EndpointUnreachable, InputError, IntegrityError,
                            LockHeldError, ManifestError, ObjectChanged, ObjectNotFound, OfflineError,
                            ProtocolError, RequestRejected, ServerError, SlowDown, StoreError, TransferError,

@@ -19,7 +19,7 @@ from faultproxy import FaultProxy, Rule
 from test_sync import PROJECT, assert_mirror, expected_files
 
 from mirror.api import Mirror
-from mirror.engine.policy import RetryPolicy
+from mirror.policy import RetryPolicy
 from mirror.limits import Limits
 from mirror.engine.transfer import Verify
 from mirror.errors import (IntegrityError, ObjectChanged)

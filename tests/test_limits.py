@@ -9,7 +9,7 @@ from faultproxy import FaultProxy
 from test_sync import assert_mirror
 
 from mirror.api import Mirror
-from mirror.engine.policy import RetryPolicy
+from mirror.policy import RetryPolicy
 from mirror.limits import Limits
 from mirror.remote import Timeouts
 

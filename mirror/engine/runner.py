@@ -24,7 +24,7 @@ from ..store.index import IndexRecord, StateIndex
 from ..store.claims import Claims
 from ..store.facade import Store
 from ..limits import Limits
-from .policy import Pacer, RetryPolicy, call_with_retries, first_error
+from ..policy import Pacer, RetryPolicy, call_with_retries, first_error
 from .transfer import Job, Reporter, Transfer, Verify
 from .writer import HoldBudget
 

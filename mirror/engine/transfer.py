@@ -23,7 +23,7 @@ from ..limits import Limits
 from ..model import ObjectRef, multipart_count
 from ..store.fsutil import store_error
 from ..store.objects import Partial, ResumeState, missing_ranges
-from .policy import Pacer, RetryPolicy, call_with_retries
+from ..policy import Pacer, RetryPolicy, call_with_retries
 from .verify import Verify
 from .writer import FileWriter, HoldBudget
 

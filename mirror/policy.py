@@ -1,4 +1,5 @@
-"""The retry policy and the pacer: named objects passed in, never module globals."""
+"""The retry policy and the pacer: named objects passed in, never module globals. On the lowest
+floor: the engine and the catalog retry by the same rules."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
-from ..errors import MirrorError, SlowDown, StoreError
+from .errors import MirrorError, SlowDown, StoreError
 
 
 @dataclass
