@@ -224,22 +224,58 @@ def test_cancel_mid_transfer_leaks_nothing(sandbox, replica, tmp_path):
     m.close()
 
 
-def test_a_full_disk_stops_the_run_and_loses_nothing(cli, replica, monkeypatch):
-    cli("sync", "--version", "0.1.0")
-    before = {p: p.read_bytes() for p in (cli.cache_dir / f"{PROJECT}-0.1.0").rglob("*") if p.is_file()}
-    real = os.posix_fallocate
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 16 MB filesystem (a tmpfs), so a full disk is the kernel's ENOSPC, not a mock."""
+    import shutil
 
-    def full(fd, offset, length):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("a real full disk needs a small tmpfs, and mounting one needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
-    monkeypatch.setattr(os, "posix_fallocate", full)
-    r = cli("sync", "--version", "1.0.1", expect=4)
-    assert "disk full" in r.stderr and "hint:" in r.stderr
-    monkeypatch.setattr(os, "posix_fallocate", real)
-    for p, body in before.items():
-        assert p.read_bytes() == body
-    cli("sync", "--version", "1.0.1")
-    assert_mirror(cli.cache_dir, replica, "1.0.1")
+
+def _fill(path) -> None:
+    """Take every byte the filesystem has left."""
+    with open(path, "wb") as f:
+        chunk = b"\0" * (64 << 10)
+        try:
+            while True:
+                f.write(chunk)
+                f.flush()
+        except OSError as exc:
+            assert exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def test_a_full_disk_stops_the_run_and_loses_nothing(sandbox, replica, small_disk):
+    """The disk fills up as the second version starts (another program took the space): the
+    run stops with 'disk full' and a hint, nothing of the first version is touched, and once
+    there is room again the same sync finishes, every byte verified."""
+    from mirror.errors import StoreError
+
+    cache = small_disk / "cache"
+    filler = small_disk / "someone-elses-file"
+    with Mirror(cache, endpoint_url=sandbox.url) as m:
+        assert m.sync("0.1.0").failures == []
+        before = {p: p.read_bytes() for p in (cache / f"{PROJECT}-0.1.0").rglob("*") if p.is_file()}
+
+        def take_the_space(event) -> None:
+            if event["event"] == "file_start" and not filler.exists():
+                _fill(filler)
+
+        with pytest.raises(StoreError) as err:
+            m.sync("1.0.1", on_event=take_the_space)
+        assert "disk full" in str(err.value) and err.value.hint
+        filler.unlink()
+        for p, body in before.items():
+            assert p.read_bytes() == body
+        assert m.sync("1.0.1").failures == []
+    assert_mirror(cache, replica, "1.0.1")
 
 
 def test_not_enough_space_is_refused_up_front(cli, monkeypatch):
@@ -423,6 +459,21 @@ def test_content_published_unverified_is_never_trusted_by_a_default_sync(cli, re
     assert cli("status", json_out=True).data["unverified_objects"] == 0
 
 
+def _saved(cache, key: str, *, at_least: int, timeout: float) -> bool:
+    """Wait until the resume sidecar of `key`'s partial download records `at_least` bytes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for sidecar in (cache / ".vbo-mirror").rglob("*.partial.json"):
+            try:
+                state = json.loads(sidecar.read_text())
+            except (OSError, ValueError):
+                continue  # being replaced
+            if state.get("key") == key and sum(e - s for s, e in state.get("done", [])) >= at_least:
+                return True
+        time.sleep(0.02)
+    return False
+
+
 def test_sigterm_mid_file_keeps_the_bytes_that_arrived(sandbox, replica, tmp_path):
     """The file in flight when the run stops is resumed, not fetched again from its start,
     even when it was one whole-object GET (no ranged parts to checkpoint)."""
@@ -436,7 +487,9 @@ def test_sigterm_mid_file_keeps_the_bytes_that_arrived(sandbox, replica, tmp_pat
             e = json.loads(line)
             if e["event"] == "file_start" and e["key"] == big.key:
                 break
-        time.sleep(2)
+        # Stop once its resume state says a quarter arrived (not after a sleep that a slow
+        # machine may not fill): the sidecar is what the next run resumes from.
+        assert _saved(cache, big.key, at_least=big.size // 4, timeout=60), "no checkpoint of a quarter in 60 s"
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)
         assert proc.returncode == 143

@@ -63,11 +63,20 @@ def test_a_mirror_link_mode_holds_for_sync_too(sandbox, replica, tmp_path):
 
 
 def test_other_limits_for_one_sync_leave_the_mirror_own_alone(sandbox, replica, tmp_path):
-    with Mirror(tmp_path / "c", endpoint_url=sandbox.url) as m:
+    """The sync given other limits really used them (its GETs were 64 KiB ranges, at most 4 at
+    once), and the Mirror's own came back for the next one (whole-object GETs)."""
+    with FaultProxy(sandbox.url) as proxy, Mirror(tmp_path / "c", endpoint_url=proxy.url) as m:
         m.load_manifest("0.1.0")
         own = m.session.limits
         assert m.sync(limits=SMALL_PARTS).failures == []
+        ranges = [h.get("Range") for p, h in proxy.gets("/behavior_")]
+        spans = [int(b) - int(a) + 1 for a, b in (r.removeprefix("bytes=").split("-") for r in ranges if r)]
+        assert spans and max(spans) == 64 << 10  # parts of the sync's size (the Mirror's own: 32 MiB)
+        assert proxy.max_in_flight <= SMALL_PARTS.jobs + 1  # (+1: a listing may overlap)
         assert m.session.limits == own
+        proxy.requests.clear()
+        assert m.sync("1.0.1").failures == []  # the Mirror's own limits again: 32 MiB parts
+        assert all("Range" not in h for p, h in proxy.gets("/behavior_"))
 
 
 def test_events_and_failures_read_like_the_dicts_they_were(sandbox, replica, tmp_path):
