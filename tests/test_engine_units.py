@@ -10,6 +10,8 @@ import os
 import random
 import threading
 
+from fakes import ScriptedRemote
+
 from mirror.policy import Pacer, RetryPolicy
 from mirror.engine.writer import HoldBudget, OrderedHasher
 from mirror.hashing import MultiHasher
@@ -184,34 +186,25 @@ def test_a_stop_while_another_file_fails_ends_the_run_promptly(tmp_path):
     from mirror.engine.transfer import Verify
     from mirror.errors import ObjectChanged, StoreError
     from mirror.plan import Fetch, Plan
-    from mirror.remote.http import BufferPool
     from mirror.model import ObjectRef
     from mirror.store.index import StateIndex
     from mirror.store.layout import CacheLayout
     from mirror.store.facade import Store
 
-    started: list[str] = []
+    async def script(call, deliver):
+        if call.key == "disk":
+            await asyncio.sleep(0.05)
+            raise StoreError("disk full (injected)")
+        if call.key == "changed" and call.start == 0:
+            await asyncio.sleep(0.04)
+            raise ObjectChanged("412 (injected)")
+        if call.key == "changed":
+            try:
+                await asyncio.sleep(10)
+            finally:
+                await asyncio.shield(asyncio.sleep(0.05))  # a cleanup that takes a moment
 
-    class Remote:
-        buffers = BufferPool(64 << 10, 64)
-
-        async def get_into(self, ref, sink, *, start=0, end=None, size=None, if_match=None):
-            started.append(ref.key)
-            if ref.key == "disk":
-                await asyncio.sleep(0.05)
-                raise StoreError("disk full (injected)")
-            if ref.key == "changed" and start == 0:
-                await asyncio.sleep(0.04)
-                raise ObjectChanged("412 (injected)")
-            if ref.key == "changed":
-                try:
-                    await asyncio.sleep(10)
-                finally:
-                    await asyncio.shield(asyncio.sleep(0.05))  # a cleanup that takes a moment
-            n = (end if end is not None else size) - start
-            buf = self.buffers.take()
-            buf[:n] = b"x" * n
-            sink(buf, n)
+    remote = ScriptedRemote(script)
 
     def digest(i: int) -> str:
         return hashlib.blake2b(str(i).encode()).hexdigest()
@@ -220,7 +213,7 @@ def test_a_stop_while_another_file_fails_ends_the_run_promptly(tmp_path):
              Fetch(digest(1), ObjectRef("b", "disk", "v"), 100, None, ("v/b",))]
     items += [Fetch(digest(i), ObjectRef("b", f"other{i}", "v"), 100, None, (f"v/o{i}",)) for i in range(2, 30)]
     layout = CacheLayout(tmp_path)
-    engine = Engine(store=Store(layout, link_mode="copy"), remote=Remote(), index=StateIndex(layout),
+    engine = Engine(store=Store(layout, link_mode="copy"), remote=remote, index=StateIndex(layout),
                     limits=Limits(jobs=2, part_size=128 << 10), policy=RetryPolicy(attempts=2, base_delay=0.01),
                     verify=Verify.NONE)
     # Both parts of "changed" in flight at once, as at the tail of a run (while files wait for a
@@ -234,7 +227,7 @@ def test_a_stop_while_another_file_fails_ends_the_run_promptly(tmp_path):
             raise AssertionError("the disk error was not raised")
 
     asyncio.run(go())
-    assert [k for k in started if k.startswith("other")] == []  # nothing started after the stop
+    assert [k for k in remote.keys() if k.startswith("other")] == []  # nothing started after the stop
     assert engine.stats.failures == []  # the cancelled file is not reported as failed
     assert len(os.listdir("/proc/self/fd")) < 200
 
@@ -272,7 +265,6 @@ def test_parts_of_one_object_go_one_at_a_time_while_files_wait_and_spread_at_the
     from mirror.engine.transfer import Verify
     from mirror.limits import Limits
     from mirror.plan import Fetch, Plan
-    from mirror.remote.http import BufferPool
     from mirror.model import ObjectRef
     from mirror.store.index import StateIndex
     from mirror.store.layout import CacheLayout
@@ -283,26 +275,20 @@ def test_parts_of_one_object_go_one_at_a_time_while_files_wait_and_spread_at_the
     peak_at_tail: dict[str, int] = {}
     engine = None
 
-    class Remote:
-        buffers = BufferPool(64 << 10, 256)
-
-        async def get_into(self, ref, sink, *, start=0, end=None, size=None, if_match=None):
-            in_flight[ref.key] = in_flight.get(ref.key, 0) + 1
-            peaks = peak_while_waiting if engine._waiting > 0 else peak_at_tail
-            peaks[ref.key] = max(peaks.get(ref.key, 0), in_flight[ref.key])
-            await asyncio.sleep(0.01)
-            in_flight[ref.key] -= 1
-            n = (end if end is not None else size) - start
-            buf = self.buffers.take()
-            buf[:n] = b"x" * n
-            sink(buf, n)
+    async def script(call, deliver):
+        in_flight[call.key] = in_flight.get(call.key, 0) + 1
+        peaks = peak_while_waiting if engine._waiting > 0 else peak_at_tail
+        peaks[call.key] = max(peaks.get(call.key, 0), in_flight[call.key])
+        await asyncio.sleep(0.01)
+        in_flight[call.key] -= 1
 
     size = 4 * (64 << 10)  # four parts each
     items = tuple(Fetch(hashlib.blake2b(str(i).encode()).hexdigest(), ObjectRef("b", f"k{i}", "v"), size, None,
                         (f"v/f{i}",)) for i in range(8))
     layout = CacheLayout(tmp_path)
-    engine = Engine(store=Store(layout, link_mode="copy"), remote=Remote(), index=StateIndex(layout),
-                    limits=Limits(jobs=4, part_size=64 << 10, parts_per_file=4), verify=Verify.NONE)
+    engine = Engine(store=Store(layout, link_mode="copy"), remote=ScriptedRemote(script, buffers=256),
+                    index=StateIndex(layout), limits=Limits(jobs=4, part_size=64 << 10, parts_per_file=4),
+                    verify=Verify.NONE)
     stats = asyncio.run(engine.run(Plan(("m",), items)))
     assert stats.files_done == 8 and stats.failures == []
     assert peak_while_waiting and max(peak_while_waiting.values()) == 1
@@ -393,29 +379,23 @@ def _resume_state_while_hanging(tmp_path, *, count: int, fill: int, pause: float
     from mirror.limits import Limits
     from mirror.model import ObjectRef
     from mirror.plan import Fetch, Plan
-    from mirror.remote.http import BufferPool
     from mirror.store.facade import Store
     from mirror.store.index import StateIndex
     from mirror.store.layout import CacheLayout
 
     hanging = asyncio.Event()
 
-    class Remote:
-        buffers = BufferPool(1 << 20, 16)  # the engine gives them back through remote.buffers
-
-        async def get_into(self, ref, sink, *, start=0, end=None, size=None, if_match=None):
-            for _ in range(count):
-                buf = self.buffers.take()
-                buf[:fill] = b"z" * fill
-                sink(buf, fill)
-                await asyncio.sleep(pause)
-            hanging.set()
-            await asyncio.sleep(60)
+    async def script(call, deliver):
+        for _ in range(count):
+            deliver(b"z" * fill)
+            await asyncio.sleep(pause)
+        hanging.set()
+        await asyncio.sleep(60)
 
     layout = CacheLayout(tmp_path)
     h = "c" * 128
-    engine = Engine(store=Store(layout, link_mode="copy"), remote=Remote(), index=StateIndex(layout),
-                    limits=Limits(jobs=1, part_size=64 << 20), verify=Verify.NONE)
+    engine = Engine(store=Store(layout, link_mode="copy"), remote=ScriptedRemote(script, buffer_size=1 << 20, buffers=16),
+                    index=StateIndex(layout), limits=Limits(jobs=1, part_size=64 << 20), verify=Verify.NONE)
     sidecar = layout.partial_path(h).with_name(h + ".partial.json")
 
     async def go():

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 
 import pytest
+from fakes import ScriptedRemote
 
 from mirror.policy import Pacer, RetryPolicy, call_with_retries
 from mirror.errors import (AccessDenied, Action, ConfigError, EndpointUnreachable, InputError, IntegrityError,
@@ -103,31 +104,22 @@ def test_the_engine_fails_the_file_or_stops_the_run_as_the_error_kind_says(tmp_p
     from mirror.limits import Limits
     from mirror.model import ObjectRef
     from mirror.plan import Fetch, Plan
-    from mirror.remote.http import BufferPool
     from mirror.store.index import StateIndex
     from mirror.store.layout import CacheLayout
     from mirror.store.facade import Store
 
-    asked: list[str] = []
+    async def script(call, deliver):
+        if call.key == "bad":
+            raise error
 
-    class Remote:
-        buffers = BufferPool(64 << 10, 16)
-
-        async def get_into(self, ref, sink, *, start=0, end=None, size=None, if_match=None):
-            asked.append(ref.key)
-            if ref.key == "bad":
-                raise error
-            n = (end if end is not None else size) - start
-            buf = self.buffers.take()
-            buf[:n] = b"x" * n
-            sink(buf, n)
+    remote = ScriptedRemote(script, buffers=16)
 
     def fetch(key: str) -> Fetch:
         return Fetch(hashlib.blake2b(b"x" * 100).hexdigest() if key == "good" else "0" * 128,
                      ObjectRef("b", key, "v1"), 100, None, (f"v/{key}",))
 
     layout = CacheLayout(tmp_path)
-    engine = Engine(store=Store(layout, link_mode="copy"), remote=Remote(), index=StateIndex(layout),
+    engine = Engine(store=Store(layout, link_mode="copy"), remote=remote, index=StateIndex(layout),
                     limits=Limits(jobs=1), policy=RetryPolicy(attempts=3, integrity_attempts=1, base_delay=0.0),
                     verify=Verify.MANIFEST)
     plan = Plan(("m",), (fetch("bad"), fetch("good")))
@@ -135,13 +127,13 @@ def test_the_engine_fails_the_file_or_stops_the_run_as_the_error_kind_says(tmp_p
         with pytest.raises(type(error)) as caught:
             asyncio.run(engine.run(plan))
         assert caught.value is error
-        assert "good" not in asked  # nothing started after the stop (one worker, bad first)
+        assert "good" not in remote.keys()  # nothing started after the stop (one worker, bad first)
     else:
         stats = asyncio.run(engine.run(plan))
         assert [(f.key, f.error) for f in stats.failures] == [("bad", error)]
         assert stats.files_done == 1 and (tmp_path / "v" / "good").read_bytes() == b"x" * 100
         assert stats.summary()["failures"][0]["error"] == type(error).__name__
-    assert asked.count("bad") == (3 if retried else 1)
+    assert remote.keys().count("bad") == (3 if retried else 1)
 
 
 @pytest.mark.parametrize("status,code,kind", [
@@ -164,27 +156,20 @@ def test_a_server_that_drips_a_few_bytes_before_each_break_is_not_retried_foreve
     from mirror.limits import Limits
     from mirror.model import ObjectRef
     from mirror.plan import Fetch, Plan
-    from mirror.remote.http import BufferPool
     from mirror.store.facade import Store
     from mirror.store.index import StateIndex
     from mirror.store.layout import CacheLayout
 
-    calls = []
+    async def script(call, deliver):
+        deliver(b"x" * 10)  # ten bytes, then the connection breaks
+        raise TransferError("broke after 10 bytes")
 
-    class Remote:
-        buffers = BufferPool(64 << 10, 16)
-
-        async def get_into(self, ref, sink, *, start=0, end=None, size=None, if_match=None):
-            calls.append(start)
-            buf = self.buffers.take()
-            buf[:10] = b"x" * 10
-            sink(buf, 10)  # ten bytes, then the connection breaks
-            raise TransferError("broke after 10 bytes")
+    remote = ScriptedRemote(script, buffers=16)
 
     layout = CacheLayout(tmp_path)
-    engine = Engine(store=Store(layout, link_mode="copy"), remote=Remote(), index=StateIndex(layout),
+    engine = Engine(store=Store(layout, link_mode="copy"), remote=remote, index=StateIndex(layout),
                     limits=Limits(jobs=1), policy=RetryPolicy(attempts=4, base_delay=0.0), verify=Verify.NONE)
     size = 8 << 20
     stats = asyncio.run(engine.run(Plan(("m",), (Fetch("a" * 128, ObjectRef("b", "k", "v"), size, None, ("v/k",)),))))
     assert [type(f.error) for f in stats.failures] == [TransferError]
-    assert calls == [0, 10, 20, 30]  # each attempt resumed where the last stopped; four in all
+    assert [c.start for c in remote.calls] == [0, 10, 20, 30]  # each resumed where the last stopped; four in all
