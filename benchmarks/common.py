@@ -142,6 +142,62 @@ def machine_info(path: Path) -> dict:
     }
 
 
+# --- TLS ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """A throwaway CA and a server certificate it signed, as PEM files."""
+
+    ca: Path  # the CA certificate: what clients are told to trust
+    cert: Path  # the server's certificate chain
+    key: Path  # the server's private key
+
+    @property
+    def ca_bundle(self) -> Path:
+        return self.ca
+
+
+def make_tls(directory: Path, *, hosts: tuple[str, ...] = (HOST, "localhost")) -> TLSFiles:
+    """A CA made now (never one checked in) and a certificate for `hosts` (IP SANs for the
+    addresses), written under `directory`; the key file is readable by its owner only.
+    RSA-2048, the key type AWS S3's own certificates use (the handshake is a per-connection
+    cost; what the bulk transfer costs depends on the cipher, not the key)."""
+    import trustme
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA(organization_name="vbo-mirror bench (throwaway)", key_type=trustme.KeyType.RSA)
+    leaf = ca.issue_cert(*hosts, key_type=trustme.KeyType.RSA)
+    files = TLSFiles(directory / "ca.pem", directory / "server-chain.pem", directory / "server-key.pem")
+    ca.cert_pem.write_to_path(str(files.ca))
+    with open(files.cert, "wb") as fh:
+        for pem in leaf.cert_chain_pems:
+            fh.write(pem.bytes())
+    fd = os.open(files.key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(leaf.private_key_pem.bytes())
+    return files
+
+
+def tls_context(cafile: Path | str | None):
+    """A client context trusting only `cafile` (None: the system's), verification on."""
+    import ssl
+
+    return ssl.create_default_context(cafile=str(cafile) if cafile else None)
+
+
+def tls_session_info(url: str, cafile: Path | str) -> str:
+    """Protocol and cipher Python's ssl (OpenSSL) negotiates with the server at `url`."""
+    import ssl
+    import urllib.parse
+
+    u = urllib.parse.urlsplit(url)
+    with socket.create_connection((u.hostname, u.port), timeout=10) as raw:
+        with tls_context(cafile).wrap_socket(raw, server_hostname=u.hostname) as s:
+            name, proto, bits = s.cipher()
+            return f"{proto} {name} ({bits}-bit), OpenSSL {ssl.OPENSSL_VERSION.split()[1]}"
+
+
 # --- SeaweedFS ------------------------------------------------------------------------------
 
 def find_weed(explicit: str | None) -> str:
@@ -152,14 +208,23 @@ def find_weed(explicit: str | None) -> str:
 
 
 class Weed:
-    """`weed mini` on 127.0.0.1 in its own process group; stop() kills the whole group."""
+    """`weed mini` on 127.0.0.1 in its own process group; stop() kills the whole group.
 
-    def __init__(self, binary: str, workdir: Path) -> None:
+    With `tls` (make_tls's files) its S3 gateway also listens for HTTPS on a port of its own
+    (SeaweedFS's own TLS listener: -s3.cert.file/-s3.key.file/-s3.port.https), at
+    `https_url`; plain HTTP stays at `url` (the loaders use it), so one loaded server
+    serves both and the same bytes are fetched over either."""
+
+    def __init__(self, binary: str, workdir: Path, *, tls: TLSFiles | None = None) -> None:
         self.binary = binary
         self.dir = workdir
         self.proc: subprocess.Popen | None = None
-        self.s3, self.master, self.volume, self.filer, self.admin = port_pairs(5)
+        self.tls = tls
+        ports = port_pairs(6 if tls else 5)
+        self.s3, self.master, self.volume, self.filer, self.admin = ports[:5]
+        self.s3_https = ports[5] if tls else None
         self.url = f"http://{HOST}:{self.s3}"
+        self.https_url = f"https://{HOST}:{self.s3_https}" if tls else None
         self.log_path = workdir / "weed.log"
 
     def version(self) -> str:
@@ -184,6 +249,10 @@ class Weed:
                *(f"-{c}.port={p}" for c, p in (("s3", self.s3), ("master", self.master), ("volume", self.volume),
                                                 ("filer", self.filer), ("admin", self.admin))),
                f"-s3.localSocket={self.dir / 's3.sock'}", f"-filer.localSocket={self.dir / 'filer.sock'}"]
+        if self.tls:
+            # No -s3.cacert.file: that is for client certificates (-s3.tlsVerifyClientCert), not used.
+            cmd += [f"-s3.cert.file={self.tls.cert}", f"-s3.key.file={self.tls.key}",
+                    f"-s3.port.https={self.s3_https}"]
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True)
@@ -192,14 +261,16 @@ class Weed:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"weed mini exited with code {self.proc.returncode}; see {self.log_path}:\n"
                                    + self.log_path.read_text(errors="replace")[-3000:])
-            if self._s3_answers() and self._writable():
+            if self._s3_answers() and self._writable() and (not self.tls or self._s3_answers(https=True)):
                 return self
             time.sleep(0.2)
         raise RuntimeError(f"SeaweedFS did not answer on {self.url} within {timeout:g}s; see {self.log_path}")
 
-    def _s3_answers(self) -> bool:
+    def _s3_answers(self, *, https: bool = False) -> bool:
+        """Plain HTTP, or (https=True) the TLS listener, its certificate verified against our CA."""
+        url, ctx = (self.https_url, tls_context(self.tls.ca)) if https else (self.url, None)
         try:
-            with urllib.request.urlopen(self.url + "/", timeout=2):
+            with urllib.request.urlopen(url + "/", timeout=2, context=ctx):
                 return True
         except urllib.error.HTTPError:
             return True  # an S3 error document is an answer

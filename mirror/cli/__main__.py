@@ -1,0 +1,5 @@
+"""`python -m mirror.cli`."""
+
+from . import entry
+
+entry()
