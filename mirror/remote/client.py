@@ -17,7 +17,8 @@ from urllib.parse import quote, urlencode, urljoin, urlsplit
 from ..errors import MirrorError, ProtocolError, Redirected, RegionWarning, WrongRegion
 from ..limits import Limits
 from . import listing
-from .http import ERROR_BODY_MAX, BufferPool, HttpClient, ProxyFailed, Response, Sink, xml_text
+from .http import HttpClient
+from .wire import ERROR_BODY_MAX, BufferPool, ProxyFailed, Response, Sink, xml_text
 from .netenv import ProxyConfig, host_header, proxy_config
 from .ratelimit import TokenBucket
 from .translate import from_exception, from_status

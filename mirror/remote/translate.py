@@ -21,7 +21,7 @@ from ..errors import (
     SlowDown,
     TransferError,
 )
-from . import http
+from . import wire as http  # the lean client's errors
 
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchVersion", "NoSuchBucket", "404", "NotFound"}
 _DENIED_CODES = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
