@@ -16,7 +16,8 @@ import pyarrow as pa
 import pytest
 
 from mirror.errors import InputError
-from mirror.select import Expr, SelectError, UnknownColumn, evaluate, parse, read_ids
+from mirror.ids import read_ids
+from mirror.select import Expr, SelectError, UnknownColumn, evaluate, parse
 
 UTC = dt.UTC
 

@@ -281,7 +281,7 @@ def _selection(version: str | None, shard: str | None = None, where: str | None 
         raise InputError("--tables-only selects no data file: drop --where/--ids, or --tables-only")
     ids = None
     if ids_file is not None:
-        from ..select import read_ids
+        from ..ids import read_ids
 
         column, values = read_ids(Path(ids_file))
         ids = (column, tuple(values))
