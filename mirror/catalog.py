@@ -204,7 +204,9 @@ class Catalog:
             if await asyncio.to_thread(store.ensure_view, entry.file_hash, view):
                 # Looking at a table wants that table, not the version's data files: recorded,
                 # so verify does not take a version directory it finds as wanted whole.
-                await asyncio.to_thread(store.want_views, manifest.view_dir, [view])
+                from .upkeep import wanted
+
+                await asyncio.to_thread(wanted.add, self.layout, manifest.view_dir, [view])
         return data
 
     async def _fetch_verified(self, ref: ObjectRef, file_hash: str) -> bytes:

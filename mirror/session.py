@@ -55,7 +55,7 @@ from .store.fsutil import read_no_follow, store_error
 from .store.layout import CacheLayout
 from .store.claims import Claims
 from .store.lock import CacheLock
-from .store.scan import scan_local
+from .upkeep.scan import scan_local
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -546,7 +546,7 @@ class Session:
         """AllenSDK's `_downloaded_data.json` (store/allensdk.py), for the views in its layout
         that this run made or found. A record that cannot be written is a warning: the mirror
         itself is complete."""
-        from .store.allensdk import record_downloaded
+        from .upkeep.allensdk import record_downloaded
 
         if plan.layout != "allensdk":
             return  # the bucket layout is read by AllenSDK's static cache, which keeps no record
@@ -565,7 +565,7 @@ class Session:
 
     def _record_wanted(self, plan: Plan) -> None:
         """What verify will expect to find (store/wanted.py)."""
-        from .store import wanted
+        from .upkeep import wanted
 
         layout = self.need_layout()
         for d in plan.whole:
@@ -632,7 +632,7 @@ class Session:
     # --- looking at the mirror (the caller holds the cache lock for verify and rebuild) ---------
 
     async def status(self) -> dict[str, Any]:
-        from .store.status import cache_status
+        from .upkeep.status import cache_status
 
         layout = self.need_layout()
         return await asyncio.to_thread(cache_status, layout, self.local_manifests(), current=self.current_manifest())
@@ -643,7 +643,7 @@ class Session:
         """With `repair`: fetch damaged content again and relink wrong or missing views. Views
         whose content was never in the store are more than damage (a whole version may be
         behind them): they are fetched only when `confirm` (shown what) says yes."""
-        from .store.status import verify_store
+        from .upkeep.status import verify_store
 
         layout = self.need_layout()
         manifests = self.local_manifests()
@@ -679,7 +679,7 @@ class Session:
                     confirm: Callable[[dict], bool] | None = None) -> dict[str, Any]:
         """(The caller holds the exclusive cache lock.) `keep` None: gc only."""
         from .catalog import resolve_name
-        from .store.prune import apply_prune, plan_prune
+        from .upkeep.prune import apply_prune, plan_prune
 
         layout = self.need_layout()
         cat = Catalog(self.dataset, layout, None)
@@ -725,7 +725,7 @@ class Session:
     async def adopt(self, *, dry_run: bool = False, jobs: int = 2) -> dict[str, Any]:
         """(The caller holds the exclusive cache lock.) Take what AllenSDK downloaded into
         cache_dir into the store, in place (mirror/adopt.py)."""
-        from .adopt import adopt_tree
+        from .upkeep.adopt import adopt_tree
 
         layout = self.need_layout()
         cat = Catalog(self.dataset, layout, None)
@@ -745,7 +745,7 @@ class Session:
                                        on_progress=self._progress_line("adopt: files looked at"))
 
     async def rebuild_index(self, *, jobs: int = 2) -> dict[str, Any]:
-        from .store.status import rebuild_index
+        from .upkeep.status import rebuild_index
 
         return await asyncio.to_thread(rebuild_index, self.need_layout(), self.local_manifests(), jobs=jobs)
 

@@ -18,7 +18,7 @@ import pytest
 from conftest import Cli, manifest_name
 from test_sync import PROJECT, assert_mirror, expected_files
 
-from mirror.adopt import adopt_tree
+from mirror.upkeep.adopt import adopt_tree
 from mirror.catalog import Catalog
 from mirror.config import load_dataset
 from mirror.store.facade import Store

@@ -320,7 +320,7 @@ def test_scan_finds_objects_only_in_fan_out_directories_that_exist(tmp_path):
     from mirror.manifest import FileEntry
     from mirror.plan import Target
     from mirror.store.layout import CacheLayout
-    from mirror.store.scan import scan_local
+    from mirror.upkeep.scan import scan_local
 
     layout = CacheLayout(tmp_path)
     present, absent, other = "ab" * 64, "abcd" + "0" * 124, "ff" * 64

@@ -89,7 +89,7 @@ def test_merge_ranges_joins_overlaps_and_neighbours():
 
 
 def test_the_planner_loads_no_network_code():
-    code = ("import sys, mirror.plan, mirror.store.scan; "
+    code = ("import sys, mirror.plan, mirror.upkeep.scan; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'aiobotocore', 'botocore', 'ssl')"
             " or m.startswith('mirror.remote.')); print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()

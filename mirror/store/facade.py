@@ -141,12 +141,6 @@ class Store:
         finally:
             os.close(dfd)
 
-    def want_views(self, view_dir: str, views: list[str] | None) -> None:
-        """Record views as wanted (None: every file of the version): what verify expects."""
-        from . import wanted
-
-        wanted.add(self.layout, view_dir, views)
-
     def remove_view(self, rel: str) -> bool:
         """Remove one view; False when it was not there. A directory is never removed, and
         nothing is removed through a symlinked directory (unlinkat in a directory reached

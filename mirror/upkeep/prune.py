@@ -25,11 +25,11 @@ from pathlib import Path
 
 from ..errors import StoreError
 from ..manifest import Manifest
-from .index import StateIndex
+from ..store.index import StateIndex
 from . import wanted
-from .layout import CacheLayout
-from .objects import ObjectStore
-from .views import view_matches
+from ..store.layout import CacheLayout
+from ..store.objects import ObjectStore
+from ..store.views import view_matches
 
 TEMP_PREFIXES = (".vbo-tmp-", ".vbo-link-")
 

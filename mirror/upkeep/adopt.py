@@ -39,15 +39,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
-from .errors import MirrorError, StoreError
-from .hashing import READ_CHUNK, Digests, MultiHasher
-from .manifest import FileEntry, Manifest
-from .store.facade import Store
-from .store.fsutil import store_error
-from .store.index import IndexRecord, StateIndex
-from .store.layout import CacheLayout
-from .store.objects import VERIFIED_MODE, is_unverified
-from .store.views import view_matches
+from ..errors import MirrorError, StoreError
+from ..hashing import READ_CHUNK, Digests, MultiHasher
+from ..manifest import FileEntry, Manifest
+from ..store.facade import Store
+from ..store.fsutil import store_error
+from ..store.index import IndexRecord, StateIndex
+from ..store.layout import CacheLayout
+from ..store.objects import VERIFIED_MODE, is_unverified
+from ..store.views import view_matches
 
 EXAMPLES = 20  # examples listed per category in the report
 MAX_HOPS = 4  # symlinks followed in a chain (AllenSDK makes chains of one)
@@ -624,7 +624,7 @@ def _record_for_allensdk(layout: CacheLayout, outcomes: list[_Outcome]) -> str:
     """AllenSDK's `_downloaded_data.json` gains (or keeps) an entry for each adopted or present
     path, with its manifest hash: the files are where they were, so what AllenSDK recorded
     stays true, and a moved tree's record names the paths it has now."""
-    from .store.allensdk import record_downloaded
+    from .allensdk import record_downloaded
 
     pairs = [(o.item.rel, o.item.entry.file_hash) for o in outcomes if o.category in ("adopted", "present")]
     try:
@@ -636,7 +636,7 @@ def _record_for_allensdk(layout: CacheLayout, outcomes: list[_Outcome]) -> str:
 def _record_wanted(layout: CacheLayout, outcomes: list[_Outcome]) -> None:
     """What verify expects from now on: the paths AllenSDK had something at (a file, a link,
     even a broken one), not the files it never downloaded."""
-    from .store import wanted
+    from . import wanted
 
     by_dir: dict[str, list[str]] = {}
     for o in outcomes:

@@ -17,9 +17,9 @@ import stat
 from typing import Iterable
 
 from ..plan import LocalState, Target
-from .layout import CacheLayout
-from .objects import ObjectStore, is_unverified
-from .views import view_matches
+from ..store.layout import CacheLayout
+from ..store.objects import ObjectStore, is_unverified
+from ..store.views import view_matches
 
 
 def _walk(layout: CacheLayout, top: str) -> dict[str, tuple[int, int]]:

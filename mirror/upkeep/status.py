@@ -10,11 +10,11 @@ from typing import Callable, Iterable
 from ..events import Corrupt, Event, ViewDamaged
 from ..hashing import hash_file, xxh3_file
 from ..manifest import Manifest
-from .index import IndexRecord, StateIndex
+from ..store.index import IndexRecord, StateIndex
 from . import wanted as wanted_views
-from .layout import CacheLayout
-from .objects import ObjectStore, is_unverified, mark_verified
-from .views import view_matches
+from ..store.layout import CacheLayout
+from ..store.objects import ObjectStore, is_unverified, mark_verified
+from ..store.views import view_matches
 
 
 def cache_status(layout: CacheLayout, manifests: Iterable[Manifest], *, current: str | None) -> dict:
@@ -62,7 +62,7 @@ def _saved(partial) -> int:
     """Bytes a partial download has saved: the ranges its resume state records."""
     import json
 
-    from .fsutil import read_no_follow
+    from ..store.fsutil import read_no_follow
 
     try:
         state = json.loads(read_no_follow(partial.with_name(partial.name + ".json"), "resume state", limit=16 << 20))
