@@ -425,3 +425,54 @@ def test_killed_mid_adopt_leaves_no_wrong_file_and_the_next_adopt_finishes(repli
         assert_view_of_object(root, rel, want[rel], body)
     index = StateIndex(layout)
     assert index.load() and set(index.records) == set(want.values())
+
+
+def test_a_store_directory_swapped_for_a_symlink_during_adopt_cannot_redirect_it(sandbox, replica, tmp_path,
+                                                                                  monkeypatch):
+    """The directory-swap race the store's writes are guarded against, run against adopt: right
+    after the store has reached an object's directory to stage a file there, someone swaps the
+    store's fan-out directory for a symlink out of cache_dir. The staged link lands in the real
+    directory (named relative to the descriptor held), the publish refuses the symlink (those
+    files are reported failed, the rest adopted), and nothing is written outside; a second
+    adopt, with the symlink gone, finishes the job."""
+    from mirror.store.objects import ObjectStore
+
+    root = tmp_path / "cache"
+    build_allensdk_tree(root, replica)
+    layout = CacheLayout(root)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    real_staging = ObjectStore.staging
+    swapped: list[Path] = []
+
+    def staging_then_swap(self, file_hash):
+        cm = real_staging(self, file_hash)
+        held = cm.__enter__()
+        if not swapped:  # once: the first object's fan-out directory
+            fan = layout.object_path(file_hash).parent.parent
+            os.rename(fan, fan.with_name(fan.name + ".moved"))
+            os.symlink(outside, fan)
+            swapped.append(fan)
+
+        class _Held:
+            def __enter__(self_inner):
+                return held
+
+            def __exit__(self_inner, *exc):
+                return cm.__exit__(*exc)
+
+        return _Held()
+
+    monkeypatch.setattr(ObjectStore, "staging", staging_then_swap)
+    first = adopt(root)
+    assert first["ok"] is False and first["failed"]["files"] >= 1  # that object's files, said and left
+    assert all("symlink" in f["error"] for f in first["failed"]["examples"])
+    assert swapped and list(outside.iterdir()) == []  # nothing landed outside cache_dir
+    moved = swapped[0].with_name(swapped[0].name + ".moved")
+    assert not [p for p in moved.rglob(".vbo-tmp-*")]  # the staged link went with the failed publish
+    swapped[0].unlink()
+    os.rename(moved, swapped[0])
+    monkeypatch.setattr(ObjectStore, "staging", real_staging)
+    report = adopt(root)
+    assert report["ok"] is True and report["failed"]["files"] == 0 and report["adopted"]["files"] > 0
+    assert list(outside.iterdir()) == []

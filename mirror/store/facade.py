@@ -64,6 +64,13 @@ class Store:
     def publish(self, file_hash: str, partial: Partial, *, verified: bool = True) -> Path:
         return self.objects.publish(file_hash, partial, verified=verified)
 
+    def staging(self, file_hash: str):
+        """(adopt) A temporary name in the store, in a directory held open: see ObjectStore."""
+        return self.objects.staging(file_hash)
+
+    def publish_staged(self, stage_fd: int, tmp: str, file_hash: str) -> bool:
+        return self.objects.publish_staged(stage_fd, tmp, file_hash)
+
     def verify_unverified(self, hashes: list[str], *, index: StateIndex | None = None, jobs: int = 2) -> dict:
         """BLAKE2b of objects published unverified: the mark is cleared where the bytes match
         their name, the object removed (to be fetched again) where they do not."""

@@ -318,6 +318,57 @@ class ObjectStore:
             os.close(dfd)
         return final
 
+    # --- an inode of elsewhere taken in (adopt): one staging name, one publish ------------------
+
+    @contextlib.contextmanager
+    def staging(self, file_hash: str):
+        """A temporary name in the directory `file_hash`'s object goes to, that directory
+        reached from cache_dir without following a symlink and held open: yields
+        (directory fd, name). Whatever is still under the name at the end is removed; every
+        operation on it names it relative to the descriptor, so a directory swapped for a
+        symlink meanwhile cannot redirect it."""
+        import secrets
+
+        final = self.path(file_hash)
+        try:
+            dfd, _ = self.layout.open_parent(final, create=True)
+        except (StoreError, FileNotFoundError):
+            raise
+        except OSError as exc:
+            raise store_error(exc, f"opening the store's directory of {final}") from exc
+        tmp = f".vbo-tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            yield dfd, tmp
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=dfd)
+            os.close(dfd)
+
+    def publish_staged(self, stage_fd: int, tmp: str, file_hash: str) -> bool:
+        """Rename a verified, synced, read-only inode staged as `tmp` (in the directory
+        `stage_fd`) to `file_hash`'s object name, in that object's directory reached without
+        following a symlink. False when a verified object is there already: the staged name
+        goes, the object stays (True if it was this very inode: an object published unverified
+        whose view this was, verified now)."""
+        final = self.path(file_hash)
+        dfd, name = self.layout.open_parent(final, create=True)
+        try:
+            try:
+                obj = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                obj = None
+            if obj is not None and stat.S_ISREG(obj.st_mode) and not is_unverified(obj.st_mode):
+                mine = os.stat(tmp, dir_fd=stage_fd, follow_symlinks=False)
+                os.unlink(tmp, dir_fd=stage_fd)
+                return (obj.st_dev, obj.st_ino) == (mine.st_dev, mine.st_ino)
+            os.replace(tmp, name, src_dir_fd=stage_fd, dst_dir_fd=dfd)  # over an unverified object too
+            # rename() between two links of one inode does nothing: the staged name may still be there
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=stage_fd)
+            return True
+        finally:
+            os.close(dfd)
+
     def remove(self, file_hash: str) -> None:
         path = self.path(file_hash)
         try:

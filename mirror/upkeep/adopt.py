@@ -31,7 +31,6 @@ import errno
 import os
 import posixpath
 import re
-import secrets
 import stat
 import threading
 import time
@@ -347,112 +346,78 @@ class _Adopter:
             finally:
                 os.close(fd)
 
-    def _tmp(self, file_hash: str):
-        tmp = self.layout.object_path(file_hash).with_name(f".vbo-tmp-{os.getpid()}-{secrets.token_hex(4)}")
-        self.layout.real_parents(tmp)  # before mkdir: it would follow a symlinked directory of the store
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        return tmp
-
-    def _publish(self, tmp, file_hash: str) -> bool:
-        """Rename a verified, synced, read-only inode to its object name; False when another
-        verified object is there already (then the temporary goes, the object stays as it is)."""
-        final = self.layout.object_path(file_hash)
-        self.layout.real_parents(final)
-        if (obj := self.object_stat(file_hash)) is not None:
-            mine = os.lstat(tmp)
-            os.unlink(tmp)
-            # The same inode: an object published unverified (--verify none) whose view this
-            # was; made read-only above, it is verified now, and its record is written.
-            return (obj.st_dev, obj.st_ino) == (mine.st_dev, mine.st_ino)
-        os.replace(tmp, final)  # over an unverified object too: these bytes are verified
-        # rename() between two links of one inode does nothing: the temporary may still be there
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        return True
-
     def _link_in(self, fd: int, st: os.stat_result, dfd: int, name: str,
                  hashes: list[str]) -> tuple[Digests, bool] | None:
-        """The file's own inode into the store: hard-linked under a temporary name, made
-        read-only (so the bytes hashed are the bytes kept), hashed, synced, renamed to its
-        object name. None when no hard link is possible here (the caller copies)."""
-        tmp = self._tmp(hashes[0])
-        try:
-            # From the directory we hold open, not following a symlink planted at the name; then
-            # checked to be the very inode we opened.
-            os.link(name, tmp, src_dir_fd=dfd, follow_symlinks=False)
-        except OSError as exc:
-            if exc.errno in _NO_LINK:
-                return None
-            raise
-        mode = stat.S_IMODE(st.st_mode)
-        try:
-            lst = os.lstat(tmp)
-            if (lst.st_dev, lst.st_ino) != (st.st_dev, st.st_ino):
-                raise OSError(errno.ESTALE, "the file was replaced while adopting")
+        """The file's own inode into the store: hard-linked under a staging name (the store's,
+        in a directory it holds open), made read-only (so the bytes hashed are the bytes kept),
+        hashed, synced, published under its object name by the store. None when no hard link
+        is possible here (the caller copies)."""
+        with self.store.staging(hashes[0]) as (sfd, tmp):
             try:
-                os.fchmod(fd, VERIFIED_MODE)
+                # From the directory we hold open, not following a symlink planted at the name;
+                # then checked to be the very inode we opened.
+                os.link(name, tmp, src_dir_fd=dfd, dst_dir_fd=sfd, follow_symlinks=False)
             except OSError as exc:
-                if exc.errno in (errno.EPERM, errno.EACCES):
-                    os.unlink(tmp)
+                if exc.errno in _NO_LINK:
                     return None
                 raise
-            before = os.fstat(fd)
-            d = _hash_fd(fd, before.st_size)
-            after = os.fstat(fd)
-            if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or d.size != before.st_size:
-                raise OSError(errno.ESTALE, "the file changed while it was hashed")
-            if d.blake2b not in hashes:
-                os.unlink(tmp)
-                os.fchmod(fd, mode)  # left as it was: the next sync replaces it
-                return d, False
-            os.fsync(fd)  # the bytes durable before a name says they are verified
-            published = self._publish(tmp, d.blake2b)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            with contextlib.suppress(OSError):
-                now = os.fstat(fd)
-                if stat.S_IMODE(now.st_mode) != mode and not any(
-                        (o.st_dev, o.st_ino) == (now.st_dev, now.st_ino)
-                        for h in hashes if (o := self.object_stat(h)) is not None):
-                    os.fchmod(fd, mode)  # not (yet) an object: the file as it was
-            raise
-        return d, published
+            mode = stat.S_IMODE(st.st_mode)
+            try:
+                lst = os.stat(tmp, dir_fd=sfd, follow_symlinks=False)
+                if (lst.st_dev, lst.st_ino) != (st.st_dev, st.st_ino):
+                    raise OSError(errno.ESTALE, "the file was replaced while adopting")
+                try:
+                    os.fchmod(fd, VERIFIED_MODE)
+                except OSError as exc:
+                    if exc.errno in (errno.EPERM, errno.EACCES):
+                        return None
+                    raise
+                before = os.fstat(fd)
+                d = _hash_fd(fd, before.st_size)
+                after = os.fstat(fd)
+                if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or d.size != before.st_size:
+                    raise OSError(errno.ESTALE, "the file changed while it was hashed")
+                if d.blake2b not in hashes:
+                    os.fchmod(fd, mode)  # left as it was: the next sync replaces it
+                    return d, False
+                os.fsync(fd)  # the bytes durable before a name says they are verified
+                published = self.store.publish_staged(sfd, tmp, d.blake2b)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    now = os.fstat(fd)
+                    if stat.S_IMODE(now.st_mode) != mode and not any(
+                            (o.st_dev, o.st_ino) == (now.st_dev, now.st_ino)
+                            for h in hashes if (o := self.object_stat(h)) is not None):
+                        os.fchmod(fd, mode)  # not (yet) an object: the file as it was
+                raise
+            return d, published
 
     def _copy_in(self, fd: int, st: os.stat_result, hashes: list[str]) -> tuple[Digests, bool]:
-        """The bytes copied into the store, hashed as they are copied (the copy is what is
-        verified and kept); published only when they match."""
-        tmp = self._tmp(hashes[0])
-        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        try:
-            h = MultiHasher()
-            pos = 0
-            while pos < st.st_size:
-                data = os.pread(fd, min(READ_CHUNK, st.st_size - pos), pos)
-                if not data:
-                    raise OSError(errno.ESTALE, "the file shrank while it was copied")
-                h.update(data)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(out, view):]
-                pos += len(data)
-            d = h.digests()
-            if d.blake2b not in hashes:
+        """The bytes copied into the store under a staging name, hashed as they are copied (the
+        copy is what is verified and kept); published only when they match."""
+        with self.store.staging(hashes[0]) as (sfd, tmp):
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                          dir_fd=sfd)
+            try:
+                h = MultiHasher()
+                pos = 0
+                while pos < st.st_size:
+                    data = os.pread(fd, min(READ_CHUNK, st.st_size - pos), pos)
+                    if not data:
+                        raise OSError(errno.ESTALE, "the file shrank while it was copied")
+                    h.update(data)
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(out, view):]
+                    pos += len(data)
+                d = h.digests()
+                if d.blake2b not in hashes:
+                    return d, False
+                os.fdatasync(out)
+                os.fchmod(out, VERIFIED_MODE)
+            finally:
                 os.close(out)
-                out = -1
-                os.unlink(tmp)
-                return d, False
-            os.fdatasync(out)
-            os.close(out)
-            out = -1
-            os.chmod(tmp, VERIFIED_MODE)
-            return d, self._publish(tmp, d.blake2b)
-        except BaseException:
-            if out >= 0:
-                os.close(out)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+            return d, self.store.publish_staged(sfd, tmp, d.blake2b)
 
     def _record(self, group: _Group, d: Digests) -> IndexRecord:
         e = next(it.entry for it in group.items if it.entry.file_hash == d.blake2b)
