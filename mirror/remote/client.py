@@ -199,16 +199,7 @@ class Remote:
 
     async def _document(self, build: Callable[[RemoteSettings], str], what: str, *, limit: int = 64 << 20) -> bytes:
         """GET a small document (a listing page) whole, in memory, however it is framed."""
-        data = bytearray()
-
-        def sink(buf: bytearray, n: int) -> None:
-            try:
-                if len(data) + n > limit:
-                    raise ProtocolError(f"{what}: answer larger than {limit} bytes")
-                data.extend(memoryview(buf)[:n])
-            finally:
-                self.buffers.give(buf)
-
+        data, sink = self._in_memory(limit, f"{what}: answer larger than {limit} bytes")
         await self._call("GET", build, {}, what=what, sink=sink, check=lambda r: r.length)
         return bytes(data)
 
@@ -304,18 +295,24 @@ class Remote:
 
     async def read_all(self, ref: ObjectRef, *, limit: int = 512 << 20, seen: dict | None = None) -> bytes:
         """A whole small object (a manifest, a metadata table) in memory; `seen` as in get_into."""
+        data, sink = self._in_memory(limit, f"s3://{ref.bucket}/{ref.key} is larger than {limit} bytes")
+        await self.get_into(ref, sink, seen=seen)
+        return bytes(data)
+
+    def _in_memory(self, limit: int, too_large: str) -> tuple[bytearray, Sink]:
+        """A sink that collects a small body in memory (giving each buffer back), refusing more
+        than `limit` bytes with `too_large`."""
         data = bytearray()
 
         def sink(buf: bytearray, n: int) -> None:
             try:
                 if len(data) + n > limit:
-                    raise ProtocolError(f"s3://{ref.bucket}/{ref.key} is larger than {limit} bytes")
+                    raise ProtocolError(too_large)
                 data.extend(memoryview(buf)[:n])
             finally:
                 self.buffers.give(buf)
 
-        await self.get_into(ref, sink, seen=seen)
-        return bytes(data)
+        return data, sink
 
 
 # --- transports: one `request` each --------------------------------------------------------------
