@@ -529,6 +529,42 @@ def _collapsed(path: Path) -> dict[tuple[str, ...], int]:
     return out
 
 
+# Categories of a native stack (py-spy --native), first match wins; tested on the whole stack.
+NATIVE_IDLE = re.compile(r"SimpleQueue_get|lock_PyThread_acquire_lock|epoll_wait|sem_wait|sem_timedwait")
+NATIVE_WAIT = re.compile(r"pthread_cond_(timed)?wait|PyThread_acquire_lock_timed|take_gil")  # else: the GIL
+NATIVE_CATEGORIES = (
+    ("decryption (SSL_read into the response buffer)", re.compile(r"SSL_read")),
+    ("ciphertext copied into OpenSSL's memory BIO (MemoryBIO.write, GIL held)", re.compile(r"MemoryBIO_write|BIO_write")),
+    ("BLAKE2b", re.compile(r"blake2b", re.I)),
+    ("xxh3", re.compile(r"XXH3", re.I)),
+    ("socket reads (uvloop's read(2))", re.compile(r"uv__read;read \(|uv__read \([^;]*;read ")),
+    ("file writes (pwritev)", re.compile(r"pwritev|os_pwrite")),
+    ("fdatasync, rename, open, link", re.compile(r"fdatasync|os_replace|renameat|os_open|openat|linkat|os_link")),
+    ("thread hand-offs (waking pool threads, passing the GIL)", re.compile(r"sem_post|pthread_cond_signal|"
+                                                                           r"pthread_cond_broadcast")),
+)
+
+
+def native_shares(stacks: dict[tuple[str, ...], int]) -> tuple[dict[str, float], float]:
+    """Shares (%) of busy samples by category, and GIL waits as % of the busy count."""
+    busy, gil_wait = 0, 0
+    cat: dict[str, int] = {}
+    for st, n in stacks.items():
+        text = ";".join(st)
+        if NATIVE_IDLE.search(text):
+            continue
+        if NATIVE_WAIT.search(text):
+            gil_wait += n
+            continue
+        busy += n
+        name = next((k for k, rx in NATIVE_CATEGORIES if rx.search(text)), "the rest (interpreter, uvloop, h11, ...)")
+        cat[name] = cat.get(name, 0) + n
+    if not busy:
+        return {}, 0.0
+    order = [k for k, _ in NATIVE_CATEGORIES] + ["the rest (interpreter, uvloop, h11, ...)"]
+    return {k: 100 * cat[k] / busy for k in order if k in cat}, 100 * gil_wait / busy
+
+
 def profile_https(ctx: Context, version: str, total: int) -> list[str]:
     """Where vbo-mirror's TLS path spends, when py-spy is installed: one default HTTPS cold
     sync under `py-spy record --gil` (samples only while a thread holds the GIL: GIL-held
@@ -562,28 +598,24 @@ def profile_https(ctx: Context, version: str, total: int) -> list[str]:
     for st, c in gil.items():
         leaf[st[-1]] = leaf.get(st[-1], 0) + c
     top = sorted(leaf.items(), key=lambda kv: -kv[1])[:6]
+    per_gb = n / rate / (total / 1e9)
     out.append(f"- py-spy, one default HTTPS sync each ({rate} Hz): `--gil` saw the GIL held for ~{n / rate:.1f} s "
-               f"(~{n / rate / (total / 1e9):.2f} s per GB; samples x interval, an estimate); its top Python functions "
-               "(self): " + ", ".join(f"`{f}` {100 * c / n:.0f}%" for f, c in top) + ".")
+               f"(~{per_gb:.2f} s per GB, start-up included; samples x interval, an estimate), so one process could "
+               f"move at most ~{1 / per_gb:.1f} GB/s over TLS whatever the cores; its top Python functions (self): "
+               + ", ".join(f"`{f}` {100 * c / n:.0f}%" for f, c in top)
+               + (" (`serve` stands for uvloop's compiled code, which has no Python frames: its SSL protocol, the "
+                  "MemoryBIO copy, the socket callbacks)" if any(f.startswith("LoopThread._ensure") for f, _ in top)
+                  else "") + ".")
     nat = found["native"]
-    nn = sum(nat.values())
-
-    def share(pred) -> float:
-        return 100 * sum(c for st, c in nat.items() if pred(st)) / nn if nn else 0.0
-
-    in_read = share(lambda st: any(f.startswith("read (") and "ssl.py" in f for f in st) or
-                    any("SSL_read" in f for f in st))
-    crypto = share(lambda st: re.search(r"aes|gcm|ghash|gcm_|EVP_Decrypt|EVP_Cipher|CRYPTO_gcm", st[-1], re.I) is not None)
-    blake = share(lambda st: re.search(r"blake2", st[-1], re.I) is not None)
-    copy = share(lambda st: re.search(r"memcpy|memmove", st[-1]) is not None)
-    sysc = share(lambda st: re.search(r"\b(recv|read|write|pwrite|pwrite64|sendmsg|recvmsg|epoll_wait|__libc_\w+|syscall)"
-                                      r"\b", st[-1]) is not None and "ssl.py" not in st[-1])
-    out.append(f"- `--native` (all running threads, C frames): inside ssl's `read` (SSL_read: decryption and "
-               f"the record copy into the caller's buffer) {in_read:.0f}% of samples, of which AES-GCM/GHASH leaf "
-               f"frames {crypto:.0f}%; BLAKE2b {blake:.0f}%; memcpy/memmove leaves {copy:.0f}%; system-call "
-               f"wrappers {sysc:.0f}% (py-spy does not see kernel time: the socket and disk copies show as those "
-               "wrappers). Raw stacks: pyspy-https-gil.txt and pyspy-https-native.txt under the work directory "
-               "(kept with --keep).")
+    shares, waits = native_shares(nat)
+    if shares:
+        out.append("- `--native` (every thread, C frames; waits taken out): "
+                   + ", ".join(f"{k} {v:.0f}%" for k, v in shares.items())
+                   + f" of the busy samples. Not counted in them: samples of a thread waiting to take the GIL back "
+                   f"(mostly the loop thread after SSL_read, while hashing and writing threads hold it), as many as "
+                   f"{waits:.0f}% of the busy ones. py-spy sees no kernel stacks: a system call's kernel time counts as "
+                   "its libc wrapper. "
+                   "Raw stacks: pyspy-https-gil.txt, pyspy-https-native.txt in the work directory (--keep).")
     return out
 
 
