@@ -147,3 +147,21 @@ def test_redirects_that_cannot_be_followed_stop_the_run_in_one_line(location, wo
     err, hits = asyncio.run(go())
     assert words in str(err) and not err.retry and err.outcome is Action.STOP_RUN
     assert hits == (2 if location == "/bucket/again" else 1)
+
+
+def test_an_unusable_proxy_in_the_environment_stops_only_what_would_use_it(sandbox, tmp_path, monkeypatch):
+    """`all_proxy=socks5://...` set for other tools: commands that need no network, and
+    endpoints NO_PROXY sends direct, are not stopped; a request that would go through it is,
+    in one line naming the variable (exit 2). An explicit --proxy is checked at once."""
+    from conftest import Cli
+
+    cli = Cli(sandbox.url, tmp_path / "cache")
+    cli("sync", "--version", "0.1.0", "--tables-only")
+    monkeypatch.setenv("all_proxy", "socks5://127.0.0.1:1080")
+    assert cli("status").exit_code == 0 and cli("--offline", "manifests", "list").exit_code == 0
+    r = cli("manifests", "list", expect=2)
+    assert "all_proxy" in r.stderr and "only http:// proxies" in r.stderr and "--no-proxy" in r.stderr
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    cli("manifests", "list")
+    r = cli("--proxy", "socks5://x:1", "status", expect=2)
+    assert "--proxy" in r.stderr

@@ -260,9 +260,11 @@ def test_a_proxy_that_wants_credentials(sandbox, tmp_path, monkeypatch):
 
 
 def test_an_unusable_proxy_setting_is_bad_input(sandbox, tmp_path, monkeypatch):
-    monkeypatch.setenv("HTTPS_PROXY", "socks5://127.0.0.1:1080")
+    monkeypatch.setenv("HTTPS_PROXY", "socks5://127.0.0.1:1080")  # for https URLs: not this http endpoint's
+    Cli(sandbox.url, tmp_path / "cache")("manifests", "list")
+    monkeypatch.setenv("HTTP_PROXY", "socks5://127.0.0.1:1080")
     r = Cli(sandbox.url, tmp_path / "cache")("manifests", "list", expect=2)
-    assert "HTTPS_PROXY" in r.stderr and "only http:// proxies" in r.stderr
+    assert "HTTP_PROXY" in r.stderr and "only http:// proxies" in r.stderr
     r = Cli(sandbox.url, tmp_path / "cache")("--proxy", "http://x:1", "--no-proxy", "manifests", "list", expect=2)
     assert "contradict" in r.stderr
 

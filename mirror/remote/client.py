@@ -93,7 +93,10 @@ class Remote:
             port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError:
             return None
-        proxy = self.proxies.select(parts.scheme, parts.hostname or "", port)
+        try:
+            proxy = self.proxies.select(parts.scheme, parts.hostname or "", port)
+        except MirrorError:  # an unusable proxy setting: said where it is used, not in another message
+            return None
         return f"{proxy.url} (from {proxy.source})" if proxy else None
 
     # --- signing -------------------------------------------------------------------------------

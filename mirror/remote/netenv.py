@@ -28,8 +28,17 @@ CA_ENV = ("AWS_CA_BUNDLE", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
 DEFAULT_PROXY_PORT = 1080
 
 
-class ProxySettingError(ValueError):
-    """A proxy variable or option that cannot be used; the message names it."""
+def _input_error():
+    from ..errors import InputError
+
+    return InputError
+
+
+class ProxySettingError(_input_error()):
+    """A proxy variable or option that cannot be used; the message names it. From the
+    environment it is raised when a request would go through that proxy (a command that
+    needs no network, or goes direct by NO_PROXY, is not stopped by an `all_proxy=socks5://`
+    meant for other tools); from --proxy / `proxy=`, at once."""
 
 
 @dataclass(frozen=True)
@@ -132,8 +141,8 @@ class ProxyConfig:
     """Which proxy (if any) a URL goes through. `explicit` (--proxy, `proxy=`) takes every
     URL the no-proxy list does not bypass; `disabled` (--no-proxy, `proxy=""`) goes direct."""
 
-    https: Proxy | None = None
-    http: Proxy | None = None
+    https: Proxy | ProxySettingError | None = None
+    http: Proxy | ProxySettingError | None = None
     no_proxy: NoProxy = NoProxy()
 
     @classmethod
@@ -149,24 +158,35 @@ class ProxyConfig:
             return cls(proxy, proxy, no_proxy)
         https_value, https_src = _env("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", environ=environ)
         http_value, http_src = _env("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", environ=environ)
-        return cls(parse_proxy(https_value, https_src) if https_value else None,
-                   parse_proxy(http_value, http_src) if http_value else None, no_proxy)
+        return cls(_parsed_or_error(https_value, https_src), _parsed_or_error(http_value, http_src), no_proxy)
 
     def select(self, scheme: str, host: str, port: int) -> Proxy | None:
         proxy = self.https if scheme == "https" else self.http
         if proxy is None or self.no_proxy.bypasses(host, port):
             return None
+        if isinstance(proxy, ProxySettingError):
+            raise proxy
         return proxy
 
 
-def proxy_config(proxy: str | None) -> ProxyConfig:
-    """The proxies of a run; a variable or option that cannot be used is an InputError."""
-    from ..errors import InputError
+def _parsed_or_error(value: str | None, source: str | None) -> Proxy | ProxySettingError | None:
+    if not value:
+        return None
+    try:
+        return parse_proxy(value, source)
+    except ProxySettingError as exc:
+        exc.hint = "set it to an http:// proxy, or --no-proxy to connect directly"
+        return exc
 
+
+def proxy_config(proxy: str | None) -> ProxyConfig:
+    """The proxies of a run; an explicit proxy that cannot be used is refused here (exit 2),
+    one from the environment when a request would use it."""
     try:
         return ProxyConfig.from_env(explicit=proxy)
     except ProxySettingError as exc:
-        raise InputError(str(exc), hint="e.g. HTTPS_PROXY=http://proxy.example.org:3128 (or --no-proxy)") from None
+        exc.hint = "e.g. --proxy http://proxy.example.org:3128 (or --no-proxy)"
+        raise
 
 
 def ca_bundle(environ=os.environ) -> tuple[str | None, str | None]:
