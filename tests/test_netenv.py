@@ -165,3 +165,28 @@ def test_an_unusable_proxy_in_the_environment_stops_only_what_would_use_it(sandb
     cli("manifests", "list")
     r = cli("--proxy", "socks5://x:1", "status", expect=2)
     assert "--proxy" in r.stderr
+
+
+@pytest.mark.parametrize("transport", ["lean", "aiohttp"])
+def test_a_ranged_answer_longer_than_its_range_never_writes_past_it(transport):
+    """A proxy that re-frames (chunked) and sends more than the Content-Range: the sink gets
+    the range's bytes and not one more (the rest would land on the next part's bytes)."""
+    from mirror.remote import Remote
+
+    answer = (b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-3/10\r\nTransfer-Encoding: chunked\r\n\r\n"
+              b"6\r\nabcdef\r\n0\r\n\r\n")
+
+    async def go():
+        async with OneShot(answer) as srv:
+            settings = RemoteSettings(bucket="b", region="us-west-2", endpoint_url=srv.url, transport=transport)
+            async with Remote(settings) as remote:
+                got = bytearray()
+
+                def sink(buf, n):
+                    got.extend(memoryview(buf)[:n])
+                    remote.buffers.give(buf)
+
+                await remote.get_into(ObjectRef("b", "k", "v"), sink, start=0, end=4, size=10)
+                return bytes(got)
+
+    assert asyncio.run(go()) == b"abcd"

@@ -392,7 +392,7 @@ class _Aiohttp:
                     return dataclasses.replace(r, error_body=body)
                 expect = check(r) if check is not None else None
                 if sink is not None and framing != "none":
-                    got = await _copy_into_buffers(resp.content, sink, pool, self.bucket)
+                    got = await _copy_into_buffers(resp.content, sink, pool, self.bucket, limit=expect)
                     if expect is not None and got != expect:
                         raise ProtocolError(f"the body has {got} bytes, {expect} were announced")
                 return r
@@ -403,9 +403,12 @@ class _Aiohttp:
             raise ProxyFailed(f"cannot reach the proxy {proxy.url} (from {proxy.source}): {exc}", proxy) from exc
 
 
-async def _copy_into_buffers(content, sink: Sink, pool: BufferPool, bucket: TokenBucket | None = None) -> int:
+async def _copy_into_buffers(content, sink: Sink, pool: BufferPool, bucket: TokenBucket | None = None, *,
+                             limit: int | None = None) -> int:
     """aiohttp hands over its own chunks: copy them into pool buffers for the sink (the extra
-    copy is this transport's price). Returns the bytes copied."""
+    copy is this transport's price). Returns the bytes copied; never more than `limit` reach
+    the sink (the excess of a longer body would land on another part's range: it is dropped,
+    and the connection with it)."""
     loop = asyncio.get_running_loop()
     buf: bytearray | None = None
     fill = 0
@@ -419,7 +422,13 @@ async def _copy_into_buffers(content, sink: Sink, pool: BufferPool, bucket: Toke
                 continue
             if bucket is not None:
                 await bucket.wait(len(chunk))
-            total += len(chunk)
+            if limit is not None and total + len(chunk) > limit:
+                chunk = chunk[:limit - total]
+                total = limit
+                over = True
+            else:
+                total += len(chunk)
+                over = False
             view = memoryview(chunk)
             while view:
                 if buf is None:
@@ -442,6 +451,8 @@ async def _copy_into_buffers(content, sink: Sink, pool: BufferPool, bucket: Toke
                 if fill == len(buf):
                     out, buf = buf, None
                     sink(out, fill)
+            if over:
+                break
     finally:
         if buf is not None:
             if fill:

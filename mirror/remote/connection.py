@@ -345,12 +345,20 @@ class _Connection(asyncio.BufferedProtocol):
                 n = min(len(pending), len(buf) - self._fill)
                 if self._cap is not None:
                     n = min(n, self._cap - self._got)
+                # Never a byte past what must come: the sink writes where the range says, and
+                # bytes beyond it would land on another part's. As with Content-Length, the body
+                # is what was announced and the stream is out of step: the connection goes.
+                over = self._limit is not None and n > self._limit - self._got
+                if over:
+                    n = self._limit - self._got
                 buf[self._fill:self._fill + n] = pending[:n]
                 self._fill += n
                 self._got += n
                 self._pending = pending[n:] if n < len(pending) else None
-                if self._limit is not None and self._got > self._limit:
-                    self._break(BadResponse(f"the body is longer than the {self._limit} bytes announced"))
+                if over:
+                    self._pending = None
+                    self.keep_alive = False
+                    self._end_slow()
                     return
                 if self._cap is not None and self._got >= self._cap:
                     self.keep_alive = False  # the rest of an overlong error document goes with the connection
