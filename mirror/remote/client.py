@@ -18,7 +18,7 @@ from ..errors import MirrorError, ProtocolError, Redirected, RegionWarning, Wron
 from ..limits import Limits
 from . import listing
 from .http import HttpClient
-from .wire import ERROR_BODY_MAX, BufferPool, ProxyFailed, Response, Sink, xml_text
+from .wire import ERROR_BODY_MAX, BufferPool, ProxyFailed, Response, Sink, framing_of, xml_text
 from .netenv import ProxyConfig, host_header, proxy_config
 from .ratelimit import TokenBucket
 from .translate import from_exception, from_status
@@ -88,14 +88,9 @@ class Remote:
 
     def _proxied(self) -> str | None:
         """The proxy requests to the endpoint go through, as users name it (for messages)."""
-        parts = urlsplit(self.settings.base_url)
         try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError:
-            return None
-        try:
-            proxy = self.proxies.select(parts.scheme, parts.hostname or "", port)
-        except MirrorError:  # an unusable proxy setting: said where it is used, not in another message
+            proxy = self.proxies.for_url(self.settings.base_url)
+        except (ValueError, MirrorError):  # a bad port, or an unusable proxy setting: said where it is used
             return None
         return f"{proxy.url} (from {proxy.source})" if proxy else None
 
@@ -363,8 +358,7 @@ class _Aiohttp:
                       pool: BufferPool, check) -> Response:
         import aiohttp
 
-        parts = urlsplit(url)
-        proxy = self.proxies.select(parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+        proxy = self.proxies.for_url(url)
         kwargs = {}
         if proxy is not None:
             kwargs["proxy"] = proxy.url
@@ -377,14 +371,8 @@ class _Aiohttp:
                 for k, v in resp.headers.items():
                     k = k.lower()
                     names[k] = f"{names[k]}, {v}" if k in names else v
-                length = names.get("content-length")
-                if method == "HEAD" or resp.status in (204, 304):
-                    framing = "none"
-                elif "transfer-encoding" in names:
-                    framing, length = "chunked", None
-                else:
-                    framing = "length" if length is not None else "close"
-                r = Response(resp.status, names, resp.reason or "", framing, int(length) if length else None, url=url)
+                framing, length = framing_of(method, resp.status, names)
+                r = Response(resp.status, names, resp.reason or "", framing, length, url=url)
                 if not 200 <= resp.status < 300:
                     body = b""
                     with contextlib.suppress(Exception):

@@ -31,7 +31,7 @@ import ssl
 from urllib.parse import urlsplit
 
 from .connection import _BODY, _DEAD, _DONE, _HEAD, _HEADERS, _IDLE, _READING, _SLOW, _Connection
-from .netenv import Proxy, ProxyConfig, host_header, ssl_context
+from .netenv import Proxy, ProxyConfig, host_header, port_of, ssl_context
 from .ratelimit import TokenBucket
 # The client's errors and buffers are part of what it offers (tests and callers import them from here).
 from .wire import (ERROR_BODY_MAX, FLUSH_ALIGN, USER_AGENT, BadResponse, BufferPool, ConnectFailed,  # noqa: F401
@@ -250,24 +250,21 @@ class HttpClient:
                 return c
         return None
 
-    def request(self, method: str, url: str, headers: dict[str, str]):
+    def get(self, url: str, headers: dict[str, str]):
+        return self.request("GET", url, headers)
+
+    @contextlib.asynccontextmanager
+    async def request(self, method: str, url: str, headers: dict[str, str]):
         """Send a request; yield an `Exchange` once the final status and headers are in (1xx
         skipped). The body must be read (`read_into` / `read_error_body`) inside the block;
         the connection goes back to the pool only when its body was read whole and the server
         keeps it alive. A `Host` in `headers` is sent as given (a signature covers it)."""
-        return self._request(method, url, headers)
-
-    def get(self, url: str, headers: dict[str, str]):
-        return self._request("GET", url, headers)
-
-    @contextlib.asynccontextmanager
-    async def _request(self, method: str, url: str, headers: dict[str, str]):
         parts = urlsplit(url)
         scheme = parts.scheme
         if scheme not in ("http", "https") or not parts.hostname:
             raise BadResponse(f"unsupported URL {url!r}")
         try:
-            port = parts.port or (443 if scheme == "https" else 80)
+            port = port_of(parts)
         except ValueError:
             raise BadResponse(f"bad port in {url!r}") from None
         host = parts.hostname

@@ -160,6 +160,11 @@ class ProxyConfig:
         http_value, http_src = _env("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", environ=environ)
         return cls(_parsed_or_error(https_value, https_src), _parsed_or_error(http_value, http_src), no_proxy)
 
+    def for_url(self, url: str) -> Proxy | None:
+        """`select` for a URL (its port, or the scheme's default); a bad port is a ValueError."""
+        parts = urlsplit(url)
+        return self.select(parts.scheme, parts.hostname or "", port_of(parts))
+
     def select(self, scheme: str, host: str, port: int) -> Proxy | None:
         proxy = self.https if scheme == "https" else self.http
         if proxy is None or self.no_proxy.bypasses(host, port):
@@ -208,11 +213,19 @@ def ssl_context():
         raise ProxySettingError(f"{var}={path!r}: cannot load the CA bundle ({exc})") from None
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def port_of(parts) -> int:
+    """The port a split URL names, or its scheme's default (a bad port is a ValueError)."""
+    return parts.port or DEFAULT_PORTS[parts.scheme]
+
+
 def host_header(scheme: str, host: str, port: int | None) -> str:
     """The Host header for a URL, exactly as botocore's signer computes it (so a signature
     made for it matches what is sent): IPv6 literals bracketed, the scheme's default port
     left out."""
     name = f"[{host}]" if ":" in host else host
-    if port is None or port == {"http": 80, "https": 443}.get(scheme):
+    if port is None or port == DEFAULT_PORTS.get(scheme):
         return name
     return f"{name}:{port}"

@@ -30,9 +30,8 @@ _SLOW_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExc
 
 def from_status(status: int, *, what: str, code: str | None = None, proxied: str | None = None) -> RemoteError:
     if status == 407:
-        return ProxyAuthRequired(f"{what}: the proxy {proxied or ''} asks for credentials (HTTP 407)".replace("  ", " "),
-                                 hint="put them in the proxy URL: HTTPS_PROXY=http://USER:PASSWORD@HOST:PORT "
-                                      "(or --proxy)")
+        return _credentials_wanted(f"{what}: the proxy{' ' + proxied if proxied else ''} asks for credentials "
+                                   "(HTTP 407)")
     if status == 408 or code == "RequestTimeout":
         # The server gave up waiting for our request (RFC 9110 15.5.9; S3 says it as 400
         # RequestTimeout): sending it again is what it asks for.
@@ -76,11 +75,15 @@ def unreachable(url: str, connect_timeout: float, reason: object, proxied: str |
     return EndpointUnreachable(f"cannot reach {url}{via} (connect timeout {connect_timeout:g}s): {reason}", hint=hint)
 
 
+def _credentials_wanted(message: str) -> ProxyAuthRequired:
+    """A 407, from a tunnel (https) or an answer (http through the proxy): one message."""
+    return ProxyAuthRequired(message, hint="put them in the proxy URL: HTTPS_PROXY=http://USER:PASSWORD@HOST:PORT "
+                                           "(or --proxy)")
+
+
 def proxy_failed(exc: "http.ProxyFailed", what: str) -> RemoteError:
     if exc.status == 407:
-        return ProxyAuthRequired(f"{what}: {exc} (the proxy asks for credentials)",
-                                 hint="put them in the proxy URL: HTTPS_PROXY=http://USER:PASSWORD@HOST:PORT "
-                                      "(or --proxy)")
+        return _credentials_wanted(f"{what}: {exc} (the proxy asks for credentials)")
     if exc.status is not None:
         return ProxyUnreachable(f"{what}: {exc}",
                                 hint="the proxy could not reach the endpoint or does not allow it: check "

@@ -106,17 +106,22 @@ def _response(event: h11.Response, method: str) -> Response:
         text = value.decode("latin-1")
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
     status = event.status_code
-    length = None
-    if method == "HEAD" or status in (204, 304) or (method == "CONNECT" and 200 <= status < 300):
-        framing = "none"
-    elif "transfer-encoding" in headers:
-        framing = "chunked"  # h11 accepts no other transfer coding (and it beats Content-Length)
-    elif "content-length" in headers:
-        framing = "length"
-        length = int(headers["content-length"])  # h11 checked: digits only, duplicates equal
-    else:
-        framing = "close"
+    framing, length = framing_of(method, status, headers)  # h11 checked Content-Length: digits, duplicates equal
     return Response(status, headers, event.reason.decode("latin-1", "replace"), framing, length)
+
+
+def framing_of(method: str, status: int, headers: dict[str, str]) -> tuple[str, int | None]:
+    """How an answer's body is delimited (RFC 9112 6.3), for every transport: ("none", None)
+    for HEAD, 204, 304 and a tunnel opened; ("chunked", None) when a transfer coding is named
+    (it beats Content-Length); ("length", n); else ("close", None). `headers`: lower-case
+    names, their Content-Length already checked by the parser that read them."""
+    if method == "HEAD" or status in (204, 304) or (method == "CONNECT" and 200 <= status < 300):
+        return "none", None
+    if "transfer-encoding" in headers:
+        return "chunked", None
+    if "content-length" in headers:
+        return "length", int(headers["content-length"])
+    return "close", None
 
 
 def _keeps_alive(event: h11.Response) -> bool:
