@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 KiB = 1 << 10
 MiB = 1 << 20
+PART_ALIGN = 4 * KiB  # parts are written with O_DIRECT: whole 4 KiB blocks
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Limits:
             raise ValueError("jobs must be at least 1")
         if self.connections is not None and self.connections < 1:
             raise ValueError("connections must be at least 1")
-        if self.part_size < 64 * KiB or self.part_size % (4 * KiB):
+        if self.part_size < 64 * KiB or self.part_size % PART_ALIGN:
             raise ValueError("part size must be a multiple of 4 KiB, at least 64 KiB (e.g. 8MiB)")
         if self.buffer_size is not None and self.buffer_size < 16 * KiB:
             raise ValueError("buffer size must be at least 16 KiB")

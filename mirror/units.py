@@ -9,11 +9,11 @@ from __future__ import annotations
 import re
 
 from .errors import InputError
+from .limits import PART_ALIGN
 
 _PREFIX = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
 _GRAMMAR = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(?:([kmgt])(i)?)?\s*(b|bytes?|bits?)?\s*(/\s*s|ps)?\s*$",
                       re.I)
-ALIGN = 4096  # parts are written with O_DIRECT: whole 4 KiB blocks
 
 
 def _parse(text: str, *, what: str, rate: bool) -> tuple[float, bool]:
@@ -52,7 +52,7 @@ def parse_rate(text: str, *, what: str = "--bwlimit", minimum: float = 1024) -> 
 def align_part_size(size: int, *, what: str = "--part-size", text: str | None = None) -> tuple[int, str | None]:
     """A part size rounded to whole 4 KiB blocks (direct I/O writes them), and a note saying so
     when it changed."""
-    aligned = max(ALIGN, round(size / ALIGN) * ALIGN)
+    aligned = max(PART_ALIGN, round(size / PART_ALIGN) * PART_ALIGN)
     if aligned == size:
         return size, None
     return aligned, (f"{what} {text or size}: {size:,} bytes, rounded to {aligned:,} "

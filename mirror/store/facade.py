@@ -22,7 +22,7 @@ from pathlib import Path
 from ..errors import StoreError, ViewBlocked
 from .fsutil import atomic_write, atomic_write_at, store_error
 from .index import IndexRecord, StateIndex
-from .layout import CacheLayout
+from .layout import CacheLayout, looks_like_manifest
 from .objects import ObjectStore, Partial, ResumeState
 from .views import Linker
 
@@ -195,7 +195,7 @@ class Store:
         try:
             atomic_write_at(dfd, name, data, shown=target, durable=True)
             for other in os.listdir(dfd):
-                if other != name and other.endswith(".json") and "_manifest_v" in other:
+                if other != name and looks_like_manifest(other):
                     with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                         os.unlink(other, dir_fd=dfd)  # unlinkat: a symlink there goes, never its target
         finally:

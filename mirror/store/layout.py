@@ -28,6 +28,12 @@ META = ".vbo-mirror"
 LAST_USED = "_manifest_last_used.txt"
 
 
+def looks_like_manifest(name: str) -> bool:
+    """A file name of the cloud-cache manifests (`<project>_manifest_v<semver>.json`), by shape:
+    the store knows no dataset's exact pattern."""
+    return name.endswith(".json") and "_manifest_v" in name
+
+
 class CacheLayout:
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root).expanduser().absolute()
@@ -46,7 +52,7 @@ class CacheLayout:
             return True
         try:
             with os.scandir(self.root) as it:
-                return any(e.name.endswith(".json") and "_manifest_v" in e.name for e in it)
+                return any(looks_like_manifest(e.name) for e in it)
         except (FileNotFoundError, NotADirectoryError):
             return False
 

@@ -308,10 +308,7 @@ class ObjectStore:
         if hashlib.blake2b(data).hexdigest() != file_hash:
             raise IntegrityError(f"refusing to store content whose BLAKE2b is not {file_hash[:16]}…")
         final = self.path(file_hash)
-        try:
-            dfd, name = self.layout.open_parent(final, create=True)  # no symlinked directory followed
-        except OSError as exc:
-            raise store_error(exc, f"writing {final}") from exc
+        dfd, name = self._object_dir(final, f"writing {final}")
         try:
             atomic_write_at(dfd, name, data, shown=final, mode=0o444, durable=True)
         finally:
@@ -330,12 +327,7 @@ class ObjectStore:
         import secrets
 
         final = self.path(file_hash)
-        try:
-            dfd, _ = self.layout.open_parent(final, create=True)
-        except (StoreError, FileNotFoundError):
-            raise
-        except OSError as exc:
-            raise store_error(exc, f"opening the store's directory of {final}") from exc
+        dfd, _ = self._object_dir(final, f"opening the store's directory of {final}")
         tmp = f".vbo-tmp-{os.getpid()}-{secrets.token_hex(4)}"
         try:
             yield dfd, tmp
@@ -351,7 +343,7 @@ class ObjectStore:
         goes, the object stays (True if it was this very inode: an object published unverified
         whose view this was, verified now)."""
         final = self.path(file_hash)
-        dfd, name = self.layout.open_parent(final, create=True)
+        dfd, name = self._object_dir(final, f"publishing {final}")
         try:
             try:
                 obj = os.stat(name, dir_fd=dfd, follow_symlinks=False)
@@ -368,6 +360,14 @@ class ObjectStore:
             return True
         finally:
             os.close(dfd)
+
+    def _object_dir(self, final: Path, what: str) -> tuple[int, str]:
+        """The directory `final` goes in, made if needed and reached from cache_dir without
+        following a symlink (layout.open_parent), held open; an OS error is the store's."""
+        try:
+            return self.layout.open_parent(final, create=True)
+        except OSError as exc:
+            raise store_error(exc, what) from exc
 
     def remove(self, file_hash: str) -> None:
         path = self.path(file_hash)
