@@ -75,20 +75,22 @@ def _run_with_progress(c: Ctx, fn, stats_every: float = 10.0):
 
 
 def _summary_text(s: dict) -> str:
-    if s.get("shard"):
-        return _shard_summary_text(s)
-    text = (f"{s['files']} files: {s['files_fetched']} fetched ({human_bytes(s['bytes_fetched'])}"
-            + (f", {human_bytes(s['bytes_resumed'])} resumed" if s['bytes_resumed'] else "")
-            + f"), {s['files_linked']} linked ({human_bytes(s['bytes_linked'])}), {s['files_present']} already present"
-            + (f", {s['removed']} stray views removed" if s['removed'] else "")
-            + f" in {s['seconds']:.1f}s ({s['mb_per_s']:.1f} MB/s)"
-            + (f", {s['retries']} retries" if s['retries'] else ""))
+    text = _shard_counts(s) if s.get("shard") else _counts(s)
     if s["failures"]:
         text += f"\n{len(s['failures'])} files FAILED:" + "".join(f"\n  {f['key']}: {f['message']}" for f in s["failures"])
     return text
 
 
-def _shard_summary_text(s: dict) -> str:
+def _counts(s: dict) -> str:
+    return (f"{s['files']} files: {s['files_fetched']} fetched ({human_bytes(s['bytes_fetched'])}"
+            + (f", {human_bytes(s['bytes_resumed'])} resumed" if s['bytes_resumed'] else "")
+            + f"), {s['files_linked']} linked ({human_bytes(s['bytes_linked'])}), {s['files_present']} already present"
+            + (f", {s['removed']} stray views removed" if s['removed'] else "")
+            + f" in {s['seconds']:.1f}s ({s['mb_per_s']:.1f} MB/s)"
+            + (f", {s['retries']} retries" if s['retries'] else ""))
+
+
+def _shard_counts(s: dict) -> str:
     """What this process did, in counts that add up: its part (the objects it was given:
     fetched + made from other shards' objects + failed), the rest of the selection every shard
     makes sure of (linked from the store, present), and other shards' parts (fetched here,
@@ -109,10 +111,7 @@ def _shard_summary_text(s: dict) -> str:
                      f"from their objects, {others['left_views']} left to the shards fetching them")
     if s["retries"]:
         lines.append(f"  {s['retries']} retries")
-    text = "\n".join(lines)
-    if s["failures"]:
-        text += f"\n{len(s['failures'])} files FAILED:" + "".join(f"\n  {f['key']}: {f['message']}" for f in s["failures"])
-    return text
+    return "\n".join(lines)
 
 
 @main.command("sync", short_help="Fetch, verify and link files of a version.")
