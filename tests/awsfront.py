@@ -205,8 +205,6 @@ class AwsFront(LoopThread):
         method = request.method.decode()
         target = request.target.decode()
         parts = urlsplit(target)
-        query = parse_qs(parts.query, keep_blank_values=True)
-        listing = "list-type" in query or "versions" in query or parts.path.rstrip("/").count("/") <= 1
         close = self._rng.random() < self.close_rate
         self.counts[("second" if second else "first", method)] += 1
         self.counts["via" if any(k.lower() == b"via" for k, _ in request.headers) else "direct"] += 1
@@ -222,14 +220,16 @@ class AwsFront(LoopThread):
                 return await self._moved(conn, writer, method, self.home_region, close)
             if aws["bucket"]:  # virtual-hosted: the bucket is in the name, path-style upstream
                 target = f"/{aws['bucket']}{target}"
-                parts = urlsplit(target)
-                listing = "list-type" in query or "versions" in query or parts.path.rstrip("/").count("/") <= 1
         if self.regions is not None:
             home = self.regions[0]
             region, _, rest = parts.path.lstrip("/").partition("/")
             if region != home:
                 return await self._moved(conn, writer, method, home, close)
             target = "/" + rest + (f"?{parts.query}" if parts.query else "")
+        # What moto is asked for, path-style: /bucket/ (+ a listing's query) or /bucket/key.
+        parts = urlsplit(target)
+        query = parse_qs(parts.query, keep_blank_values=True)
+        listing = "list-type" in query or "versions" in query or parts.path.rstrip("/").count("/") <= 1
         if (self.redirect_first_get and not second and method == "GET" and not listing
                 and parts.path not in self._redirected):
             self._redirected.add(parts.path)
