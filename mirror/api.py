@@ -136,6 +136,12 @@ class Mirror:
                              hint="check --cache-dir / VBO_MIRROR_CACHE_DIR; `vbo-mirror sync` makes a mirror there")
         return layout
 
+    def _lock(self, command: str, *, wait: bool, shared: bool = False, timeout: float | None = None) -> CacheLock:
+        """The cache lock, taken here for every command that needs it (and only here): exclusive,
+        or shared by the shards of one sync."""
+        return CacheLock(self.need_layout().lock_path, wait=wait, timeout=timeout, on_wait=self.session.on_status,
+                         command=command, shared=shared)
+
     def _call(self, fn: Callable[[Session], Awaitable[T]]) -> T:
         return self._loop.run(lambda: fn(self.session))
 
@@ -166,7 +172,7 @@ class Mirror:
     def manifest(self, version: str | None = None) -> Manifest:
         """The manifest of `version`, or of the current one; on a cache_dir with none in use,
         the latest is loaded and pinned (as AllenSDK does on a fresh cache_dir)."""
-        return self._call(lambda s: s.manifest(s.catalog(), version))
+        return self._call(lambda s: s.manifest(version))
 
     def manifest_summary(self, version: str | None = None) -> dict[str, Any]:
         """Counts of files, total bytes (from the S3 listing of object versions; from cache_dir
@@ -174,10 +180,7 @@ class Mirror:
         return self._call(lambda s: s.manifest_summary(version))
 
     def diff_manifests(self, a: str, b: str) -> ManifestDiff:
-        async def go(s: Session) -> ManifestDiff:
-            return (await s.diff(a, b))[0]
-
-        return self._call(go)
+        return self._call(lambda s: s.diff(a, b))
 
     def compare_manifests(self, a: str, b: str) -> str:
         """AllenSDK's message: `... changed/created/deleted`, `... renamed ...`, metadata first."""
@@ -185,7 +188,7 @@ class Mirror:
 
     def compare_manifests_detail(self, a: str, b: str) -> dict[str, Any]:
         """The structured diff, with the bytes each change moves (None where unknown)."""
-        return self._call(lambda s: s.compare_detail(a, b))
+        return self._call(lambda s: s.diff(a, b, detail=True))
 
     # --- metadata tables -------------------------------------------------------------------
 
@@ -194,21 +197,11 @@ class Mirror:
 
     def get_table(self, name: str, *, version: str | None = None) -> pa.Table:
         """One metadata table as Arrow, fetched on demand and verified against the manifest."""
-
-        async def go(s: Session) -> pa.Table:
-            cat = s.catalog()
-            return await s.table(cat, await s.manifest(cat, version), name)
-
-        return self._call(go)
+        return self._call(lambda s: s.table(version, name))
 
     def get_table_bytes(self, name: str, *, version: str | None = None) -> bytes:
         """The table's CSV exactly as released (verified against the manifest's BLAKE2b)."""
-
-        async def go(s: Session) -> bytes:
-            cat = s.catalog()
-            return await s.table_bytes(cat, await s.manifest(cat, version), name)
-
-        return self._call(go)
+        return self._call(lambda s: s.table(version, name, raw=True))
 
     def table_path(self, name: str, *, version: str | None = None) -> Path:
         """Where the table's CSV sits in the AllenSDK layout (fetched if needed)."""
@@ -254,10 +247,8 @@ class Mirror:
         A `Selection` picks files by metadata (`where`, `ids`) and/or one shard of them:
         shards of one selection run at the same time into one cache_dir."""
         selection = version if isinstance(version, Selection) else Selection(version)
-        layout = self.need_layout()
         command = "vbo-mirror sync" + (f" --shard {selection.shard}" if selection.shard else "")
-        with CacheLock(layout.lock_path, wait=wait, on_wait=self.session.on_status, command=command,
-                       shared=selection.shard is not None):
+        with self._lock(command, wait=wait, shared=selection.shard is not None):
             return self._call(lambda s: s.sync(selection, limits=limits, verify=verify, link_mode=link_mode,
                                                policy=policy, on_event=on_event, on_start=on_start))
 
@@ -285,7 +276,14 @@ class Mirror:
                       on_event: Callable[[Event], None] | None = None) -> Path:
         """Raises the file's own error when it cannot be fetched (ObjectNotFound, AccessDenied,
         IntegrityError, ...)."""
-        return self._call(lambda s: s.get_file(kind, item_id, version, on_event=on_event))
+        path, todo = self._call(lambda s: s.locate(kind, item_id, version))  # outside the lock: looks only
+        if todo is not None:
+            # Waits (up to 10 min) for a running sync rather than refuse: `get` is what a notebook calls.
+            with self._lock("vbo-mirror get", wait=True, timeout=600):
+                stats = self._call(lambda s: s.fetch(todo, on_event=on_event))
+            if stats.failures:
+                raise stats.failures[0].error  # its own type: ObjectNotFound, IntegrityError, ...
+        return path
 
     # --- looking at the mirror -------------------------------------------------------------------
 
@@ -312,7 +310,7 @@ class Mirror:
             # Nobody can write there meanwhile: no lock needed, and the check only reports.
             return self._call(lambda s: s.verify(fast=fast, jobs=jobs, on_event=on_event, read_only=True))
         command = "vbo-mirror verify" + (" --repair" if repair else "")
-        with CacheLock(layout.lock_path, wait=wait, on_wait=self.session.on_status, command=command):
+        with self._lock(command, wait=wait):
             return self._call(lambda s: s.verify(fast=fast, repair=repair, jobs=jobs, on_event=on_event,
                                                  confirm=confirm))
 
@@ -325,15 +323,13 @@ class Mirror:
         if not keep:
             raise InputError("prune needs at least one version to keep (--keep VERSION)",
                              hint="to remove only what no manifest needs, use gc")
-        layout = self.need_layout()
-        with CacheLock(layout.lock_path, wait=wait, on_wait=self.session.on_status, command="vbo-mirror prune"):
+        with self._lock("vbo-mirror prune", wait=wait):
             return self._call(lambda s: s.prune(list(keep), dry_run=dry_run, confirm=confirm))
 
     def gc(self, *, dry_run: bool = False, wait: bool = False) -> dict[str, Any]:
         """Remove store objects that no manifest in cache_dir names, partial downloads of such
         objects, and temporaries of interrupted runs (exclusive cache lock)."""
-        layout = self.need_layout()
-        with CacheLock(layout.lock_path, wait=wait, on_wait=self.session.on_status, command="vbo-mirror gc"):
+        with self._lock("vbo-mirror gc", wait=wait):
             return self._call(lambda s: s.prune(None, dry_run=dry_run))
 
     def adopt(self, *, dry_run: bool = False, jobs: int = 2, wait: bool = False) -> dict[str, Any]:
@@ -341,13 +337,10 @@ class Mirror:
         whose BLAKE2b is the manifest's becomes a hard-linked view of a store object (its
         symlinks too), nothing is fetched, and AllenSDK still opens the directory. What does
         not match is reported; the next sync fetches it. Exclusive cache lock."""
-        layout = self.need_layout()
-        with CacheLock(layout.lock_path, wait=wait, on_wait=self.session.on_status, command="vbo-mirror adopt"):
+        with self._lock("vbo-mirror adopt", wait=wait):
             return self._call(lambda s: s.adopt(dry_run=dry_run, jobs=jobs))
 
     def rebuild_index(self, *, jobs: int = 2, wait: bool = False) -> dict[str, Any]:
         """Rebuild the state index from the store: every object is read and verified."""
-        layout = self.need_layout()
-        with CacheLock(layout.lock_path, wait=wait, on_wait=self.session.on_status,
-                       command="vbo-mirror index rebuild"):
+        with self._lock("vbo-mirror index rebuild", wait=wait):
             return self._call(lambda s: s.rebuild_index(jobs=jobs))

@@ -72,6 +72,12 @@ class Catalog:
         self.manifest_etags = manifest_etags if manifest_etags is not None else {}
         self._parsed: dict[str, Manifest] = {}  # downloaded in this call, already validated
 
+    def fall_back_offline(self, reason: Exception) -> None:
+        """The endpoint did not answer: the rest of this operation works from cache_dir, and
+        its messages say why (not "--offline"). The Catalog is this operation's alone."""
+        self.remote = None
+        self.unreachable = reason
+
     # --- manifests -------------------------------------------------------------------
 
     async def online_listing(self) -> list[ObjectInfo]:
@@ -204,9 +210,7 @@ class Catalog:
             if await asyncio.to_thread(store.ensure_view, entry.file_hash, view):
                 # Looking at a table wants that table, not the version's data files: recorded,
                 # so verify does not take a version directory it finds as wanted whole.
-                from .upkeep import wanted
-
-                await asyncio.to_thread(wanted.add, self.layout, manifest.view_dir, [view])
+                await asyncio.to_thread(store.record_wanted, manifest.view_dir, [view])
         return data
 
     async def _fetch_verified(self, ref: ObjectRef, file_hash: str) -> bytes:

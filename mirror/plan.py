@@ -8,11 +8,11 @@ across versions and keys.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, NamedTuple
 
 from .manifest import FileEntry, Manifest
-from .model import ObjectInfo, ObjectRef, Shard
+from .model import ObjectInfo, ObjectRef, Selection, Shard
 
 
 class Target(NamedTuple):
@@ -122,6 +122,52 @@ class Plan:
             **({"steal_items": [{"file_hash": f.file_hash, "key": f.ref.key, "size": f.size, "views": list(f.views)}
                                 for f in self.steal]} if self.shard else {}),
         }
+
+
+@dataclass(frozen=True)
+class PlanInput:
+    """What a plan is made from, gathered by `gather.Facts.gather` (all of a plan's I/O)."""
+
+    manifests: tuple[str, ...]  # names, in order
+    targets: list[Target]  # every view the selection wants
+    local: LocalState
+    sizes: Mapping[tuple[str, str | None], ObjectInfo]  # what S3 said of the objects not in the store
+    tops: tuple[str, ...]  # each manifest's top directory: AllenSDK's version dir, or the bucket layout's project
+    selection: dict | None = None  # by metadata: per manifest, what matched (tables.select_files)
+
+
+def make_sync_plan(given: PlanInput, selection: Selection) -> Plan:
+    """The plan of a sync, a dry run or a repair, complete: the views to make, with one
+    shard's split when `selection.shard`, which version directories are wanted whole, and
+    where the views go. Pure."""
+    if selection.shard is None:
+        plan = make_plan(given.targets, given.local, given.sizes, manifests=given.manifests)
+    else:
+        # Split by content over every selected object (not only what is missing), so that all
+        # shards compute the same split whenever they start and whatever is done by then.
+        mine = shard_of(content_sizes((t.entry for t in given.targets), given.sizes, given.local), selection.shard)
+        own = make_plan([t for t in given.targets if t.entry.file_hash in mine], given.local, given.sizes,
+                        manifests=given.manifests)
+        rest = make_plan([t for t in given.targets if t.entry.file_hash not in mine], given.local, given.sizes,
+                         manifests=given.manifests)
+        plan = split_for_shard(rest, own, selection.shard)
+    whole = selection.keys is None and not selection.by_metadata
+    return replace(plan, selection=given.selection, whole=given.tops if whole else (), layout=selection.layout)
+
+
+def content_sizes(entries: Iterable[FileEntry], sizes: Mapping[tuple[str, str | None], ObjectInfo],
+                  local: LocalState | None = None) -> dict[str, int]:
+    """Each content hash's size, for a shard split: the store's (or an unverified object's)
+    where it holds it, else S3's, else 0 (unknown offline: every shard sees the same 0)."""
+    out: dict[str, int] = {}
+    for e in entries:
+        if e.file_hash not in out:
+            known = local.objects.get(e.file_hash, local.unverified.get(e.file_hash)) if local else None
+            if known is None:
+                info = sizes.get((e.key, e.version_id))
+                known = info.size if info else 0
+            out[e.file_hash] = known
+    return out
 
 
 def targets_of(manifest: Manifest, entries: Iterable[FileEntry] | None = None, view_dir: str | None = None

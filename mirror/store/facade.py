@@ -205,6 +205,20 @@ class Store:
         """Make `name` the version in use (AllenSDK's `_manifest_last_used.txt`)."""
         atomic_write(self.layout.last_used, name.encode())
 
+    # --- the records kept beside the files (store/wanted.py, store/allensdk.py) --------------------
+
+    def record_wanted(self, view_dir: str, views: list[str] | None) -> None:
+        """What `verify` expects in `view_dir`: these views (None: every file of it)."""
+        from . import wanted
+
+        wanted.add(self.layout, view_dir, views)
+
+    def record_downloaded(self, pairs) -> int:
+        """AllenSDK's `_downloaded_data.json` gains (view, file_hash) pairs; returns how many were new."""
+        from .allensdk import record_downloaded
+
+        return record_downloaded(self.layout, pairs)
+
     def new_index(self) -> StateIndex:
         return StateIndex(self.layout)
 

@@ -589,7 +589,7 @@ def _record_for_allensdk(layout: CacheLayout, outcomes: list[_Outcome]) -> str:
     """AllenSDK's `_downloaded_data.json` gains (or keeps) an entry for each adopted or present
     path, with its manifest hash: the files are where they were, so what AllenSDK recorded
     stays true, and a moved tree's record names the paths it has now."""
-    from .allensdk import record_downloaded
+    from ..store.allensdk import record_downloaded
 
     pairs = [(o.item.rel, o.item.entry.file_hash) for o in outcomes if o.category in ("adopted", "present")]
     try:
@@ -601,7 +601,7 @@ def _record_for_allensdk(layout: CacheLayout, outcomes: list[_Outcome]) -> str:
 def _record_wanted(layout: CacheLayout, outcomes: list[_Outcome]) -> None:
     """What verify expects from now on: the paths AllenSDK had something at (a file, a link,
     even a broken one), not the files it never downloaded."""
-    from . import wanted
+    from ..store import wanted
 
     by_dir: dict[str, list[str]] = {}
     for o in outcomes:

@@ -23,10 +23,10 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import StoreError
+from ..errors import InputError, StoreError
 from ..manifest import Manifest
 from ..store.index import StateIndex
-from . import wanted
+from ..store import wanted
 from ..store.layout import CacheLayout
 from ..store.objects import ObjectStore
 from ..store.views import view_matches
@@ -160,3 +160,21 @@ def remove_empty_dirs(root: Path) -> None:
     for dirpath, _dirnames, _files in sorted(os.walk(root, followlinks=False), key=lambda t: -len(t[0])):
         with contextlib.suppress(OSError):
             os.rmdir(dirpath)
+
+
+def refusals(layout: CacheLayout, manifests: dict[str, Manifest], kept_names: list[str], *, keep_given: bool,
+             current: str | None) -> list[InputError]:
+    """What a real prune would refuse (a dry run shows them beside its plan): dropping the
+    current version, or a version the bucket layout holds (its views are that version's links)."""
+    out: list[InputError] = []
+    if keep_given and current is not None and current in manifests and current not in kept_names:
+        v = manifests[current].manifest_version
+        out.append(InputError(f"the current version {v} (_manifest_last_used.txt) is not among the kept ones",
+                              hint=f"add --keep {v}, or make a kept version current first (`manifests use`)"))
+    for name, m in manifests.items():
+        if name not in kept_names and os.path.isfile(layout.view_path(f"{m.project_name}/manifests/{m.name}")):
+            out.append(InputError(
+                f"the bucket layout ({m.project_name}/) holds version {m.manifest_version}",
+                hint=f"add --keep {m.manifest_version}, or sync the bucket layout to a kept "
+                     "version first (sync --layout bucket --version V)"))
+    return out

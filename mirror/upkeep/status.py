@@ -11,7 +11,7 @@ from ..events import Corrupt, Event, ViewDamaged
 from ..hashing import hash_file, xxh3_file
 from ..manifest import Manifest
 from ..store.index import IndexRecord, StateIndex
-from . import wanted as wanted_views
+from ..store import wanted as wanted_views
 from ..store.layout import CacheLayout
 from ..store.objects import ObjectStore, is_unverified, mark_verified
 from ..store.views import view_matches

@@ -16,8 +16,8 @@ import json
 import os
 from typing import Iterable
 
-from ..store.fsutil import atomic_write, flocked, read_no_follow
-from ..store.layout import CacheLayout
+from .fsutil import atomic_write, flocked, read_no_follow
+from .layout import CacheLayout
 
 RECORD = "_downloaded_data.json"
 MAX_RECORD = 1 << 30

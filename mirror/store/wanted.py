@@ -14,8 +14,8 @@ import contextlib
 import os
 from pathlib import Path
 
-from ..store.fsutil import atomic_write, flocked, read_no_follow
-from ..store.layout import CacheLayout
+from .fsutil import atomic_write, flocked, read_no_follow
+from .layout import CacheLayout
 
 ALL = "*"
 MAX_RECORD = 256 << 20
