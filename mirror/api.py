@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from .engine.runner import Stats
+    from .reports import AdoptReport, CacheStatus, IndexRebuilt, PruneReport, VerifyReport
 
 T = TypeVar("T")
 
@@ -292,7 +293,7 @@ class Mirror:
         `Selection`: by metadata, one shard), for wget/aria2."""
         return self._call(lambda s: s.urls(version if isinstance(version, Selection) else Selection(version)))
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> CacheStatus:
         """Per downloaded version: files present and missing, logical bytes (what the views
         add up to) against bytes on disk (each stored object counted once)."""
         self.need_mirror()
@@ -300,7 +301,7 @@ class Mirror:
 
     def verify(self, *, fast: bool = False, repair: bool = False, jobs: int = 2,
                on_event: Callable[[Event], None] | None = None, wait: bool = False,
-               confirm: Callable[[dict], bool] | None = None) -> dict[str, Any]:
+               confirm: Callable[[dict], bool] | None = None) -> VerifyReport:
         """Check every stored object (BLAKE2b, or with `fast` the xxh3 fingerprint in the
         index) and every view of the downloaded versions; with `repair`, fetch damaged
         content again and relink wrong views. Missing views whose content was never stored
@@ -314,8 +315,8 @@ class Mirror:
             return self._call(lambda s: s.verify(fast=fast, repair=repair, jobs=jobs, on_event=on_event,
                                                  confirm=confirm))
 
-    def prune(self, keep: list[str], *, dry_run: bool = False, confirm: Callable[[dict], bool] | None = None,
-              wait: bool = False) -> dict[str, Any]:
+    def prune(self, keep: list[str], *, dry_run: bool = False, confirm: Callable[[PruneReport], bool] | None = None,
+              wait: bool = False) -> PruneReport:
         """Remove the views of every version not in `keep`, their manifests, and every store
         object no kept version needs (plus what `gc` removes). `confirm` is shown the plan
         (what goes, what it frees) and says whether to go ahead; `dry_run` only plans. Takes
@@ -326,13 +327,13 @@ class Mirror:
         with self._lock("vbo-mirror prune", wait=wait):
             return self._call(lambda s: s.prune(list(keep), dry_run=dry_run, confirm=confirm))
 
-    def gc(self, *, dry_run: bool = False, wait: bool = False) -> dict[str, Any]:
+    def gc(self, *, dry_run: bool = False, wait: bool = False) -> PruneReport:
         """Remove store objects that no manifest in cache_dir names, partial downloads of such
         objects, and temporaries of interrupted runs (exclusive cache lock)."""
         with self._lock("vbo-mirror gc", wait=wait):
             return self._call(lambda s: s.prune(None, dry_run=dry_run))
 
-    def adopt(self, *, dry_run: bool = False, jobs: int = 2, wait: bool = False) -> dict[str, Any]:
+    def adopt(self, *, dry_run: bool = False, jobs: int = 2, wait: bool = False) -> AdoptReport:
         """Take the files AllenSDK downloaded into cache_dir into the store, in place: each one
         whose BLAKE2b is the manifest's becomes a hard-linked view of a store object (its
         symlinks too), nothing is fetched, and AllenSDK still opens the directory. What does
@@ -340,7 +341,7 @@ class Mirror:
         with self._lock("vbo-mirror adopt", wait=wait):
             return self._call(lambda s: s.adopt(dry_run=dry_run, jobs=jobs))
 
-    def rebuild_index(self, *, jobs: int = 2, wait: bool = False) -> dict[str, Any]:
+    def rebuild_index(self, *, jobs: int = 2, wait: bool = False) -> IndexRebuilt:
         """Rebuild the state index from the store: every object is read and verified."""
         with self._lock("vbo-mirror index rebuild", wait=wait):
             return self._call(lambda s: s.rebuild_index(jobs=jobs))

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from .engine.runner import Stats
+    from .reports import AdoptReport, CacheStatus, IndexRebuilt, PruneReport, VerifyReport
 
 
 class Session:
@@ -224,7 +225,7 @@ class Session:
 
     # --- looking at the mirror (api.py holds the cache lock where one is needed) ------------------
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> CacheStatus:
         from .upkeep.status import cache_status
 
         layout = self.need_layout()
@@ -233,7 +234,7 @@ class Session:
 
     async def verify(self, *, fast: bool = False, repair: bool = False, jobs: int = 2,
                      on_event: Callable[[Event], None] | None = None, read_only: bool = False,
-                     confirm: Callable[[dict], bool] | None = None) -> dict[str, Any]:
+                     confirm: Callable[[dict], bool] | None = None) -> VerifyReport:
         from .upkeep import repair as fixing
         from .upkeep.status import verify_store
 
@@ -241,7 +242,7 @@ class Session:
         manifests = list(self.versions.local().values())
         report = await asyncio.to_thread(verify_store, layout, manifests, fast=fast, jobs=jobs, on_event=on_event,
                                          read_only=read_only)
-        if repair and fixing.needs_repair(report):
+        if repair and report.damaged:
             async def fix(ms: list[Manifest], keys: set[str], where: str) -> Stats:
                 return await self.repair(ms, keys, where, on_event=on_event)
 
@@ -249,7 +250,7 @@ class Session:
         return report
 
     async def prune(self, keep: list[str] | None, *, dry_run: bool = False,
-                    confirm: Callable[[dict], bool] | None = None) -> dict[str, Any]:
+                    confirm: Callable[[PruneReport], bool] | None = None) -> PruneReport:
         """`keep` None: gc only."""
         from .catalog import resolve_name
         from .upkeep.prune import apply_prune, plan_prune, refusals
@@ -268,14 +269,13 @@ class Session:
             raise refused[0]
         plan = await asyncio.to_thread(plan_prune, layout, self.store.objects, [manifests[n] for n in names],
                                        [m for n, m in manifests.items() if n not in names])
-        report: dict[str, Any] = {"dry_run": dry_run, **plan.summary(),
-                                  "refused": [{"message": e.message, "hint": e.hint} for e in refused]}
-        report["applied"] = not dry_run and (confirm is None or confirm(report))
-        if report["applied"]:
-            report.update(await asyncio.to_thread(apply_prune, layout, self.store.objects, plan))
+        report = plan.report(dry_run=dry_run, refused=refused)
+        report.applied = not dry_run and (confirm is None or confirm(report))
+        if report.applied:
+            report.removed = await asyncio.to_thread(apply_prune, layout, self.store.objects, plan)
         return report
 
-    async def adopt(self, *, dry_run: bool = False, jobs: int = 2) -> dict[str, Any]:
+    async def adopt(self, *, dry_run: bool = False, jobs: int = 2) -> AdoptReport:
         """Take what AllenSDK downloaded into cache_dir into the store, in place (upkeep/adopt.py)."""
         from .upkeep.adopt import adopt_tree
 
@@ -291,7 +291,7 @@ class Session:
         return await asyncio.to_thread(adopt_tree, layout, self.store, manifests, dry_run=dry_run, jobs=jobs,
                                        on_progress=self._progress_line("adopt: files looked at"))
 
-    async def rebuild_index(self, *, jobs: int = 2) -> dict[str, Any]:
+    async def rebuild_index(self, *, jobs: int = 2) -> IndexRebuilt:
         from .upkeep.status import rebuild_index
 
         layout = self.need_layout()

@@ -18,6 +18,7 @@ import pytest
 from conftest import Cli, manifest_name
 from test_sync import PROJECT, assert_mirror, expected_files
 
+from mirror.reports import AdoptReport
 from mirror.upkeep.adopt import adopt_tree
 from mirror.catalog import Catalog
 from mirror.config import load_dataset
@@ -93,7 +94,7 @@ def open_cache(root: Path, link_mode: str = "hardlink"):
     return layout, Store(layout, link_mode=link_mode), manifests
 
 
-def adopt(root: Path, **kw) -> dict:
+def adopt(root: Path, **kw) -> AdoptReport:
     layout, store, manifests = open_cache(root)
     with CacheLock(layout.lock_path, command="test adopt"):
         return adopt_tree(layout, store, manifests, **kw)
@@ -104,8 +105,8 @@ def hashes_of(root: Path) -> dict[str, str]:
     return {f"{m.view_dir}/{e.relative_path}": e.file_hash for m in manifests for e in m.entries()}
 
 
-def examples(report: dict, category: str) -> list:
-    return report[category]["examples"]
+def examples(report: AdoptReport, category: str) -> list:
+    return report.tally(category).examples
 
 
 def assert_view_of_object(root: Path, rel: str, file_hash: str, body: bytes) -> None:
@@ -168,13 +169,13 @@ def test_adopt_an_allensdk_tree_in_place(sandbox, replica, tmp_path):
     dry = adopt(root, dry_run=True)
     assert snapshot(root, skip=root / ".vbo-mirror") == tree_before
     assert not (root / ".vbo-mirror" / "objects-v1").exists()
-    assert dry["dry_run"] is True
+    assert dry.dry_run is True
 
     progress = []
     rep = adopt(root, jobs=2, on_progress=lambda d, t: progress.append((d, t)))
     assert progress[-1] == (len(files), len(files)) and all(t == len(files) for _, t in progress)
     for key in ("adopted", "present", "mismatch", "missing", "foreign", "symlinks", "rerooted", "hashed_bytes"):
-        assert dry[key] == rep[key] or key in ("present",), key  # the dry run said what would happen
+        assert getattr(dry, key) == getattr(rep, key) or key in ("present",), key  # the dry run said what would happen
 
     # What was reported, exactly.
     mismatched = {wrong, f"{D0}/{name(wrong)}"}
@@ -186,19 +187,19 @@ def test_adopt_an_allensdk_tree_in_place(sandbox, replica, tmp_path):
                for x in examples(rep, "mismatch"))
     assert {x["path"] for x in examples(rep, "missing")} == missing
     assert {x["path"] for x in examples(rep, "foreign")} == foreigners
-    assert rep["foreign"]["files"] == 2 and rep["missing"]["files"] == 3 and rep["mismatch"]["files"] == 2
-    assert rep["adopted"]["files"] == len(adopted) and rep["present"]["files"] == 0 and rep["failed"]["files"] == 0
-    assert rep["adopted"]["bytes"] == sum(len(files[r]) for r in adopted)
+    assert rep.foreign.files == 2 and rep.missing.files == 3 and rep.mismatch.files == 2
+    assert rep.adopted.files == len(adopted) and rep.present.files == 0 and rep.failed.files == 0
+    assert rep.adopted.bytes == sum(len(files[r]) for r in adopted)
     adopted_links = (set(all_links) - {dup}) & adopted
-    assert rep["symlinks"] == {"files": len(adopted_links), "bytes": sum(len(files[r]) for r in adopted_links)}
-    assert rep["rerooted"]["files"] == 0
-    assert rep["duplicates_freed"] == {"files": 1, "bytes": len(files[dup])}
-    assert rep["copied"]["files"] == 0  # every object is the downloaded file itself, hard-linked
+    assert rep.symlinks.to_dict() == {"files": len(adopted_links), "bytes": sum(len(files[r]) for r in adopted_links)}
+    assert rep.rerooted.files == 0
+    assert rep.duplicates_freed.to_dict() == {"files": 1, "bytes": len(files[dup])}
+    assert rep.copied.files == 0  # every object is the downloaded file itself, hard-linked
     distinct = {want[r] for r in adopted}
-    assert rep["objects_added"]["files"] == len(distinct)
-    assert rep["stored_bytes"] == sum(len(files[next(r for r in adopted if want[r] == h)]) for h in distinct)
-    assert rep["logical_bytes"] == rep["adopted"]["bytes"] > rep["stored_bytes"]
-    assert rep["hashed_bytes"] == hashed
+    assert rep.objects_added.files == len(distinct)
+    assert rep.stored_bytes == sum(len(files[next(r for r in adopted if want[r] == h)]) for h in distinct)
+    assert rep.logical_bytes == rep.adopted.bytes > rep.stored_bytes
+    assert rep.hashed_bytes == hashed
 
     # Real bytes: every adopted path is a hard link of its verified object, symlinks included.
     for rel in adopted:
@@ -231,9 +232,9 @@ def test_adopt_an_allensdk_tree_in_place(sandbox, replica, tmp_path):
 
     # A second adopt finds everything in place and hashes only what still does not match.
     again = adopt(root)
-    assert again["present"]["files"] == len(adopted) and again["adopted"]["files"] == 0
-    assert again["objects_added"]["files"] == 0
-    assert again["hashed_bytes"] == (root / D0 / name(wrong)).stat().st_size
+    assert again.present.files == len(adopted) and again.adopted.files == 0
+    assert again.objects_added.files == 0
+    assert again.hashed_bytes == (root / D0 / name(wrong)).stat().st_size
     assert {x["path"] for x in examples(again, "mismatch")} == mismatched
 
     # verify (offline): the store is sound; the views adopt could not make are the wrong ones:
@@ -273,8 +274,8 @@ def test_a_moved_tree_is_adopted_through_its_old_symlinks(sandbox, replica, tmp_
     os.rename(old, root)
     assert all(not (root / r).exists() for r in links)  # every symlink is broken now
     rep = adopt(root)
-    assert rep["adopted"]["files"] == len(files) and rep["missing"]["files"] == 0
-    assert rep["rerooted"]["files"] == len(links) == rep["symlinks"]["files"]
+    assert rep.adopted.files == len(files) and rep.missing.files == 0
+    assert rep.rerooted.files == len(links) == rep.symlinks.files
     want = hashes_of(root)
     for rel, body in files.items():
         assert_view_of_object(root, rel, want[rel], body)
@@ -297,8 +298,8 @@ def test_a_copied_tree_never_reads_the_original(replica, tmp_path):
     before = snapshot(orig)
     rep = adopt(root)
     assert snapshot(orig) == before
-    assert rep["adopted"]["files"] == len(files) and rep["mismatch"]["files"] == 0
-    assert rep["rerooted"]["files"] == len(all_links)
+    assert rep.adopted.files == len(files) and rep.mismatch.files == 0
+    assert rep.rerooted.files == len(all_links)
     want = hashes_of(root)
     for rel, body in files.items():
         assert_view_of_object(root, rel, want[rel], body)
@@ -330,9 +331,9 @@ def test_hostile_entries_are_not_followed(replica, tmp_path):
     before, manifest = snapshot(outside), (root / manifest_name(V0)).read_bytes()
     rep = adopt(root)
     assert {x["path"] for x in examples(rep, "foreign")} == set(odd) | moved
-    assert rep["foreign"]["files"] == len(odd) + len(moved) <= 20
-    assert rep["failed"]["files"] == rep["missing"]["files"] == rep["mismatch"]["files"] == 0
-    assert rep["adopted"]["files"] == len(files) - rep["foreign"]["files"]
+    assert rep.foreign.files == len(odd) + len(moved) <= 20
+    assert rep.failed.files == rep.missing.files == rep.mismatch.files == 0
+    assert rep.adopted.files == len(files) - rep.foreign.files
     assert snapshot(outside) == before and (root / manifest_name(V0)).read_bytes() == manifest
     assert stat.S_ISFIFO(os.lstat(root / odd[0]).st_mode) and (root / odd[1]).is_symlink()
 
@@ -348,8 +349,8 @@ def test_a_file_owned_by_someone_else_is_copied_not_linked(replica, tmp_path):
     os.chown(root / rel, 12345, 12345)
     os.chmod(root / rel, 0o664)
     rep = adopt(root)
-    assert rep["copied"]["files"] == 1 and rep["copied"]["bytes"] == len(files[rel])
-    assert rep["duplicates_freed"]["files"] == 0  # the copy took the original's place
+    assert rep.copied.files == 1 and rep.copied.bytes == len(files[rel])
+    assert rep.duplicates_freed.files == 0  # the copy took the original's place
     want = hashes_of(root)
     assert_view_of_object(root, rel, want[rel], files[rel])
     assert os.lstat(root / rel).st_uid == 0
@@ -372,7 +373,7 @@ def test_views_of_unverified_objects_are_verified_in_place(cli, replica):
     os.chmod(obj, 0o544)
     inodes = {rel: os.lstat(root / rel).st_ino for rel in files}
     rep = adopt(root)
-    assert rep["adopted"]["files"] == len(files) - 1 and rep["objects_added"]["files"] == len(files) - 1
+    assert rep.adopted.files == len(files) - 1 and rep.objects_added.files == len(files) - 1
     assert [x["path"] for x in examples(rep, "mismatch")] == [bad]
     assert stat.S_IMODE(os.lstat(obj).st_mode) == 0o544  # still marked: the next sync fetches it again
     for rel, body in files.items():
@@ -419,7 +420,7 @@ def test_killed_mid_adopt_leaves_no_wrong_file_and_the_next_adopt_finishes(repli
     for rel, body in files.items():
         assert (root / rel).read_bytes() == body
     rep = adopt(root)
-    assert rep["adopted"]["files"] + rep["present"]["files"] == len(files) and rep["failed"]["files"] == 0
+    assert rep.adopted.files + rep.present.files == len(files) and rep.failed.files == 0
     want = hashes_of(root)
     for rel, body in files.items():
         assert_view_of_object(root, rel, want[rel], body)
@@ -465,8 +466,8 @@ def test_a_store_directory_swapped_for_a_symlink_during_adopt_cannot_redirect_it
 
     monkeypatch.setattr(ObjectStore, "staging", staging_then_swap)
     first = adopt(root)
-    assert first["ok"] is False and first["failed"]["files"] >= 1  # that object's files, said and left
-    assert all("symlink" in f["error"] for f in first["failed"]["examples"])
+    assert first.ok is False and first.failed.files >= 1  # that object's files, said and left
+    assert all("symlink" in f["error"] for f in first.failed.examples)
     assert swapped and list(outside.iterdir()) == []  # nothing landed outside cache_dir
     moved = swapped[0].with_name(swapped[0].name + ".moved")
     assert not [p for p in moved.rglob(".vbo-tmp-*")]  # the staged link went with the failed publish
@@ -474,5 +475,5 @@ def test_a_store_directory_swapped_for_a_symlink_during_adopt_cannot_redirect_it
     os.rename(moved, swapped[0])
     monkeypatch.setattr(ObjectStore, "staging", real_staging)
     report = adopt(root)
-    assert report["ok"] is True and report["failed"]["files"] == 0 and report["adopted"]["files"] > 0
+    assert report.ok is True and report.failed.files == 0 and report.adopted.files > 0
     assert list(outside.iterdir()) == []

@@ -118,7 +118,7 @@ def test_a_call_from_a_task_that_is_already_being_cancelled_still_runs(sandbox, 
             try:
                 await asyncio.sleep(10)
             finally:
-                seen.append(m.status()["cache_dir"])
+                seen.append(m.status().cache_dir)
 
         async def main():
             task = asyncio.create_task(cell())

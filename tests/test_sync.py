@@ -317,10 +317,10 @@ def test_views_fall_back_to_stamped_copies_where_links_fail(sandbox, replica, tm
     os.utime(view, ns=(os.stat(view).st_atime_ns, os.stat(m.layout.object_path(
         __import__("hashlib").blake2b(files[next(iter(files))]).hexdigest())).st_mtime_ns))  # same stamp
     report = m.verify()
-    assert report["views_wrong"] == [next(iter(files))] and report["corrupt"] == []
+    assert report.views_wrong == [next(iter(files))] and report.corrupt == []
     report = m.verify(repair=True)
     assert view.read_bytes() == files[next(iter(files))]
-    assert m.verify()["ok"] is True
+    assert m.verify().ok is True
 
 
 def test_a_directory_in_the_place_of_a_view_fails_that_view_only(cli, replica):

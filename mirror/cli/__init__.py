@@ -82,6 +82,8 @@ class Ctx:
                 summary = {"count": len(data)}
             elif isinstance(data, dict):
                 summary = data
+            elif hasattr(data, "to_dict"):  # a typed result (mirror/reports.py): JSON here, at the edge
+                summary = data.to_dict()
             else:
                 summary = {"value": data}
             click.echo(json.dumps({"event": "summary", "command": command, "ok": summary.get("ok", True),

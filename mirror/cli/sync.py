@@ -185,17 +185,18 @@ def status_cmd(c: Ctx) -> None:
     s = c.mirror.status()
 
     def text() -> str:
-        lines = [f"{s['cache_dir']}"]
-        for v in s["versions"]:
-            lines.append(f"  {v['version']:<8}{'*' if v['current'] else ' '} {v['present']:>6}/{v['files']:<6} files present"
-                         f"  {v['missing']:>6} missing" + (f"  {v['wrong']} wrong" if v['wrong'] else "")
-                         + f"  {human_bytes(v['logical_bytes']):>10} in views"
-                         + ("  (bucket layout)" if v.get("layout") == "bucket" else ""))
-        lines.append(f"  store: {s['objects']} objects, {human_bytes(s['bytes_on_disk'])} on disk for "
-                     f"{human_bytes(s['logical_bytes'])} of views"
-                     + (f"; {s['partials']} partial downloads ({human_bytes(s['partial_bytes'])} saved, resumed by the next sync)" if s['partials'] else ""))
-        if s["unverified_objects"]:
-            lines.append(f"  {s['unverified_objects']} objects were published unverified (--verify none): the next "
+        lines = [s.cache_dir]
+        for v in s.versions:
+            lines.append(f"  {v.version:<8}{'*' if v.current else ' '} {v.present:>6}/{v.files:<6} files present"
+                         f"  {v.missing:>6} missing" + (f"  {v.wrong} wrong" if v.wrong else "")
+                         + f"  {human_bytes(v.logical_bytes):>10} in views"
+                         + ("  (bucket layout)" if v.layout == "bucket" else ""))
+        lines.append(f"  store: {s.objects} objects, {human_bytes(s.bytes_on_disk)} on disk for "
+                     f"{human_bytes(s.logical_bytes)} of views"
+                     + (f"; {s.partials} partial downloads ({human_bytes(s.partial_bytes)} saved, resumed by the next sync)"
+                        if s.partials else ""))
+        if s.unverified_objects:
+            lines.append(f"  {s.unverified_objects} objects were published unverified (--verify none): the next "
                          "sync checks their BLAKE2b before using them (or run `vbo-mirror verify`)")
         return "\n".join(lines)
 
@@ -225,29 +226,29 @@ def verify_cmd(c: Ctx, fast: bool, repair: bool, yes: bool, jobs: int, wait: boo
     r = c.mirror.verify(fast=fast, repair=repair, jobs=jobs, wait=wait, confirm=confirm)
 
     def text() -> str:
-        lines = [f"checked {r['objects']} objects ({human_bytes(r['bytes'])}, {r['mode']})"]
-        lines += [f"  CORRUPT {x['path']}: {x['problem']}" for x in r["corrupt"]]
-        lines += [f"  WRONG VIEW {v}" for v in r["views_wrong"]]
-        unstored = set(r.get("views_missing_unstored", ()))
+        lines = [f"checked {r.objects} objects ({human_bytes(r.bytes)}, {r.mode})"]
+        lines += [f"  CORRUPT {x.path}: {x.problem}" for x in r.corrupt]
+        lines += [f"  WRONG VIEW {v}" for v in r.views_wrong]
+        unstored = set(r.views_missing_unstored)
         lines += [f"  MISSING VIEW {v} ({'its content is not in the store: --repair fetches it' if v in unstored else 'its content is in the store: --repair relinks it'})"
-                  for v in r["views_missing"]]
-        lines += [f"  VIEW OF DAMAGED CONTENT {v}" for v in r["views_missing_content"]]
-        if r["orphan_partials_removed"]:
-            lines.append(f"  removed {len(r['orphan_partials_removed'])} partial downloads no downloaded version wants")
-        if "repaired" in r:
-            rep = r["repaired"]
-            lines.append(f"  repaired: {rep['files_fetched']} files fetched again, {rep['views_linked']} views relinked"
-                         + (f", {len(rep['failures'])} failed" if rep["failures"] else ""))
-            if r.get("repair_declined"):
-                lines.append(f"  not fetched: {len(r['repair_declined'])} missing views whose content was never in "
+                  for v in r.views_missing]
+        lines += [f"  VIEW OF DAMAGED CONTENT {v}" for v in r.views_missing_content]
+        if r.orphan_partials_removed:
+            lines.append(f"  removed {len(r.orphan_partials_removed)} partial downloads no downloaded version wants")
+        if r.repaired is not None:
+            rep = r.repaired
+            lines.append(f"  repaired: {rep.files_fetched} files fetched again, {rep.views_linked} views relinked"
+                         + (f", {len(rep.failures)} failed" if rep.failures else ""))
+            if r.repair_declined:
+                lines.append(f"  not fetched: {len(r.repair_declined)} missing views whose content was never in "
                              "the store (more than damage): `vbo-mirror verify --repair --yes` fetches them")
-        elif not r["ok"] or r["views_missing_content"]:
+        elif not r.ok or r.views_missing_content:
             lines.append("  run `vbo-mirror verify --repair` to fetch damaged content again")
-        lines.append("ok" if r["ok"] else "NOT OK")
+        lines.append("ok" if r.ok else "NOT OK")
         return "\n".join(lines)
 
     c.emit(r, text)
-    if not r["ok"]:
+    if not r.ok:
         click.get_current_context().exit(5)
 
 

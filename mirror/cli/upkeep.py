@@ -6,27 +6,28 @@ import sys
 
 import click
 
+from ..reports import AdoptReport, PruneReport
 from . import _selection, Ctx, handle_errors, human_bytes, InputError, main, selection_options, version_option
 
 
-def _prune_text(r: dict) -> str:
+def _prune_text(r: PruneReport) -> str:
     lines = []
-    if r["dropped"]:
-        lines.append(f"versions removed: {', '.join(r['dropped'])}  ({r['views']} views)")
-    lines.append(f"versions kept: {', '.join(r['kept']) or '(none in cache_dir)'}")
-    lines.append(f"store objects no kept version needs: {r['objects']} ({human_bytes(r['object_bytes'])})")
-    if r["partials"]:
-        lines.append(f"partial downloads of such objects: {r['partials']} ({human_bytes(r['partial_bytes'])})")
-    if r["temporaries"]:
-        lines.append(f"temporaries of interrupted runs: {r['temporaries']}")
-    if r["left_not_views_count"]:
-        lines.append(f"left in place, not views of the store: {r['left_not_views_count']} files, e.g. "
-                     + ", ".join(r["left_not_views"][:3]))
-    verb = "frees" if r.get("applied") else "would free"
-    lines.append(f"{verb} {human_bytes(r['frees_bytes'])}" + ("" if r.get("applied") else
-                                                              " (dry run)" if r["dry_run"] else " (nothing removed)"))
-    for refusal in r.get("refused", ()):
-        lines.append(f"warning: the real prune would refuse: {refusal['message']} ({refusal['hint']})")
+    if r.dropped:
+        lines.append(f"versions removed: {', '.join(r.dropped)}  ({r.views} views)")
+    lines.append(f"versions kept: {', '.join(r.kept) or '(none in cache_dir)'}")
+    lines.append(f"store objects no kept version needs: {r.objects} ({human_bytes(r.object_bytes)})")
+    if r.partials:
+        lines.append(f"partial downloads of such objects: {r.partials} ({human_bytes(r.partial_bytes)})")
+    if r.temporaries:
+        lines.append(f"temporaries of interrupted runs: {r.temporaries}")
+    if r.left_not_views_count:
+        lines.append(f"left in place, not views of the store: {r.left_not_views_count} files, e.g. "
+                     + ", ".join(r.left_not_views[:3]))
+    verb = "frees" if r.applied else "would free"
+    lines.append(f"{verb} {human_bytes(r.frees_bytes)}" + ("" if r.applied else
+                                                          " (dry run)" if r.dry_run else " (nothing removed)"))
+    for refusal in r.refused:
+        lines.append(f"warning: the real prune would refuse: {refusal.message} ({refusal.hint})")
     return "\n".join(lines)
 
 
@@ -40,12 +41,12 @@ def _prune_text(r: dict) -> str:
 @handle_errors
 def prune_cmd(c: Ctx, keep: tuple[str, ...], dry_run: bool, yes: bool, wait: bool) -> None:
     """Remove other versions' views and manifests, and the store objects no kept version needs."""
-    def confirm(plan: dict) -> bool:
+    def confirm(plan: PruneReport) -> bool:
         if yes:
             return True
         if c.json or not sys.stdin.isatty():
             raise InputError("prune removes files: pass --yes to go ahead (or --dry-run to see what goes)")
-        click.echo(_prune_text({**plan, "applied": False}), err=True)
+        click.echo(_prune_text(plan), err=True)
         return click.confirm("remove these?", default=False, err=True)
 
     r = c.mirror.prune(list(keep), dry_run=dry_run, confirm=confirm, wait=wait)
@@ -64,18 +65,18 @@ def gc_cmd(c: Ctx, dry_run: bool, wait: bool) -> None:
     c.emit(r, lambda: _prune_text(r))
 
 
-def _adopt_text(r: dict) -> str:
-    lines = [f"{r['cache_dir']}: {r['entries']} files of {', '.join(r.get('versions', [])) or 'the manifests'} looked at"
-             + (" (dry run: nothing changed)" if r["dry_run"] else "")]
+def _adopt_text(r: AdoptReport) -> str:
+    lines = [f"{r.cache_dir}: {r.entries} files of the manifests looked at"
+             + (" (dry run: nothing changed)" if r.dry_run else "")]
     for cat, what in (("adopted", "taken into the store (now hard-linked views)"), ("present", "already views"),
                       ("mismatch", "with other bytes than the manifest says (the next sync replaces them)"),
                       ("missing", "absent or a broken link (the next sync fetches them)"),
                       ("foreign", "links out of cache_dir or to something that is not a file: left alone"),
                       ("failed", "could not be read")):
-        x = r[cat]
-        if x["files"]:
-            lines.append(f"  {x['files']:>6} {what}" + (f", {human_bytes(x['bytes'])}" if x["bytes"] else ""))
-    lines.append(f"  {human_bytes(r['logical_bytes'])} of files now stored once in {human_bytes(r['stored_bytes'])}")
+        x = r.tally(cat)
+        if x.files:
+            lines.append(f"  {x.files:>6} {what}" + (f", {human_bytes(x.bytes)}" if x.bytes else ""))
+    lines.append(f"  {human_bytes(r.logical_bytes)} of files now stored once in {human_bytes(r.stored_bytes)}")
     return "\n".join(lines)
 
 
@@ -95,7 +96,7 @@ def adopt_cmd(c: Ctx, directory: str | None, dry_run: bool, jobs: int, wait: boo
         c.cache_dir = directory
     r = c.mirror.adopt(dry_run=dry_run, jobs=jobs, wait=wait)
     c.emit(r, lambda: _adopt_text(r))
-    if r["mismatch"]["files"] or r["failed"]["files"]:
+    if r.mismatch.files or r.failed.files:
         click.get_current_context().exit(5)
 
 
@@ -122,7 +123,7 @@ def index_group() -> None:
 def index_rebuild_cmd(c: Ctx, jobs: int, wait: bool) -> None:
     """Read and verify every stored object and write a fresh index."""
     r = c.mirror.rebuild_index(jobs=jobs, wait=wait)
-    c.emit(r, f"index rebuilt: {r['objects']} objects, {human_bytes(r['bytes'])}"
-           + (f"; {len(r['removed_corrupt'])} corrupt objects removed" if r["removed_corrupt"] else ""))
+    c.emit(r, f"index rebuilt: {r.objects} objects, {human_bytes(r.bytes)}"
+           + (f"; {len(r.removed_corrupt)} corrupt objects removed" if r.removed_corrupt else ""))
 
 

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from ..errors import MirrorError, StoreError
 from ..hashing import READ_CHUNK, Digests, MultiHasher
 from ..manifest import FileEntry, Manifest
+from ..reports import AdoptReport, Amount
 from ..store.facade import Store
 from ..store.fsutil import store_error
 from ..store.index import IndexRecord, StateIndex
@@ -463,7 +464,7 @@ def _hash_fd(fd: int, size: int) -> Digests:
 
 
 def adopt_tree(layout: CacheLayout, store: Store, manifests: list[Manifest], *, dry_run: bool = False,
-               jobs: int = 2, on_progress: Callable[[int, int], None] | None = None) -> dict:
+               jobs: int = 2, on_progress: Callable[[int, int], None] | None = None) -> AdoptReport:
     """Adopt the files of `manifests` that AllenSDK left in cache_dir (see the module's doc).
 
     The caller holds the exclusive cache lock. `on_progress(done, total)` counts entries (view
@@ -523,9 +524,9 @@ def adopt_tree(layout: CacheLayout, store: Store, manifests: list[Manifest], *, 
         store.commit_index(index)
     report = _report(layout, outcomes, added, dry_run=dry_run, hashed=hashed, total=total, copied_objects=a.copied)
     if not dry_run:
-        report["allensdk_record"] = _record_for_allensdk(layout, outcomes)
+        report.allensdk_record = _record_for_allensdk(layout, outcomes)
         _record_wanted(layout, outcomes)
-    report["seconds"] = round(time.monotonic() - started, 3)
+    report.seconds = round(time.monotonic() - started, 3)
     return report
 
 
@@ -541,47 +542,29 @@ def _fill_index(a: _Adopter, index: StateIndex, outcomes: list[_Outcome]) -> Non
 
 
 def _report(layout: CacheLayout, outcomes: list[_Outcome], added: list[IndexRecord], *, dry_run: bool,
-            hashed: int, total: int, copied_objects: list[tuple[str, int]]) -> dict:
-    rep: dict = {"cache_dir": str(layout.root), "dry_run": dry_run, "entries": total}
-    for cat in CATEGORIES:
-        rep[cat] = {"files": 0, "bytes": 0, "examples": []}
-    symlinks = {"files": 0, "bytes": 0}
-    rerooted = {"files": 0, "bytes": 0}
-    copied = {"files": 0, "bytes": 0}
-    freed = {"files": 0, "bytes": 0}
+            hashed: int, total: int, copied_objects: list[tuple[str, int]]) -> AdoptReport:
+    rep = AdoptReport(str(layout.root), dry_run, total)
     stored: dict[str, int] = {}
     for o in sorted(outcomes, key=lambda o: o.item.rel):
-        c = rep[o.category]
-        c["files"] += 1
-        c["bytes"] += o.size
-        if len(c["examples"]) < EXAMPLES:
-            c["examples"].append(o.item.rel if o.category in ("adopted", "present") else o.detail)
+        c = rep.tally(o.category)
+        c.files += 1
+        c.bytes += o.size
+        if len(c.examples) < EXAMPLES:
+            c.examples.append(o.item.rel if o.category in ("adopted", "present") else o.detail)
         if o.category in ("adopted", "present"):
             stored[o.item.entry.file_hash] = o.size
         if o.category == "adopted":
-            if o.item.symlink is not None:
-                symlinks["files"] += 1
-                symlinks["bytes"] += o.size
-            if o.item.rerooted:
-                rerooted["files"] += 1
-                rerooted["bytes"] += o.size
-            if o.freed:
-                freed["files"] += 1
-                freed["bytes"] += o.freed
-    for _, size in copied_objects:
-        copied["files"] += 1
-        copied["bytes"] += size
-    rep.update({
-        "objects_added": {"files": len(added), "bytes": sum(r.size for r in added)},
-        "copied": copied,
-        "symlinks": symlinks,
-        "rerooted": rerooted,
-        "duplicates_freed": freed,
-        "logical_bytes": rep["adopted"]["bytes"] + rep["present"]["bytes"],
-        "stored_bytes": sum(stored.values()),
-        "hashed_bytes": hashed,
-        "ok": rep["mismatch"]["files"] == 0 and rep["failed"]["files"] == 0,
-    })
+            for amount, counts, size in ((rep.symlinks, o.item.symlink is not None, o.size),
+                                         (rep.rerooted, o.item.rerooted, o.size), (rep.duplicates_freed, o.freed, o.freed)):
+                if counts:
+                    amount.files += 1
+                    amount.bytes += size
+    rep.copied = Amount(len(copied_objects), sum(size for _, size in copied_objects))
+    rep.objects_added = Amount(len(added), sum(r.size for r in added))
+    rep.logical_bytes = rep.adopted.bytes + rep.present.bytes
+    rep.stored_bytes = sum(stored.values())
+    rep.hashed_bytes = hashed
+    rep.ok = rep.mismatch.files == 0 and rep.failed.files == 0
     return rep
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..errors import InputError, StoreError
 from ..manifest import Manifest
+from ..reports import PruneReport, Refusal, Removed
 from ..store.index import StateIndex
 from ..store import wanted
 from ..store.layout import CacheLayout
@@ -52,12 +53,11 @@ class PrunePlan:
         """Bytes given back: objects removed (their views are links of them) and partials."""
         return sum(s for _, s in self.objects) + sum(s for _, s in self.partials)
 
-    def summary(self) -> dict:
-        return {"kept": self.kept, "dropped": self.dropped, "views": len(self.views), "view_bytes": self.view_bytes,
-                "left_not_views": self.foreign[:20], "left_not_views_count": len(self.foreign),
-                "objects": len(self.objects), "object_bytes": sum(s for _, s in self.objects),
-                "partials": len(self.partials), "partial_bytes": sum(s for _, s in self.partials),
-                "temporaries": len(self.temporaries), "frees_bytes": self.frees}
+    def report(self, *, dry_run: bool, refused: list[InputError]) -> PruneReport:
+        return PruneReport(dry_run, self.kept, self.dropped, len(self.views), self.view_bytes, self.foreign[:20],
+                           len(self.foreign), len(self.objects), sum(s for _, s in self.objects), len(self.partials),
+                           sum(s for _, s in self.partials), len(self.temporaries), self.frees,
+                           [Refusal(e.message, e.hint) for e in refused])
 
 
 def _walk_files(root: Path):
@@ -109,7 +109,7 @@ def plan_prune(layout: CacheLayout, objects: ObjectStore, kept: list[Manifest], 
     return plan
 
 
-def apply_prune(layout: CacheLayout, objects: ObjectStore, plan: PrunePlan) -> dict:
+def apply_prune(layout: CacheLayout, objects: ObjectStore, plan: PrunePlan) -> Removed:
     """Remove what `plan` lists (the caller holds the exclusive lock); returns counts."""
     removed_views = 0
     for rel in plan.views:
@@ -131,8 +131,7 @@ def apply_prune(layout: CacheLayout, objects: ObjectStore, plan: PrunePlan) -> d
         remove_empty_dirs(layout.view_path(d))
         wanted.remove(layout, d)
     index.commit()
-    return {"views_removed": removed_views, "objects_removed": len(plan.objects),
-            "partials_removed": len(plan.partials), "temporaries_removed": len(plan.temporaries)}
+    return Removed(removed_views, len(plan.objects), len(plan.partials), len(plan.temporaries))
 
 
 def _unlink(layout: CacheLayout, path: Path) -> int:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 
 from ..errors import ViewBlocked
 from ..manifest import Manifest
+from ..reports import Repaired, VerifyReport
 from ..store.layout import CacheLayout
 
 if TYPE_CHECKING:
@@ -25,23 +26,18 @@ if TYPE_CHECKING:
 Fix = Callable[[list[Manifest], set[str], str], Awaitable["Stats"]]
 
 
-def needs_repair(report: dict) -> bool:
-    return bool(report["corrupt"] or report["views_wrong"] or report["views_missing_content"]
-                or report["views_missing"])
-
-
-async def repair(report: dict, layout: CacheLayout, store: Store, manifests: list[Manifest], fix: Fix,
-                 confirm: Callable[[dict], bool] | None) -> dict:
-    """Repairs what `report` (verify_store's) found; adds `repaired` (and `repair_declined`)."""
-    for rel in report["views_wrong"]:  # what a sync would replace anyway
+async def repair(report: VerifyReport, layout: CacheLayout, store: Store, manifests: list[Manifest], fix: Fix,
+                 confirm: Callable[[dict], bool] | None) -> VerifyReport:
+    """Repairs what `report` (verify_store's) found; sets its `repaired` (and `repair_declined`)."""
+    for rel in report.views_wrong:  # what a sync would replace anyway
         with contextlib.suppress(ViewBlocked):  # a directory in the way: the repair reports it
             store.remove_view(rel)
-    bad = {c["file_hash"] for c in report["corrupt"]}
-    wrong = set(report["views_wrong"]) | set(report["views_missing"])
-    new = set(report["views_missing_unstored"])
+    bad = {c.file_hash for c in report.corrupt}
+    wrong = set(report.views_wrong) | set(report.views_missing)
+    new = set(report.views_missing_unstored)
     if new and not (confirm is not None and confirm({"views": sorted(new)})):
         wrong -= new
-        report["repair_declined"] = sorted(new)
+        report.repair_declined = sorted(new)
     keys = {e.key for m in manifests for e in m.entries()
             if e.file_hash in bad or f"{m.view_dir}/{e.relative_path}" in wrong}
     runs = [await fix(manifests, keys, "allensdk")] if keys else []
@@ -51,8 +47,7 @@ async def repair(report: dict, layout: CacheLayout, store: Store, manifests: lis
                      if e.file_hash in bad or f"{m.project_name}/{e.relative_path}" in wrong}
             if bkeys:
                 runs.append(await fix([m], bkeys, "bucket"))
-    failures = [f.to_dict() for st in runs for f in st.failures]
-    report["repaired"] = {"files_fetched": sum(st.files_done for st in runs),
-                          "views_linked": sum(st.files_linked for st in runs), "failures": failures}
-    report["ok"] = not failures and not report.get("repair_declined")
+    failures = [f for st in runs for f in st.failures]
+    report.repaired = Repaired(sum(st.files_done for st in runs), sum(st.files_linked for st in runs), failures)
+    report.ok = not failures and not report.repair_declined
     return report

@@ -10,6 +10,7 @@ from typing import Callable, Iterable
 from ..events import Corrupt, Event, ViewDamaged
 from ..hashing import hash_file, xxh3_file
 from ..manifest import Manifest
+from ..reports import CacheStatus, Corruption, IndexRebuilt, VerifyReport, VersionStatus
 from ..store.index import IndexRecord, StateIndex
 from ..store import wanted as wanted_views
 from ..store.layout import CacheLayout
@@ -17,7 +18,7 @@ from ..store.objects import ObjectStore, is_unverified, mark_verified
 from ..store.views import view_matches
 
 
-def cache_status(layout: CacheLayout, manifests: Iterable[Manifest], *, current: str | None) -> dict:
+def cache_status(layout: CacheLayout, manifests: Iterable[Manifest], *, current: str | None) -> CacheStatus:
     store = ObjectStore(layout)
     objects = {h: (size, ino) for h, size, ino in store.iter_objects()}
     versions = []
@@ -40,22 +41,14 @@ def cache_status(layout: CacheLayout, manifests: Iterable[Manifest], *, current:
                 wrong += 1
             else:
                 missing += 1
-        versions.append({"manifest": m.name, "version": m.manifest_version, "current": m.name == current,
-                         "layout": kind, "directory": top,
-                         "files": len(m), "present": present, "missing": missing, "wrong": wrong,
-                         "complete": present == len(m), "logical_bytes": logical,
-                         "stored_bytes": sum(objects[h][0] for h in unique)})
+        versions.append(VersionStatus(m.name, m.manifest_version, m.name == current, kind, top, len(m), present,
+                                      missing, wrong, present == len(m), logical,
+                                      sum(objects[h][0] for h in unique)))
     partials = store.partials()
-    return {
-        "cache_dir": str(layout.root),
-        "versions": versions,
-        "objects": len(objects),
-        "unverified_objects": len(store.unverified()),  # published without BLAKE2b (--verify none)
-        "bytes_on_disk": sum(size for size, _ in objects.values()),
-        "logical_bytes": sum(v["logical_bytes"] for v in versions),
-        "partials": len(partials),
-        "partial_bytes": sum(_saved(p) for p in partials),  # what a resume keeps, not the files' target sizes
-    }
+    return CacheStatus(str(layout.root), versions, objects=len(objects), unverified_objects=len(store.unverified()),
+                       bytes_on_disk=sum(size for size, _ in objects.values()),
+                       logical_bytes=sum(v.logical_bytes for v in versions), partials=len(partials),
+                       partial_bytes=sum(_saved(p) for p in partials))
 
 
 def _saved(partial) -> int:
@@ -79,7 +72,7 @@ def _size(path) -> int:
 
 
 def verify_store(layout: CacheLayout, manifests: list[Manifest], *, fast: bool, jobs: int = 2,
-                 on_event: Callable[[Event], None] | None = None, read_only: bool = False) -> dict:
+                 on_event: Callable[[Event], None] | None = None, read_only: bool = False) -> VerifyReport:
     """Hash every object (full BLAKE2b, or xxh3 against the index with `fast`); a damaged
     object is removed from the store (its views keep the bad bytes until repaired, and are
     listed). Views of the downloaded versions are checked against the objects they want."""
@@ -108,7 +101,7 @@ def verify_store(layout: CacheLayout, manifests: list[Manifest], *, fast: bool, 
         for h, size, problem, xxh3, how in pool.map(check, objects):
             checked_bytes += size
             if problem:
-                corrupt.append({"file_hash": h, "path": str(store.path(h)), "problem": problem, "checked_by": how})
+                corrupt.append(Corruption(h, str(store.path(h)), problem, how))
                 emit(Corrupt(h, problem))
                 if read_only:
                     continue  # reported only: nothing can be removed from a read-only mirror
@@ -134,7 +127,7 @@ def verify_store(layout: CacheLayout, manifests: list[Manifest], *, fast: bool, 
                 with contextlib.suppress(FileNotFoundError):
                     f.unlink()
             orphans.append(p.name)
-    bad = {c["file_hash"] for c in corrupt}
+    bad = {c.file_hash for c in corrupt}
     # AllenSDK's version directories, and the bucket layout of the version whose manifest its
     # `<project>/manifests/` holds (sync --layout bucket).
     places = [(m, m.view_dir) for m in manifests]
@@ -168,12 +161,9 @@ def verify_store(layout: CacheLayout, manifests: list[Manifest], *, fast: bool, 
             if want is not None and got != want:
                 views_wrong.append(rel)
                 emit(ViewDamaged(rel))
-    return {"objects": len(objects), "bytes": checked_bytes, "mode": "fast" if fast else "full",
-            "corrupt": corrupt, "views_wrong": sorted(views_wrong),
-            "views_missing_content": sorted(views_missing_content), "views_missing": sorted(set(views_missing)),
-            "views_missing_unstored": sorted(unstored),
-            "orphan_partials_removed": sorted(orphans),
-            "ok": not corrupt and not views_wrong and not views_missing, "read_only": read_only}
+    return VerifyReport(len(objects), checked_bytes, "fast" if fast else "full", corrupt, sorted(views_wrong),
+                        sorted(views_missing_content), sorted(set(views_missing)), sorted(unstored), sorted(orphans),
+                        ok=not corrupt and not views_wrong and not views_missing, read_only=read_only)
 
 
 def _same_inode(a, b) -> bool:
@@ -181,7 +171,7 @@ def _same_inode(a, b) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
-def rebuild_index(layout: CacheLayout, manifests: list[Manifest], *, jobs: int = 2) -> dict:
+def rebuild_index(layout: CacheLayout, manifests: list[Manifest], *, jobs: int = 2) -> IndexRebuilt:
     """A new index from the store alone: each object is read, checked against its name, and
     fingerprinted; key and version come from the downloaded manifests where they know it."""
     store = ObjectStore(layout)
@@ -203,5 +193,4 @@ def rebuild_index(layout: CacheLayout, manifests: list[Manifest], *, jobs: int =
                                            e.version_id if e else (prev.version_id if prev else None),
                                            prev.etag if prev else None, StateIndex.now())
     fresh.commit(replace_all=True)
-    return {"objects": len(fresh.records), "bytes": sum(r.size for r in fresh.records.values()),
-            "removed_corrupt": removed}
+    return IndexRebuilt(len(fresh.records), sum(r.size for r in fresh.records.values()), removed)
