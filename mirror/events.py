@@ -1,31 +1,19 @@
 """What a run tells its watchers, as typed events.
 
 The engine and verify emit these; the renderers (the rich progress bar, plain lines, JSON
-lines) and a caller's `on_event` consume them. `to_dict()` is the JSON form, one object per
-line with its `"event"` name first. Events also read like the dicts they replaced
-(`e["event"]`, `e.get("key")`, `"key" in e`, `dict(e)`), so callbacks written for those
-keep working.
+lines) and a caller's `on_event` consume them, reading attributes (`e.name` is the kind).
+`to_dict()` is the JSON form, one object per line with its `"event"` name first.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from collections.abc import Mapping
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 
 @dataclass(frozen=True)
-class Event(Mapping):
-    """Also a read-only Mapping of its JSON form (`e["key"]`, `"key" in e`, `dict(e)`); for
-    json.dumps use `e.to_dict()`."""
-
+class Event:
     name: ClassVar[str] = "event"
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.to_dict())
-
-    def __len__(self) -> int:
-        return len(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"event": self.name}
@@ -36,10 +24,6 @@ class Event(Mapping):
             elif value is not None or not f.metadata.get("optional"):
                 out[f.name] = value
         return out
-
-    def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
-
 
 
 def _flat() -> Any:

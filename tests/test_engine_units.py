@@ -365,7 +365,7 @@ def test_typed_events_render_the_same_to_json_lines_and_plain_text(capsys):
     ]
     assert capsys.readouterr().err.splitlines() == ["vbo-mirror: failed: k/c: gone",
                                                     "vbo-mirror: warning: index not saved: disk full"]
-    assert stream[3]["event"] == "file_failed" and stream[3].get("missing", 7) == 7  # dict-style reads still work
+    assert stream[3].name == "file_failed" and stream[3].key == "k/c"
 
 
 def _resume_state_while_hanging(tmp_path, *, count: int, fill: int, pause: float) -> dict:

@@ -62,7 +62,7 @@ def test_a_broken_stream_resumes_at_the_byte_it_reached(sandbox, replica, tmp_pa
         stats = m.sync(limits=Limits(jobs=2, part_size=1 << 20), policy=FAST, on_event=events.append)
         gets = proxy.gets(big.key)
     assert rule.hits == 1 and stats.failures == [] and stats.retries >= 1
-    assert any(e["event"] == "retry" and e["error"] == "TransferError" for e in events)
+    assert any(e.name == "retry" and e.error == "TransferError" for e in events)
     # the retry asked only for what was missing: a Range starting past the cut
     resumed = [h["Range"] for _, h in gets if "Range" in h]
     assert resumed and int(resumed[0].split("=")[1].split("-")[0]) >= 32_768
@@ -78,7 +78,7 @@ def test_slowdown_is_retried(sandbox, replica, tmp_path):
         events = []
         stats = m.sync(limits=SMALL_PARTS, policy=FAST, on_event=events.append)
     assert stats.failures == [] and rules[0].hits == 3
-    assert [e["error"] for e in events if e["event"] == "retry"].count("SlowDown") == 3
+    assert [e.error for e in events if e.name == "retry"].count("SlowDown") == 3
     assert_mirror(tmp_path / "c", replica, "1.0.1")
 
 
@@ -91,7 +91,7 @@ def test_a_flipped_byte_is_caught_discarded_and_fetched_again(sandbox, replica, 
         events = []
         stats = m.sync(limits=Limits(jobs=2, part_size=4 << 20), policy=FAST, on_event=events.append)
     assert rule.hits == 1 and stats.failures == []
-    assert any(e["event"] == "retry" and e["error"] == "IntegrityError" for e in events)
+    assert any(e.name == "retry" and e.error == "IntegrityError" for e in events)
     assert_mirror(tmp_path / "c", replica, "1.0.1")
 
 
@@ -199,7 +199,7 @@ def test_cancel_mid_transfer_leaks_nothing(sandbox, replica, tmp_path):
         started = asyncio.Event()
 
         def on_event(e):
-            if e["event"] == "file_start":
+            if e.name == "file_start":
                 started.set()
 
         try:
@@ -265,7 +265,7 @@ def test_a_full_disk_stops_the_run_and_loses_nothing(sandbox, replica, small_dis
         before = {p: p.read_bytes() for p in (cache / f"{PROJECT}-0.1.0").rglob("*") if p.is_file()}
 
         def take_the_space(event) -> None:
-            if event["event"] == "file_start" and not filler.exists():
+            if event.name == "file_start" and not filler.exists():
                 _fill(filler)
 
         with pytest.raises(StoreError) as err:
@@ -382,8 +382,8 @@ def test_ctrl_c_from_inside_a_running_loop_cancels_the_job_and_a_rerun_resumes(s
             asyncio.run(cell())
         waited = time.monotonic() - t0
         assert waited < 8, f"Ctrl-C took {waited:.1f} s to stop the job"
-        assert any(e["event"] == "file_start" for e in got)
-        assert sum(e["event"] == "file_done" for e in got) < len(expected_files(replica, "1.0.1"))
+        assert any(e.name == "file_start" for e in got)
+        assert sum(e.name == "file_done" for e in got) < len(expected_files(replica, "1.0.1"))
         # the lock is free and the Mirror still works: a rerun at full speed finishes the job
         proxy.rate = None
         stats = m.sync(limits=SMALL_PARTS)

@@ -30,7 +30,7 @@ def test_closing_a_mirror_while_another_thread_syncs_cancels_that_sync_cleanly(s
 
         def worker():
             try:
-                out["stats"] = m.sync(limits=SMALL_PARTS, on_event=lambda e: e["event"] == "file_start" and started.set())
+                out["stats"] = m.sync(limits=SMALL_PARTS, on_event=lambda e: e.name == "file_start" and started.set())
             except BaseException as exc:  # noqa: BLE001 - what the thread saw is the point
                 out["error"] = exc
 
@@ -79,15 +79,21 @@ def test_other_limits_for_one_sync_leave_the_mirror_own_alone(sandbox, replica, 
         assert all("Range" not in h for p, h in proxy.gets("/behavior_"))
 
 
-def test_events_and_failures_read_like_the_dicts_they_were(sandbox, replica, tmp_path):
+def test_events_are_typed_and_their_json_form_is_to_dict(sandbox, replica, tmp_path):
+    from mirror import events as ev
+
     got = []
     with Mirror(tmp_path / "c", endpoint_url=sandbox.url) as m:
         m.load_manifest("0.1.0")
         m.sync(on_event=got.append)
     start = got[0]
-    assert start["event"] == "start" and "fetch" in start and dict(start) == start.to_dict() == {**start}
+    assert isinstance(start, ev.Started) and start.to_dict()["event"] == "start" and "fetch" in start.to_dict()
     assert json.loads(json.dumps(start.to_dict()))["event"] == "start"
-    assert {e["event"] for e in got} >= {"start", "file_start", "file_done", "summary"}
+    assert {e.name for e in got} >= {"start", "file_start", "file_done", "summary"}
+    done = next(e for e in got if isinstance(e, ev.FileDone))
+    assert done.to_dict()["key"] == done.key and done.bytes > 0
+    with pytest.raises(TypeError):
+        start["event"]  # no dict shim: a typed event is read by its attributes
 
 
 def test_calls_take_the_same_loop_thread_and_callbacks_run_on_it(sandbox, replica, tmp_path):

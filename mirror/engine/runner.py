@@ -47,9 +47,6 @@ class Failure:
         return {"key": self.key, "version_id": self.version_id, "error": type(self.error).__name__,
                 "message": str(self.error), "views": list(self.views)}
 
-    def __getitem__(self, name: str):  # reads as the dict it used to be: f["key"], f["message"]
-        return self.to_dict()[name]
-
 
 @dataclass
 class Stats:
