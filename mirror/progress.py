@@ -93,8 +93,8 @@ class PlainEvents:
 
 
 class LiveProgress:
-    """A rich progress bar fed from the engine's live Stats: bytes, rate, ETA, files in
-    flight, retries. Events print failures above the bar."""
+    """A rich progress bar fed from the snapshots the engine publishes (Stats.published, every
+    0.25 s): bytes, rate, ETA, files in flight, retries. Events print failures above the bar."""
 
     def __init__(self) -> None:
         from rich.console import Console
@@ -135,12 +135,12 @@ class LiveProgress:
         self.stats = stats
 
     def refresh(self) -> None:
-        st = self.stats
-        if st is None or self.task is None:
+        if self.stats is None or self.task is None:
             return
-        files = (f"files {st.files_done}/{self.files_total}, {st.files_linked} linked, {len(st.in_flight)} in flight"
+        st = self.stats.published  # a copy the loop thread made: this runs in the poller thread too
+        files = (f"files {st.files_done}/{self.files_total}, {st.files_linked} linked, {st.in_flight} in flight"
                  + (f", {st.retries} retries" if st.retries else "")
-                 + (f", [red]{len(st.failures)} failed[/]" if st.failures else ""))
+                 + (f", [red]{st.failed} failed[/]" if st.failed else ""))
         total = max(st.bytes_total - st.bytes_resumed, st.bytes_done)
         secs = st.seconds
         self.progress.update(self.task, total=total or None, completed=st.bytes_done, files=files,

@@ -96,6 +96,30 @@ def test_events_are_typed_and_their_json_form_is_to_dict(sandbox, replica, tmp_p
         start["event"]  # no dict shim: a typed event is read by its attributes
 
 
+def test_a_progress_display_reads_snapshots_the_loop_published_not_live_counters(sandbox, replica, tmp_path):
+    """The live bar polls from its own thread: what it reads is a frozen copy made on the loop
+    thread (published every 0.25 s and at the end), never the Stats the loop is changing."""
+    import dataclasses
+
+    from mirror.progress import LiveProgress
+
+    seen = []
+    bar = LiveProgress()
+    with bar, Mirror(tmp_path / "c", endpoint_url=sandbox.url) as m:
+        m.load_manifest("0.1.0")
+        stats = m.sync(limits=SMALL_PARTS, on_start=bar.attach,
+                       on_event=lambda e: seen.append((threading.current_thread().name, bar.stats.published)))
+        bar.refresh()
+        shown = bar.progress.tasks[0]
+    final = stats.published
+    assert dataclasses.is_dataclass(final) and final.__dataclass_params__.frozen
+    assert (final.bytes_done, final.files_done, final.failed) == (stats.bytes_done, stats.files_done, 0)
+    assert final.bytes_done > 0 and shown.completed == final.bytes_done
+    assert {name for name, _ in seen} == {"vbo-mirror-loop"}
+    stats.bytes_done += 1  # the live counters move on; a published snapshot does not
+    assert stats.published.bytes_done == final.bytes_done
+
+
 def test_calls_take_the_same_loop_thread_and_callbacks_run_on_it(sandbox, replica, tmp_path):
     names = set()
     threads_before = {x.ident for x in threading.enumerate()}

@@ -48,9 +48,25 @@ class Failure:
                 "message": str(self.error), "views": list(self.views)}
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """The counters a progress display shows, copied on the loop thread (Stats.publish): a
+    display in another thread reads this, never the live Stats the loop is changing."""
+
+    bytes_done: int = 0
+    bytes_total: int = 0
+    bytes_resumed: int = 0
+    files_done: int = 0
+    files_linked: int = 0
+    in_flight: int = 0
+    retries: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+
+
 @dataclass
 class Stats:
-    """Live counters, read by the progress display while the run goes on."""
+    """A run's counters, changed on the loop thread only; other threads read `published`."""
 
     files_total: int = 0
     bytes_total: int = 0
@@ -84,6 +100,13 @@ class Stats:
     failures: list[Failure] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
+    published: Snapshot = field(default_factory=Snapshot)
+
+    def publish(self) -> None:
+        """A new `published` snapshot (one attribute swapped: a reader sees the old or the new)."""
+        self.published = Snapshot(self.bytes_done, self.bytes_total, self.bytes_resumed, self.files_done,
+                                  self.files_linked, len(self.in_flight), self.retries, len(self.failures),
+                                  self.seconds)
 
     @property
     def seconds(self) -> float:
@@ -121,7 +144,8 @@ class Stats:
 
 class Engine:
     INDEX_COMMIT_SECONDS = 30.0
-    PROGRESS_SECONDS = 1.0
+    PROGRESS_SECONDS = 1.0  # a Progress event
+    SNAPSHOT_SECONDS = 0.25  # Stats.published, for a display in another thread
 
     def __init__(self, *, store: Store, remote: Remote | None, index: StateIndex,
                  limits: Limits = Limits(), policy: RetryPolicy | None = None, verify: Verify = Verify.MANIFEST,
@@ -159,6 +183,7 @@ class Engine:
         st.files_present, st.bytes_present = len(plan.present), plan.present_bytes
         st.shard = str(plan.shard) if plan.shard else None
         st.part_views = sum(len(f.views) for f in plan.fetch)
+        st.publish()
         self.emit(ev.Started(plan.summary()))
         executor = ThreadPoolExecutor(max_workers=self.limits.io_threads, thread_name_prefix="vbo-io")
         self._index_pool = index_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vbo-index")
@@ -196,6 +221,7 @@ class Engine:
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
             st.finished = time.monotonic()
+            st.publish()
             try:
                 self._final_commit()  # synchronous on purpose: it must happen even when cancelled
             finally:
@@ -227,11 +253,15 @@ class Engine:
                     await self._fetch_claimed(item, gets, executor, mode)
 
         async def tick() -> None:
+            st = self.stats
+            last = time.monotonic()
             while True:
-                await asyncio.sleep(self.PROGRESS_SECONDS)
-                st = self.stats
-                self.emit(ev.Progress(st.bytes_done, st.bytes_total, st.files_done, len(st.in_flight), st.retries,
-                                      round(st.bytes_done / max(st.seconds, 1e-9) / 1e6, 2)))
+                await asyncio.sleep(self.SNAPSHOT_SECONDS)
+                st.publish()
+                if time.monotonic() - last >= self.PROGRESS_SECONDS:
+                    last = time.monotonic()
+                    self.emit(ev.Progress(st.bytes_done, st.bytes_total, st.files_done, len(st.in_flight),
+                                          st.retries, round(st.bytes_done / max(st.seconds, 1e-9) / 1e6, 2)))
 
         try:
             async with asyncio.TaskGroup() as outer:
