@@ -59,6 +59,18 @@ class Cell:
                 "seconds": round(self.seconds, 3), "cpu_seconds": round(self.cpu_seconds, 3)}
 
 
+def targets_of(m, infos) -> list[Target]:
+    """The data files of manifest `m` (its tables when it has none) whose size S3 gave."""
+    entries = list(m.data_files.values()) or list(m.metadata_files.values())
+    targets = [Target(ObjectRef(e.bucket, e.key, e.version_id), info.size, info.etag)
+               for e in entries if (info := infos.get((e.key, e.version_id))) is not None and info.size > 0]
+    if not targets:
+        from .errors import OfflineError
+
+        raise OfflineError(f"no object of {m.name} has a known size to measure with")
+    return targets
+
+
 def choose(targets: list[Target], budget: int) -> list[Target]:
     """The largest objects first, until `budget` bytes (at least one object)."""
     out, total = [], 0

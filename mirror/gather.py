@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from .catalog import Catalog
 from .config import DatasetConfig
@@ -28,19 +28,19 @@ from .upkeep.scan import scan_local
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from .progress import StatusLines
     from .store.facade import Store
 
 Key = tuple[str, str | None]
 
 
 class Facts:
-    def __init__(self, dataset: DatasetConfig, layout: CacheLayout | None, store: Store | None, *,
-                 on_status: Callable[[str], None], progress_line: Callable[[str], Callable[[int, int], None]]) -> None:
+    def __init__(self, dataset: DatasetConfig, layout: CacheLayout | None, store: Store | None,
+                 status: StatusLines) -> None:
         self.dataset = dataset
         self.layout = layout
         self.store = store
-        self._status = on_status
-        self._progress_line = progress_line
+        self._status = status
         self._infos: dict[Key, ObjectInfo] = {}
         self._listing: dict[Key, ObjectInfo] | None = None
         self._headed: set[Key] = set()
@@ -61,7 +61,7 @@ class Facts:
                        and (e.key, e.version_id) not in self._headed]
             if missing:
                 self._status(f"{len(missing):,} object sizes the listing lacks: asking each by HEAD")
-                self._infos.update(await cat.head_infos(missing, on_progress=self._progress_line("HEAD")))
+                self._infos.update(await cat.head_infos(missing, on_progress=self._status.counter("HEAD")))
                 # Asked and answered (404/403 included): not asked again. After an error that
                 # was raised, nothing is recorded and the next call tries again.
                 self._headed.update((e.key, e.version_id) for e in missing)
@@ -90,6 +90,15 @@ class Facts:
         table = tbl.read_csv(await self.table_bytes(cat, m, name), name=f"{m.name}: {name}")
         self._tables[(m.name, name)] = table
         return table
+
+    async def entry_for(self, cat: Catalog, m: Manifest, kind: str, item_id: int) -> FileEntry:
+        """The file of `kind` (dataset file_kinds: 'behavior-session', ...) for one id, by its table."""
+        spec = self.dataset.file_kinds.get(kind)
+        if spec is None:
+            raise InputError(f"unknown file kind {kind!r}; known: {', '.join(sorted(self.dataset.file_kinds))}")
+        from . import tables as tbl
+
+        return tbl.entry_for_id(m, await self.table(cat, m, spec.table), spec, int(item_id))
 
     async def selected(self, cat: Catalog, m: Manifest, selection: Selection,
                        reports: dict | None = None) -> list[FileEntry]:

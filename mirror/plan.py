@@ -170,6 +170,13 @@ def content_sizes(entries: Iterable[FileEntry], sizes: Mapping[tuple[str, str | 
     return out
 
 
+def shard_entries(entries: list[FileEntry], sizes: Mapping[tuple[str, str | None], ObjectInfo],
+                  shard: Shard) -> list[FileEntry]:
+    """The entries whose content `shard` fetches (`urls --shard`): the split a sync's plan makes."""
+    mine = shard_of(content_sizes(entries, sizes), shard)
+    return [e for e in entries if e.file_hash in mine]
+
+
 def targets_of(manifest: Manifest, entries: Iterable[FileEntry] | None = None, view_dir: str | None = None
                ) -> list[Target]:
     """`view_dir`: AllenSDK's `{project}-{version}` (None), or the bucket layout's `{project}`."""

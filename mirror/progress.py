@@ -17,6 +17,31 @@ if TYPE_CHECKING:
     from .engine.runner import Stats
 
 
+class StatusLines:
+    """Lines about long steps before a transfer (listing, HEADs, adopt), to `on_status` (the CLI
+    prints them on stderr; None: nowhere). `counter(what)` says done/total at most every
+    `every()` seconds, and once at the end."""
+
+    def __init__(self, on_status: Callable[[str], None] | None, every: Callable[[], float]) -> None:
+        self.on_status = on_status
+        self._every = every
+
+    def __call__(self, line: str) -> None:
+        if self.on_status is not None:
+            self.on_status(line)
+
+    def counter(self, what: str) -> Callable[[int, int], None]:
+        last = [time.monotonic()]
+
+        def report(done: int, total: int) -> None:
+            now = time.monotonic()
+            if done == total or now - last[0] >= self._every():
+                last[0] = now
+                self(f"{what} {done:,}/{total:,}")
+
+        return report
+
+
 def json_lines(stream=None) -> Callable[[Event], None]:
     out = stream or sys.stdout
 

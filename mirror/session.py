@@ -2,36 +2,31 @@
 the pipeline it walks: manifest (versions.py) → plan input (gather.py) → plan (plan.py, pure)
 → run (engine/sync.py) → store.
 
-A `Session` owns the `Remote` (its connection pool; made on first use, so a command that
-needs no network never imports the network code), the `Limits`, the `Pacer` (a SlowDown
-slows every later call, not only the one that was told), the `Store` (the one writer of
-cache_dir), and what it learned (`Versions`: the manifest names online; `Facts`: the object
-sizes and the tables). `Mirror` (api.py) runs these coroutines on one long-lived event loop
-thread and takes the cache lock for every command that needs it.
-
-Each operation works through a `Catalog` made for it: when the endpoint does not answer and
-cache_dir holds what is needed, that operation goes on offline and the next one tries again.
+A `Session` owns the `Remote` (made on first use: a command that needs no network never
+imports it), the `Limits`, the `Pacer` (a SlowDown slows every later call), the `Store` (the
+one writer of cache_dir), and what it learned (`Versions`, `Facts`). Each operation works
+through a `Catalog` of its own (offline fallback is per operation). `Mirror` (api.py) runs
+these coroutines on one event loop thread and takes the cache lock wherever one is needed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .catalog import Catalog
 from .config import DatasetConfig
 from .engine.verify import Verify
-from .errors import InputError, MirrorError, OfflineError, OfflineWarning, StoreError
+from .errors import InputError, OfflineError
 from .events import Event
 from .gather import Facts
 from .gcpause import gc_paused
 from .limits import Limits
 from .manifest import Manifest, ManifestDiff, compare_manifests
 from .model import ObjectRef, Selection
-from .plan import Plan, content_sizes, make_sync_plan, shard_of
+from .progress import StatusLines
+from .plan import Plan, make_sync_plan, shard_entries
 from .policy import Pacer, RetryPolicy
 from .remote import OnDemand, RemoteSettings
 from .store.facade import Store
@@ -54,6 +49,7 @@ class Session:
         """`on_status`: one line at a time on long steps before a transfer starts (the CLI
         prints them on stderr)."""
         self.on_status = on_status
+        self.status_lines = StatusLines(on_status, lambda: self.STATUS_SECONDS)
         self.dataset = dataset
         self.layout = layout
         self.store = Store(layout, link_mode=link_mode) if layout is not None else None  # the one writer
@@ -61,8 +57,8 @@ class Session:
         self.offline = offline
         self.limits = limits
         self.pacer = Pacer()
-        self.versions = Versions(dataset, layout, self.store, self._status)
-        self.facts = Facts(dataset, layout, self.store, on_status=self._status, progress_line=self._progress_line)
+        self.versions = Versions(dataset, layout, self.store, self.status_lines)
+        self.facts = Facts(dataset, layout, self.store, self.status_lines)
         self._remote: OnDemand | None = None
         self._manifest_etags: dict[str, str | None] = {}
 
@@ -89,22 +85,6 @@ class Session:
 
     def current_manifest(self) -> str | None:
         return self.versions.current()
-
-    def _status(self, line: str) -> None:
-        if self.on_status is not None:
-            self.on_status(line)
-
-    def _progress_line(self, what: str) -> Callable[[int, int], None]:
-        """done/total, said at most every STATUS_SECONDS, and once at the end."""
-        last = [time.monotonic()]
-
-        def report(done: int, total: int) -> None:
-            now = time.monotonic()
-            if done == total or now - last[0] >= self.STATUS_SECONDS:
-                last[0] = now
-                self._status(f"{what} {done:,}/{total:,}")
-
-        return report
 
     # --- manifests and tables --------------------------------------------------------------------
 
@@ -183,28 +163,20 @@ class Session:
                               limits=limits or self.limits, verify=verify, pacer=self.pacer, **kw)
 
     async def locate(self, kind: str, item_id: int, version: str | None) -> tuple[Path, tuple | None]:
-        """`get`, before the lock: where the file of `kind` for `item_id` goes, and what a
-        fetch of it is about (None: it is there already)."""
-        layout = self.need_layout()
-        spec = self.dataset.file_kinds.get(kind)
-        if spec is None:
-            raise InputError(f"unknown file kind {kind!r}; known: {', '.join(sorted(self.dataset.file_kinds))}")
+        """`get`, before the lock (it only looks): where the file of `kind` for `item_id` goes,
+        and what `fetch` is to make present (None: it is there already)."""
         if version == "all":
             raise InputError("get makes one file present: name one version (or 'latest'), not 'all'")
-        from . import tables as tbl
-
         cat = self.catalog()
         m = await self.versions.manifest(cat, version)
-        entry = tbl.entry_for_id(m, await self.facts.table(cat, m, spec.table), spec, int(item_id))
-        selection = Selection.files(m.manifest_version, [entry.key])
-        plan = await self._plan(cat, [m], selection)  # looks only
-        todo = (m, selection) if plan.fetch or plan.link or plan.replace else None
-        return layout.view_path(f"{m.view_dir}/{entry.relative_path}"), todo
+        entry = await self.facts.entry_for(cat, m, kind, item_id)
+        plan = await self._plan(cat, [m], Selection.files(m.manifest_version, [entry.key]))
+        todo = (m, entry.key) if plan.fetch or plan.link or plan.replace else None
+        return self.need_layout().view_path(f"{m.view_dir}/{entry.relative_path}"), todo
 
     async def fetch(self, todo: tuple, on_event: Callable[[Event], None] | None = None) -> Stats:
         """`get`, under the lock: planned again (a sync that just finished may have done it all)."""
-        m, selection = todo
-        return await self.repair([m], selection.keys, on_event=on_event)
+        return await self.repair([todo[0]], {todo[1]}, on_event=on_event)
 
     async def repair(self, manifests: list[Manifest], keys: set[str] | frozenset[str], layout: str = "allensdk",
                      on_event: Callable[[Event], None] | None = None) -> Stats:
@@ -219,8 +191,7 @@ class Session:
         for m in await self.versions.select(cat, selection.version):
             entries += await self.facts.selected(cat, m, selection)
         if selection.shard is not None:
-            mine = shard_of(content_sizes(entries, await self.facts.sizes(cat, entries)), selection.shard)
-            entries = [e for e in entries if e.file_hash in mine]
+            entries = shard_entries(entries, await self.facts.sizes(cat, entries), selection.shard)
         return list(dict.fromkeys(self.settings.object_url(ObjectRef(e.bucket, e.key, e.version_id)) for e in entries))
 
     # --- looking at the mirror (api.py holds the cache lock where one is needed) ------------------
@@ -228,9 +199,8 @@ class Session:
     async def status(self) -> CacheStatus:
         from .upkeep.status import cache_status
 
-        layout = self.need_layout()
-        manifests = list(self.versions.local().values())
-        return await asyncio.to_thread(cache_status, layout, manifests, current=self.current_manifest())
+        return await asyncio.to_thread(cache_status, self.need_layout(), list(self.versions.local().values()),
+                                       current=self.current_manifest())
 
     async def verify(self, *, fast: bool = False, repair: bool = False, jobs: int = 2,
                      on_event: Callable[[Event], None] | None = None, read_only: bool = False,
@@ -238,78 +208,42 @@ class Session:
         from .upkeep import repair as fixing
         from .upkeep.status import verify_store
 
-        layout = self.need_layout()
-        manifests = list(self.versions.local().values())
+        layout, manifests = self.need_layout(), list(self.versions.local().values())
         report = await asyncio.to_thread(verify_store, layout, manifests, fast=fast, jobs=jobs, on_event=on_event,
                                          read_only=read_only)
         if repair and report.damaged:
-            async def fix(ms: list[Manifest], keys: set[str], where: str) -> Stats:
-                return await self.repair(ms, keys, where, on_event=on_event)
-
-            report = await fixing.repair(report, layout, self.store, manifests, fix, confirm)
+            report = await fixing.repair(report, layout, self.store, manifests, confirm=confirm,
+                                         fix=lambda ms, keys, where: self.repair(ms, keys, where, on_event=on_event))
         return report
 
     async def prune(self, keep: list[str] | None, *, dry_run: bool = False,
                     confirm: Callable[[PruneReport], bool] | None = None) -> PruneReport:
-        """`keep` None: gc only."""
-        from .catalog import resolve_name
-        from .upkeep.prune import apply_prune, plan_prune, refusals
+        from .upkeep.prune import prune_versions  # keep None: gc
 
-        layout = self.need_layout()
-
-        def unreadable(name: str, exc: MirrorError) -> None:
-            raise StoreError(f"cannot read {layout.manifest_path(name)}: prune cannot tell what that version "
-                             f"needs ({exc})", hint="fix or remove that manifest, then prune again") from None
-
-        manifests = self.versions.local(on_unreadable=unreadable)
-        names = list(manifests) if keep is None else list(dict.fromkeys(
-            resolve_name(self.dataset, v, list(manifests)) for v in keep))
-        refused = refusals(layout, manifests, names, keep_given=keep is not None, current=self.current_manifest())
-        if refused and not dry_run:
-            raise refused[0]
-        plan = await asyncio.to_thread(plan_prune, layout, self.store.objects, [manifests[n] for n in names],
-                                       [m for n, m in manifests.items() if n not in names])
-        report = plan.report(dry_run=dry_run, refused=refused)
-        report.applied = not dry_run and (confirm is None or confirm(report))
-        if report.applied:
-            report.removed = await asyncio.to_thread(apply_prune, layout, self.store.objects, plan)
-        return report
+        return await prune_versions(self.need_layout(), self.store, self.versions, keep, dry_run=dry_run,
+                                    confirm=confirm)
 
     async def adopt(self, *, dry_run: bool = False, jobs: int = 2) -> AdoptReport:
         """Take what AllenSDK downloaded into cache_dir into the store, in place (upkeep/adopt.py)."""
-        from .upkeep.adopt import adopt_tree
+        from .upkeep.adopt import adopt_cache
 
-        layout = self.need_layout()
-
-        def skip(name: str, exc: MirrorError) -> None:
-            warnings.warn(f"{name} is skipped: {exc}", OfflineWarning, stacklevel=4)
-
-        manifests = list(self.versions.local(on_unreadable=skip).values())
-        if not manifests:
-            raise InputError(f"no manifest in {layout.root}: nothing to adopt",
-                             hint="adopt works on a cache_dir that AllenSDK filled (its manifests are at the top)")
-        return await asyncio.to_thread(adopt_tree, layout, self.store, manifests, dry_run=dry_run, jobs=jobs,
-                                       on_progress=self._progress_line("adopt: files looked at"))
+        return await asyncio.to_thread(adopt_cache, self.need_layout(), self.store, self.versions, dry_run=dry_run,
+                                       jobs=jobs, on_progress=self.status_lines.counter("adopt: files looked at"))
 
     async def rebuild_index(self, *, jobs: int = 2) -> IndexRebuilt:
         from .upkeep.status import rebuild_index
 
-        layout = self.need_layout()
-        return await asyncio.to_thread(rebuild_index, layout, list(self.versions.local().values()), jobs=jobs)
+        return await asyncio.to_thread(rebuild_index, self.need_layout(), list(self.versions.local().values()), jobs=jobs)
 
     async def bench(self, version: str | None, *, jobs: tuple[int, ...], part_sizes: tuple[int, ...], budget: int,
                     repeat: int, to_disk: Path | None, on_cell: Callable[[Any], None] | None) -> list:
-        from .bench import Target as BenchTarget, choose, run_matrix
+        from .bench import choose, run_matrix, targets_of
 
         if self.offline:
             raise OfflineError("bench measures the endpoint and cannot run --offline")
         cat = self.catalog()
         m = await self.versions.manifest(cat, version)
-        entries = list(m.data_files.values()) or list(m.metadata_files.values())
-        infos = await self.facts.sizes(cat, entries)
-        targets = [BenchTarget(ObjectRef(e.bucket, e.key, e.version_id), info.size, info.etag)
-                   for e in entries if (info := infos.get((e.key, e.version_id))) is not None and info.size > 0]
-        if not targets:
-            raise OfflineError(f"no object of {m.name} has a known size to measure with")
-        return await run_matrix(self.settings, choose(targets, budget), jobs=list(jobs), part_sizes=list(part_sizes),
-                                repeat=repeat, to_disk=to_disk, on_cell=on_cell or (lambda c: None))
+        infos = await self.facts.sizes(cat, list(m.data_files.values()) or list(m.metadata_files.values()))
+        return await run_matrix(self.settings, choose(targets_of(m, infos), budget), jobs=list(jobs),
+                                part_sizes=list(part_sizes), repeat=repeat, to_disk=to_disk,
+                                on_cell=on_cell or (lambda c: None))

@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..errors import MirrorError, StoreError
 from ..hashing import READ_CHUNK, Digests, MultiHasher
@@ -55,6 +56,9 @@ MAX_HOPS = 4  # symlinks followed in a chain (AllenSDK makes chains of one)
 _FATAL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 # A hard link into the store is not possible here: the bytes are copied into it instead.
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
+
+if TYPE_CHECKING:
+    from ..versions import Versions
 
 CATEGORIES = ("adopted", "present", "mismatch", "missing", "foreign", "failed")
 
@@ -461,6 +465,23 @@ def _hash_fd(fd: int, size: int) -> Digests:
     h = MultiHasher()
     h.update_from_fd(fd, 0, size)
     return h.digests()
+
+
+def adopt_cache(layout: CacheLayout, store: Store, versions: Versions, **kw) -> AdoptReport:
+    """`adopt`: every manifest in cache_dir that parses (one that does not is skipped, with a
+    warning); none at all is an error."""
+    import warnings
+
+    from ..errors import InputError, OfflineWarning
+
+    def skip(name: str, exc: MirrorError) -> None:
+        warnings.warn(f"{name} is skipped: {exc}", OfflineWarning, stacklevel=2)
+
+    manifests = list(versions.local(on_unreadable=skip).values())
+    if not manifests:
+        raise InputError(f"no manifest in {layout.root}: nothing to adopt",
+                         hint="adopt works on a cache_dir that AllenSDK filled (its manifests are at the top)")
+    return adopt_tree(layout, store, manifests, **kw)
 
 
 def adopt_tree(layout: CacheLayout, store: Store, manifests: list[Manifest], *, dry_run: bool = False,

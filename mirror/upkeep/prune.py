@@ -22,6 +22,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import InputError, StoreError
 from ..manifest import Manifest
@@ -31,6 +32,10 @@ from ..store import wanted
 from ..store.layout import CacheLayout
 from ..store.objects import ObjectStore
 from ..store.views import view_matches
+
+if TYPE_CHECKING:
+    from ..store.facade import Store
+    from ..versions import Versions
 
 TEMP_PREFIXES = (".vbo-tmp-", ".vbo-link-")
 
@@ -177,3 +182,31 @@ def refusals(layout: CacheLayout, manifests: dict[str, Manifest], kept_names: li
                 hint=f"add --keep {m.manifest_version}, or sync the bucket layout to a kept "
                      "version first (sync --layout bucket --version V)"))
     return out
+
+
+async def prune_versions(layout: CacheLayout, store: Store, versions: Versions, keep: list[str] | None, *,
+                         dry_run: bool, confirm: Callable[[PruneReport], bool] | None) -> PruneReport:
+    """`prune --keep` (`keep` None: `gc`), the caller holding the exclusive cache lock: every
+    manifest in cache_dir must be readable (what a version needs is read from it), refusals
+    are raised (or, in a dry run, reported), and `confirm` is shown the plan first."""
+    import asyncio
+
+    from ..catalog import resolve_name
+
+    def unreadable(name: str, exc: Exception) -> None:
+        raise StoreError(f"cannot read {layout.manifest_path(name)}: prune cannot tell what that version "
+                         f"needs ({exc})", hint="fix or remove that manifest, then prune again") from None
+
+    manifests = versions.local(on_unreadable=unreadable)
+    names = list(manifests) if keep is None else list(dict.fromkeys(
+        resolve_name(versions.dataset, v, list(manifests)) for v in keep))
+    refused = refusals(layout, manifests, names, keep_given=keep is not None, current=versions.current())
+    if refused and not dry_run:
+        raise refused[0]
+    plan = await asyncio.to_thread(plan_prune, layout, store.objects, [manifests[n] for n in names],
+                                   [m for n, m in manifests.items() if n not in names])
+    report = plan.report(dry_run=dry_run, refused=refused)
+    report.applied = not dry_run and (confirm is None or confirm(report))
+    if report.applied:
+        report.removed = await asyncio.to_thread(apply_prune, layout, store.objects, plan)
+    return report

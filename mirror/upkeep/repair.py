@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 Fix = Callable[[list[Manifest], set[str], str], Awaitable["Stats"]]
 
 
-async def repair(report: VerifyReport, layout: CacheLayout, store: Store, manifests: list[Manifest], fix: Fix,
+async def repair(report: VerifyReport, layout: CacheLayout, store: Store, manifests: list[Manifest], *, fix: Fix,
                  confirm: Callable[[dict], bool] | None) -> VerifyReport:
     """Repairs what `report` (verify_store's) found; sets its `repaired` (and `repair_declined`)."""
     for rel in report.views_wrong:  # what a sync would replace anyway
