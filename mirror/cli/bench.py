@@ -9,7 +9,7 @@ import click
 
 from ..units import size_flag
 from ..limits import Limits
-from . import Ctx, handle_errors, human_bytes, InputError, main, part_size_option, version_option
+from .root import Ctx, handle_errors, human_bytes, InputError, main, part_size_option, version_option
 
 
 # --- bench ----------------------------------------------------------------------------------------

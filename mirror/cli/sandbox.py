@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from . import Ctx, handle_errors, human_bytes, InputError, main
+from .root import Ctx, handle_errors, human_bytes, InputError, main
 
 
 # --- sandbox --------------------------------------------------------------------------------

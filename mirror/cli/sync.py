@@ -10,7 +10,7 @@ import click
 from ..engine.verify import Verify
 from ..limits import Limits
 from ..units import size_flag
-from . import (_note, _selection, Ctx, handle_errors, human_bytes,
+from .root import (_note, _selection, Ctx, handle_errors, human_bytes,
                InputError, main, part_size_option, selection_options, version_option)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from . import Ctx, InputError, handle_errors, main
+from .root import Ctx, InputError, handle_errors, main
 
 
 # --- tables ---------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import sys
 import click
 
 from ..reports import AdoptReport, PruneReport
-from . import _selection, Ctx, handle_errors, human_bytes, InputError, main, selection_options, version_option
+from .root import _selection, Ctx, handle_errors, human_bytes, InputError, main, selection_options, version_option
 
 
 def _prune_text(r: PruneReport) -> str:
