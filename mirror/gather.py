@@ -45,6 +45,7 @@ class Facts:
         self._listing: dict[Key, ObjectInfo] | None = None
         self._headed: set[Key] = set()
         self._tables: dict[tuple[str, str], pa.Table] = {}
+        self._where: dict[str, object] = {}  # --where text → its parsed expression
 
     async def sizes(self, cat: Catalog, entries: list[FileEntry]) -> dict[Key, ObjectInfo]:
         """Object sizes and ETags: the dataset prefix is listed once, with a HEAD for what the
@@ -114,8 +115,10 @@ class Facts:
 
                 kinds = list(self.dataset.file_kinds.values())
                 tables = {k.table: await self.table(cat, m, k.table) for k in kinds}
+                if selection.where is not None and selection.where not in self._where:
+                    self._where[selection.where] = sel.parse(selection.where)  # once, not once per version
                 picked, report = tbl.select_files(
-                    m, tables, kinds, where=sel.parse(selection.where) if selection.where is not None else None,
+                    m, tables, kinds, where=self._where.get(selection.where) if selection.where is not None else None,
                     ids=(selection.ids[0], list(selection.ids[1])) if selection.ids is not None else None)
                 entries += picked
             if reports is not None:
