@@ -5,9 +5,12 @@ from __future__ import annotations
 import sys
 
 import click
+from typing import TYPE_CHECKING
 
-from ..reports import AdoptReport, PruneReport
 from .root import _selection, Ctx, handle_errors, human_bytes, InputError, main, selection_options, version_option
+
+if TYPE_CHECKING:  # (the reports module is loaded only by the commands that make one)
+    from ..reports import AdoptReport, PruneReport
 
 
 def _prune_text(r: PruneReport) -> str:
