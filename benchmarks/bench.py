@@ -384,6 +384,7 @@ def scenario_cold(ctx: Context) -> None:
                      *[f"- {r.tool} ({r.variant}): {'; '.join(r.notes)}" for r in rows if r.notes], ""]
     if plot(rows, PNG, f"cold sync of {gb(total)}: MB/s and client CPU s/GB (medians of {ctx.args.repeats})"):
         ctx.sections += [f"![MB/s and CPU s/GB per client]({PNG.name})", ""]
+    ctx.sections += ["What bounds one process:", "", *gil_held(ctx, version, total), ""]
     vbo = next((r for r in rows if r.tool == "vbo-mirror" and r.variant == "default" and not r.skip), None)
     best = min((r for r in rows if r.tool == "vbo-mirror" and not r.skip), key=lambda r: r.wall_s, default=None)
     s5 = next((r for r in rows if r.tool == "s5cmd" and r.variant == "default" and not r.skip), None)
@@ -574,38 +575,13 @@ def profile_https(ctx: Context, version: str, total: int) -> list[str]:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not os.access(spy, os.X_OK):
         return ["- (py-spy not installed: no profile of the TLS path; pip install py-spy)"]
-    rate = 200
     found: dict[str, dict[tuple[str, ...], int]] = {}
     for mode, flags in (("gil", ["--gil", "--nonblocking"]), ("native", ["--native"])):
-        cache = ctx.work / f"pyspy-cache-{mode}"
-        shutil.rmtree(cache, ignore_errors=True)
-        raw = ctx.work / f"pyspy-https-{mode}.txt"
-        argv = [spy, "record", "--rate", str(rate), "--format", "raw", *flags, "-o", str(raw), "--",
-                sys.executable, "-m", "mirror.cli", "--endpoint-url", ctx.https_url, "--cache-dir", str(cache),
-                "sync", "--version", version]
-        env = tools.trust_ca("vbo-mirror", argv, tools._base_env(), ctx.ca_bundle)[1]
-        os.sync()
-        wait_for_quiet(ctx.args.idle_wait)
-        m, _, _ = measured(argv, env=env, cwd=ROOT, server=ctx.server, log_path=ctx.work / f"log-pyspy-{mode}.txt")
-        shutil.rmtree(cache, ignore_errors=True)
-        if m.returncode != 0 or not raw.exists():
-            return [f"- (py-spy --{mode} run failed, exit {m.returncode}; see log-pyspy-{mode}.txt)"]
-        found[mode] = _collapsed(raw)
-    out = []
-    gil = found["gil"]
-    n = sum(gil.values())
-    leaf: dict[str, int] = {}
-    for st, c in gil.items():
-        leaf[st[-1]] = leaf.get(st[-1], 0) + c
-    top = sorted(leaf.items(), key=lambda kv: -kv[1])[:6]
-    per_gb = n / rate / (total / 1e9)
-    out.append(f"- py-spy, one default HTTPS sync each ({rate} Hz): `--gil` saw the GIL held for ~{n / rate:.1f} s "
-               f"(~{per_gb:.2f} s per GB, start-up included; samples x interval, an estimate), so one process could "
-               f"move at most ~{1 / per_gb:.1f} GB/s over TLS whatever the cores; its top Python functions (self): "
-               + ", ".join(f"`{f}` {100 * c / n:.0f}%" for f, c in top)
-               + (" (`serve` stands for uvloop's compiled code, which has no Python frames: its SSL protocol, the "
-                  "MemoryBIO copy, the socket callbacks)" if any(f.startswith("LoopThread._ensure") for f, _ in top)
-                  else "") + ".")
+        got = _pyspy(ctx, spy, ctx.https_url, version, flags, f"https-{mode}", ca=True)
+        if isinstance(got, str):
+            return [got]
+        found[mode] = got
+    out = [_gil_line(found["gil"], total, "one default HTTPS sync", "over TLS")]
     nat = found["native"]
     shares, waits = native_shares(nat)
     if shares:
@@ -617,6 +593,66 @@ def profile_https(ctx: Context, version: str, total: int) -> list[str]:
                    "its libc wrapper. "
                    "Raw stacks: pyspy-https-gil.txt, pyspy-https-native.txt in the work directory (--keep).")
     return out
+
+
+PYSPY_RATE = 200
+
+
+def _pyspy(ctx: Context, spy: str, url: str, version: str, flags: list[str], label: str, *, ca: bool = False
+           ) -> dict[tuple[str, ...], int] | str:
+    """One default cold sync of `version` from `url` under `py-spy record` (its collapsed
+    stacks), or a line saying why not."""
+    cache = ctx.work / f"pyspy-cache-{label}"
+    shutil.rmtree(cache, ignore_errors=True)
+    raw = ctx.work / f"pyspy-{label}.txt"
+    argv = [spy, "record", "--rate", str(PYSPY_RATE), "--format", "raw", *flags, "-o", str(raw), "--",
+            sys.executable, "-m", "mirror.cli", "--endpoint-url", url, "--cache-dir", str(cache),
+            "sync", "--version", version]
+    env = tools.trust_ca("vbo-mirror", argv, tools._base_env(), ctx.ca_bundle)[1] if ca else tools._base_env()
+    os.sync()
+    wait_for_quiet(ctx.args.idle_wait)
+    m, _, _ = measured(argv, env=env, cwd=ROOT, server=ctx.server, log_path=ctx.work / f"log-pyspy-{label}.txt")
+    shutil.rmtree(cache, ignore_errors=True)
+    if m.returncode != 0 or not raw.exists():
+        return f"- (py-spy {label} run failed, exit {m.returncode}; see log-pyspy-{label}.txt)"
+    return _collapsed(raw)
+
+
+def _gil_per_gb(gil: dict[tuple[str, ...], int], total: int) -> float:
+    """GIL-held seconds per GB: `py-spy --gil` samples only while a thread holds the GIL, so
+    samples x interval estimates the time it was held (start-up included)."""
+    return sum(gil.values()) / PYSPY_RATE / (total / 1e9)
+
+
+def _gil_line(gil: dict[tuple[str, ...], int], total: int, what: str, where: str) -> str:
+    n = sum(gil.values())
+    leaf: dict[str, int] = {}
+    for st, c in gil.items():
+        leaf[st[-1]] = leaf.get(st[-1], 0) + c
+    top = sorted(leaf.items(), key=lambda kv: -kv[1])[:6]
+    per_gb = _gil_per_gb(gil, total)
+    return (f"- py-spy, {what} ({PYSPY_RATE} Hz): `--gil` saw the GIL held for ~{n / PYSPY_RATE:.1f} s "
+            f"(~{per_gb:.2f} s per GB, start-up included; samples x interval, an estimate), so one process could "
+            f"move at most ~{1 / per_gb:.1f} GB/s {where} whatever the cores (`sync --procs N`: N times that); its "
+            "top Python functions (self): " + ", ".join(f"`{f}` {100 * c / n:.0f}%" for f, c in top)
+            + (" (`serve` stands for uvloop's compiled code, which has no Python frames: its protocol callbacks, "
+               "the socket reads)" if any(f.startswith("LoopThread._ensure") for f, _ in top) else "") + ".")
+
+
+def gil_held(ctx: Context, version: str, total: int) -> list[str]:
+    """Issue 19's ceiling of one process: GIL-held seconds per GB of a default plain HTTP cold
+    sync, with the target row."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not os.access(spy, os.X_OK):
+        return ["- (py-spy not installed: GIL-held time not measured; pip install py-spy)"]
+    got = _pyspy(ctx, spy, ctx.url, version, ["--gil", "--nonblocking"], "http-gil")
+    if isinstance(got, str):
+        return [got]
+    per_gb = _gil_per_gb(got, total)
+    ctx.facts["gil_s_per_gb"] = per_gb
+    ctx.targets.append(("GIL held per GB, default cold sync over HTTP (issue 19)", "<= 0.40 s/GB (>= 2.5 GB/s a process)",
+                        f"{per_gb:.2f} s/GB ({1 / per_gb:.1f} GB/s a process)", per_gb <= 0.40))
+    return [_gil_line(got, total, "one default plain HTTP cold sync", "over HTTP")]
 
 
 def _vbo(ctx: Context, *args: str, dataset: str | None = None) -> list[str]:

@@ -129,3 +129,24 @@ class ViewDamaged(Event):
 
     name: ClassVar[str] = "view_damaged"
     view: str
+
+
+def from_dict(d: dict[str, Any]) -> Event:
+    """The event a JSON line (`to_dict()`, as `--json` prints it) stands for: how `sync --procs`
+    re-emits what its child processes said. Keys it does not know (the line's "t") are dropped."""
+    cls = next(c for c in _kinds() if c.name == d["event"])
+    known = {f.name for f in fields(cls)}
+    kw = {k: v for k, v in d.items() if k in known}
+    for f in fields(cls):
+        if f.metadata.get("flatten"):
+            kw[f.name] = {k: v for k, v in d.items() if k not in known and k not in ("event", "t")}
+    return cls(**kw)
+
+
+def _kinds() -> list[type[Event]]:
+    out, todo = [], [Event]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            out.append(sub)
+            todo.append(sub)
+    return out

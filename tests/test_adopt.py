@@ -465,7 +465,9 @@ def test_a_store_directory_swapped_for_a_symlink_during_adopt_cannot_redirect_it
         return _Held()
 
     monkeypatch.setattr(ObjectStore, "staging", staging_then_swap)
-    first = adopt(root)
+    # One file at a time: with two, another object of the same fan-out directory may be staged
+    # in the moment of the swap and fail another way (seen once, in a full run of the suite).
+    first = adopt(root, jobs=1)
     assert first.ok is False and first.failed.files >= 1  # that object's files, said and left
     assert all("symlink" in f["error"] for f in first.failed.examples)
     assert swapped and list(outside.iterdir()) == []  # nothing landed outside cache_dir

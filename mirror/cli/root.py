@@ -51,6 +51,19 @@ class Ctx:
         self.proxy = proxy
         self._mirror: Mirror | None = None
 
+    def argv(self) -> list[str]:
+        """The global options this command was given, for a child `vbo-mirror` (sync --procs),
+        which also inherits the environment (endpoint and proxy variables, credentials)."""
+        t = self.timeouts
+        out = ["--dataset", self.dataset, "--connect-timeout", repr(t.connect), "--read-timeout", repr(t.read),
+               "--min-rate", repr(t.min_rate), "--min-rate-window", repr(t.rate_window), "--transport", self.transport]
+        out += ["--cache-dir", str(self.cache_dir)] if self.cache_dir else []
+        out += ["--endpoint-url", self.endpoint_url] if self.endpoint_url else []
+        out += ["--offline"] if self.offline else []
+        out += ["--signed"] if self.signed else []
+        out += ["--no-proxy"] if self.proxy == "" else (["--proxy", self.proxy] if self.proxy else [])
+        return out
+
     @property
     def mirror(self) -> "Mirror":
         if self._mirror is None:

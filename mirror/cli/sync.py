@@ -87,6 +87,7 @@ def _counts(s: dict) -> str:
             + f"), {s['files_linked']} linked ({human_bytes(s['bytes_linked'])}), {s['files_present']} already present"
             + (f", {s['removed']} stray views removed" if s['removed'] else "")
             + f" in {s['seconds']:.1f}s ({s['mb_per_s']:.1f} MB/s)"
+            + (f" by {len(s['procs'])} processes" if s.get("procs") else "")
             + (f", {s['retries']} retries" if s['retries'] else ""))
 
 
@@ -132,10 +133,13 @@ def _shard_counts(s: dict) -> str:
 @click.option("--bwlimit", default=None, metavar="RATE",
               help="Cap this process's download rate over all connections, e.g. 200MB/s, 1Gbit/s, 50MiB/s "
                    "(with --shard: per process).")
+@click.option("--procs", default="auto", show_default=True, metavar="N|auto",
+              help="Processes fetching the selection together (each a shard of it, -j and --bwlimit shared "
+                   "out among them); auto: one per two cores, at most 8 (one below four cores).")
 @selection_options
 @click.pass_obj
 @handle_errors
-def sync_cmd(c: Ctx, version, jobs, part_size, verify, link_mode, wait, dry_run, stats_every, bwlimit,
+def sync_cmd(c: Ctx, version, jobs, part_size, verify, link_mode, wait, dry_run, stats_every, bwlimit, procs,
              **sel) -> None:
     """Fetch, verify and link every file of a version; resumes whatever an earlier run left."""
 
@@ -154,14 +158,63 @@ def sync_cmd(c: Ctx, version, jobs, part_size, verify, link_mode, wait, dry_run,
     if dry_run:
         _show_plan(c, c.mirror.plan(selection))
         return
-    stats = _run_with_progress(c, lambda on_event, on_start: c.mirror.sync(
-        selection, limits=limits, verify=Verify(verify), link_mode=link_mode, wait=wait,
-        on_event=on_event, on_start=on_start), stats_every)
+    n = _procs(procs, selection)
+
+    def run(on_event, on_start):
+        def plain(sel, on_event=on_event):
+            return c.mirror.sync(sel, limits=limits, verify=Verify(verify), link_mode=link_mode, wait=wait,
+                                 on_event=on_event, on_start=on_start)
+
+        if n == 1:
+            return plain(selection)
+        from ..procs import sync_procs
+
+        per = [max(1, jobs // n + (1 if k < jobs % n else 0)) for k in range(n)]
+        child = [*c.argv(), "--json", "sync", "--part-size", str(limits.part_size), "--verify", verify,
+                 "--link-mode", link_mode, *(["--wait"] if wait else []), *_selection_argv(version, **sel)]
+
+        def argv_of(shard):
+            rate = ["--bwlimit", f"{rate_per:.0f}B/s"] if (rate_per := (limits.bwlimit or 0) / n) else []
+            return [sys.executable, "-m", "mirror.cli", *child, "-j", str(per[shard.index]), *rate,
+                    "--shard", str(shard)]
+
+        said: set[str] = set()
+
+        def child_said(shard, line: str) -> None:  # each line once: N children list the same bucket
+            if line not in said:
+                said.add(line)
+                click.echo(f"[{shard}] {line}", err=True)
+
+        return sync_procs(c.mirror, selection, n, argv_of, sync=plain, on_event=on_event, on_start=on_start,
+                          on_stderr=child_said)
+
+    stats = _run_with_progress(c, run, stats_every)
     s = stats.summary()
     if not c.json:
         click.echo(_summary_text(s))
     if s["failures"]:
         click.get_current_context().exit(5)
+
+
+def _procs(text: str, selection) -> int:
+    from ..procs import default_procs
+
+    if text == "auto":
+        return 1 if selection.shard is not None else default_procs()
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise InputError(f"--procs {text!r}: a number of processes from 1 to 64, or auto")
+    if int(text) > 1 and selection.shard is not None:
+        raise InputError("--procs runs its own shards: give --procs or --shard, not both")
+    return int(text)
+
+
+def _selection_argv(version, shard=None, where=None, ids_file=None, tables_only=False, view_layout="allensdk"):
+    """The selection options again, for a child process (its --shard is added per child)."""
+    out = ["--version", version] if version else []
+    out += ["--where", where] if where is not None else []
+    out += ["--ids", str(ids_file)] if ids_file is not None else []
+    out += ["--tables-only"] if tables_only else []
+    return out + ["--layout", view_layout]
 
 
 @main.command("get", short_help="One session's or experiment's NWB: fetch, print path.")

@@ -96,6 +96,7 @@ class Stats:
     helped_linked: int = 0
     elsewhere_views: int = 0
     shard: str | None = None
+    procs: list[dict] | None = None  # (sync --procs) each process: its shard, exit status, what it fetched
     in_flight: set[str] = field(default_factory=set)
     failures: list[Failure] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
@@ -137,6 +138,7 @@ class Stats:
                            "fetched_views": self.helped_views, "linked_views": self.helped_linked,
                            "left_objects": self.files_elsewhere, "left_views": self.elsewhere_views}}
                if self.shard else {}),
+            **({"procs": self.procs} if self.procs else {}),
             "failures": [f.to_dict() for f in self.failures],
             "ok": not self.failures,
         }
