@@ -384,7 +384,8 @@ def scenario_cold(ctx: Context) -> None:
                      *[f"- {r.tool} ({r.variant}): {'; '.join(r.notes)}" for r in rows if r.notes], ""]
     if plot(rows, PNG, f"cold sync of {gb(total)}: MB/s and client CPU s/GB (medians of {ctx.args.repeats})"):
         ctx.sections += [f"![MB/s and CPU s/GB per client]({PNG.name})", ""]
-    ctx.sections += ["What bounds one process:", "", *gil_held(ctx, version, total), ""]
+    ctx.sections += ["What bounds one process, and N of them:", "", *gil_held(ctx, version, total),
+                     *procs_runs(ctx, version, manifest, total), ""]
     vbo = next((r for r in rows if r.tool == "vbo-mirror" and r.variant == "default" and not r.skip), None)
     best = min((r for r in rows if r.tool == "vbo-mirror" and not r.skip), key=lambda r: r.wall_s, default=None)
     s5 = next((r for r in rows if r.tool == "s5cmd" and r.variant == "default" and not r.skip), None)
@@ -653,6 +654,37 @@ def gil_held(ctx: Context, version: str, total: int) -> list[str]:
     ctx.targets.append(("GIL held per GB, default cold sync over HTTP (issue 19)", "<= 0.40 s/GB (>= 2.5 GB/s a process)",
                         f"{per_gb:.2f} s/GB ({1 / per_gb:.1f} GB/s a process)", per_gb <= 0.40))
     return [_gil_line(got, total, "one default plain HTTP cold sync", "over HTTP")]
+
+
+def procs_runs(ctx: Context, version: str, manifest: dict, total: int) -> list[str]:
+    """`sync --procs N` against the default (one process) on the same cold sync, interleaved,
+    `--repeats` rounds; every file checked. The model: N processes lift the one-process ceiling
+    (1 / GIL-held s per GB) N times where cores, disk and network allow."""
+    ns = (1, 2) if ctx.ncores < 8 else (1, 2, 4)
+    walls: dict[int, list[float]] = {n: [] for n in ns}
+    cpus: dict[int, list[float]] = {n: [] for n in ns}
+    for i in range(max(1, ctx.args.repeats)):
+        for n in ns:
+            cache = ctx.work / f"procs-cache-{n}"
+            shutil.rmtree(cache, ignore_errors=True)
+            m, _, _ = _measure_vbo(ctx, f"procs{n}-{i}", [sys.executable, "-m", "mirror.cli", "--endpoint-url", ctx.url,
+                                                        "--cache-dir", str(cache), "sync", "--version", version,
+                                                        "--procs", str(n)])
+            bad = check_files(tools.expected_files(manifest, version, cache)) if m.returncode == 0 else ["(failed)"]
+            shutil.rmtree(cache, ignore_errors=True)
+            if bad:
+                return [f"- `sync --procs {n}` failed or left wrong files (exit {m.returncode}; log-procs{n}-{i}.txt)"]
+            walls[n].append(m.wall_s)
+            cpus[n].append(m.cpu_s)
+    per = ctx.facts.get("gil_s_per_gb")
+    rows = ", ".join(f"`--procs {n}` {statistics.median(walls[n]):.2f} s wall, "
+                     f"{statistics.median(cpus[n]) / (total / 1e9):.2f} CPU s/GB" for n in ns)
+    base = statistics.median(walls[1])
+    return [f"- `sync --procs N`, same cold sync, {len(walls[1])} interleaved rounds, medians: {rows}; speed-up "
+            + ", ".join(f"{base / statistics.median(walls[n]):.2f} x with {n}" for n in ns[1:])
+            + f". On {ctx.ncores} cores shared with the server a second process has no core of its own"
+            + (f"; the model: N processes move at most N x {1 / per:.1f} GB/s (the one-process GIL ceiling), "
+               "where the cores, the disk and the network allow" if per else "") + "."]
 
 
 def _vbo(ctx: Context, *args: str, dataset: str | None = None) -> list[str]:
