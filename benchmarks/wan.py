@@ -404,10 +404,11 @@ class WanWeed(Weed):
     points that one name at server_ip for the duration of start(), and runs start() from inside
     the server namespace so that the process and start()'s own readiness checks live there."""
 
-    def __init__(self, link: WanLink, binary: str, workdir: Path) -> None:
-        super().__init__(binary, workdir)
+    def __init__(self, link: WanLink, binary: str, workdir: Path, *, tls=None) -> None:
+        super().__init__(binary, workdir, tls=tls)
         self.link = link
         self.url = f"http://{link.server_ip}:{self.s3}"
+        self.https_url = f"https://{link.server_ip}:{self.s3_https}" if tls else None
 
     def start(self, timeout: float = 60.0) -> Self:
         g = Weed.start.__globals__
