@@ -15,7 +15,7 @@ import contextlib
 from typing import TYPE_CHECKING
 
 from .catalog import Catalog
-from .config import DatasetConfig
+from .config import DatasetConfig, FileKind
 from .engine.verify import Verify
 from .errors import InputError
 from .manifest import FileEntry, Manifest
@@ -92,11 +92,15 @@ class Facts:
         self._tables[(m.name, name)] = table
         return table
 
-    async def entry_for(self, cat: Catalog, m: Manifest, kind: str, item_id: int) -> FileEntry:
-        """The file of `kind` (dataset file_kinds: 'behavior-session', ...) for one id, by its table."""
+    def file_kind(self, kind: str) -> FileKind:
+        """One of the dataset's file kinds ('behavior-session', ...), or a clear error."""
         spec = self.dataset.file_kinds.get(kind)
         if spec is None:
             raise InputError(f"unknown file kind {kind!r}; known: {', '.join(sorted(self.dataset.file_kinds))}")
+        return spec
+
+    async def entry_for(self, cat: Catalog, m: Manifest, spec: FileKind, item_id: int) -> FileEntry:
+        """The file of a kind for one id, found by the kind's table."""
         from . import tables as tbl
 
         return tbl.entry_for_id(m, await self.table(cat, m, spec.table), spec, int(item_id))

@@ -79,7 +79,8 @@ def sync_procs(mirror: Mirror, selection: Selection, n: int, argv_of: Callable[[
     if selection.shard is not None:
         raise errs.InputError("--procs runs its own shards: give --procs or --shard, not both")
     plan = mirror.plan(selection)
-    if n <= 1 or not plan.fetch:
+    n = min(n, len(plan.fetch))  # never more processes than objects to fetch (none: a plain resync)
+    if n <= 1:
         return sync(selection, on_event)
     started = time.monotonic()
     stats, children = _run(argv_of, n, plan, on_event=on_event, on_start=on_start, env=env, on_stderr=on_stderr)

@@ -165,14 +165,15 @@ class Session:
     async def locate(self, kind: str, item_id: int, version: str | None) -> tuple[Path, tuple | None]:
         """`get`, before the lock (it only looks): where the file of `kind` for `item_id` goes,
         and what `fetch` is to make present (None: it is there already)."""
+        layout, spec = self.need_layout(), self.facts.file_kind(kind)
         if version == "all":
             raise InputError("get makes one file present: name one version (or 'latest'), not 'all'")
         cat = self.catalog()
         m = await self.versions.manifest(cat, version)
-        entry = await self.facts.entry_for(cat, m, kind, item_id)
+        entry = await self.facts.entry_for(cat, m, spec, item_id)
         plan = await self._plan(cat, [m], Selection.files(m.manifest_version, [entry.key]))
         todo = (m, entry.key) if plan.fetch or plan.link or plan.replace else None
-        return self.need_layout().view_path(f"{m.view_dir}/{entry.relative_path}"), todo
+        return layout.view_path(f"{m.view_dir}/{entry.relative_path}"), todo
 
     async def fetch(self, todo: tuple, on_event: Callable[[Event], None] | None = None) -> Stats:
         """`get`, under the lock: planned again (a sync that just finished may have done it all)."""
