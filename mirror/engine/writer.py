@@ -182,7 +182,6 @@ class FileWriter:
         self._release = release  # from a worker thread
         self._release_here = release_here  # from the event loop
         self._on_bytes = on_bytes
-        self.pending: set[concurrent.futures.Future] = set()
         self.error: MirrorError | None = None
         self.closed = False
         self.sinks: list[PartSink] = []
@@ -208,10 +207,7 @@ class FileWriter:
         return out
 
     def _submit(self, offset: int, buf: bytearray, n: int) -> concurrent.futures.Future:
-        fut = self.executor.submit(self._land, offset, buf, n)
-        self.pending.add(fut)
-        fut.add_done_callback(self.pending.discard)
-        return fut
+        return self.executor.submit(self._land, offset, buf, n)
 
     def _land(self, offset: int, buf: bytearray, n: int) -> None:
         """In a worker thread: write, then hash (or hold) the buffer."""
@@ -241,7 +237,7 @@ class FileWriter:
 
     def settle(self) -> None:
         """Block until every write in flight has landed (cleanup: the fd is closed next)."""
-        concurrent.futures.wait(list(self.pending))
+        concurrent.futures.wait([f for sink in self.sinks for f in sink.futures[sink.landed:] if not f.done()])
 
     def close(self) -> None:
         """No more writes (sinks refuse from now on); held buffers go back to the pool."""
@@ -264,7 +260,7 @@ class PartSink:
     """The sink of one ranged part: buffers land at consecutive offsets from `start`. `pos`
     is where the next byte goes, so a retry asks for [pos, end)."""
 
-    __slots__ = ("writer", "start", "pos", "futures", "ends", "marked", "marked_at")
+    __slots__ = ("writer", "start", "pos", "futures", "ends", "marked", "marked_at", "landed")
 
     def __init__(self, writer: FileWriter, start: int) -> None:
         self.writer = writer
@@ -274,6 +270,7 @@ class PartSink:
         self.ends: list[int] = []  # where each write's bytes end
         self.marked = start  # the last position a checkpoint was asked for
         self.marked_at = time.monotonic()  # ... and when
+        self.landed = 0  # futures[:landed] are known to have landed without error
 
     def __call__(self, buf: bytearray, n: int) -> None:
         w = self.writer
@@ -291,14 +288,29 @@ class PartSink:
         every = CHECKPOINT_SECONDS if n == len(buf) else SLOW_CHECKPOINT_SECONDS
         if self.pos - self.marked >= CHECKPOINT_BYTES or now - self.marked_at >= every:
             self.marked, self.marked_at = self.pos, now
-            self._checkpoint_when_landed(self.pos, list(self.futures))
+            self._checkpoint_when_landed(self.pos, self._not_landed())
+
+    def _not_landed(self) -> list[concurrent.futures.Future]:
+        """The writes of this part not known to have landed yet: the ones a checkpoint up to here
+        waits for (those before them landed already; each is looked at about once)."""
+        fs, i = self.futures, self.landed
+        while i < len(fs) and fs[i].done() and not fs[i].cancelled() and fs[i].exception() is None:
+            i += 1
+        self.landed = i
+        return fs[i:]
 
     def _checkpoint_when_landed(self, upto: int, futures: list[concurrent.futures.Future]) -> None:
         """Once every write up to `upto` has landed, record [start, upto) (in a worker thread;
         nothing waits for it, and a partial closed meanwhile ignores it)."""
+        w, start = self.writer, self.start
+        if not futures:  # all landed already
+            try:
+                w.executor.submit(w.partial.checkpoint, [(start, upto)])
+            except RuntimeError:
+                pass  # the pool is shutting down: the end-of-attempt checkpoint covers it
+            return
         left = [len(futures)]
         lock = threading.Lock()
-        w, start = self.writer, self.start
 
         def one_done(_: concurrent.futures.Future) -> None:
             with lock:
