@@ -8,7 +8,6 @@ import asyncio
 import collections
 import contextlib
 import mmap
-import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -148,12 +147,6 @@ class BufferPool:
         self._made = 0
         self._waiters: collections.deque[Callable[[bytearray], None]] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Buffers handed back by worker threads wait here for the loop, which takes all that
-        # have come in each time it wakes: one wake-up (a write to the loop's self-pipe) for
-        # several buffers, not one per buffer.
-        self._returned: collections.deque[bytearray] = collections.deque()
-        self._wake_lock = threading.Lock()
-        self._wake_pending = False
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -185,21 +178,10 @@ class BufferPool:
         loop = self._loop
         if loop is None or loop.is_closed():
             return  # the run is over; the buffer goes with the garbage
-        self._returned.append(buf)
-        with self._wake_lock:
-            if self._wake_pending:
-                return  # the loop is already told: it takes this one too
-            self._wake_pending = True
         try:
-            loop.call_soon_threadsafe(self._take_returned)
+            loop.call_soon_threadsafe(self.give, buf)
         except RuntimeError:  # loop closed meanwhile
             pass
-
-    def _take_returned(self) -> None:
-        with self._wake_lock:
-            self._wake_pending = False  # first: a buffer returned from now on asks for a new wake-up
-        while self._returned:
-            self.give(self._returned.popleft())
 
     @property
     def in_use(self) -> int:
