@@ -15,6 +15,7 @@ then not complete, the parent finishes it itself, in process, as a plain sync wo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import queue
@@ -64,37 +65,52 @@ class Child:
         rc = self.proc.returncode
         if rc is not None and rc < 0:
             return f"killed by {signal.Signals(-rc).name}"
-        last = next((line for line in reversed(self.stderr) if line.strip()), "")
-        return f"exit {rc}" + (f" ({last.strip()[:200]})" if last else "")
+        said = [line.strip() for line in self.stderr if line.strip()]
+        last = next((line for line in reversed(said) if "error" in line), said[-1] if said else "")
+        return f"exit {rc}" + (f" ({last[:200]})" if last else "")
 
 
-def sync_procs(mirror: Mirror, selection: Selection, n: int, argv_of: Callable[[Shard], list[str]], *,
+def sync_procs(mirror: Mirror, selection: Selection, n: int, argv_of: Callable[[Shard, str | None], list[str]], *,
                sync: Callable[[Selection, Callable[[ev.Event], None]], Stats], on_event: Callable[[ev.Event], None],
                on_start: Callable[[Stats], None] | None = None, env: dict[str, str] | None = None,
-               on_stderr: Callable[[Shard, str], None] | None = None) -> Stats:
-    """Sync `selection` with `n` processes, each started as `argv_of(shard)` (a `vbo-mirror
-    --json sync --shard K/N` command line). `sync(selection, on_event)` is the plain
-    in-process sync, used when there is nothing to fetch (a resync costs no processes) and to
-    finish what a child that died left."""
+               on_stderr: Callable[[Shard, str], None] | None = None, wait: bool = False) -> Stats:
+    """Sync `selection` with `n` processes, each started as `argv_of(shard, version)` (a
+    `vbo-mirror --json sync --shard K/N` command line; `version`: the manifest this run
+    resolved, so that every child syncs the same one, or None for several). `sync(selection,
+    on_event)` is the plain in-process sync, used when there is nothing to fetch (a resync
+    costs no processes) and to finish what a child that died left.
+
+    Locks: the cache lock, shared, for the whole run (children share it; a plain sync, prune or
+    gc waits or is refused, as beside shards), and `procs-lock`, exclusive, so that a second
+    `--procs` run waits or is refused as a second plain sync would be."""
+    from .store.lock import CacheLock
+
     if selection.shard is not None:
         raise errs.InputError("--procs runs its own shards: give --procs or --shard, not both")
     plan = mirror.plan(selection)
     n = min(n, len(plan.fetch))  # never more processes than objects to fetch (none: a plain resync)
     if n <= 1:
         return sync(selection, on_event)
-    started = time.monotonic()
-    stats, children = _run(argv_of, n, plan, on_event=on_event, on_start=on_start, env=env, on_stderr=on_stderr)
-    dead = [c for c in children if c.died]
-    if dead:
+    lock = mirror.need_layout().lock_path
+    version = plan.manifests[0] if len(plan.manifests) == 1 else None
+    say = mirror.session.on_status
+    with CacheLock(lock.with_name("procs-lock"), wait=wait, on_wait=say, command="vbo-mirror sync --procs"), \
+            CacheLock(lock, wait=wait, on_wait=say, shared=True, command="vbo-mirror sync --procs"):
+        started = time.monotonic()
+        stats, children = _run(lambda shard: argv_of(shard, version), n, plan, on_event=on_event,
+                               on_start=on_start, env=env, on_stderr=on_stderr)
+        dead = [c for c in children if c.died]
         for c in dead:
             on_event(ev.Warned(f"process {c.shard} of {n} {c.how()}"))
-        again = mirror.plan(selection)
-        if again.fetch or again.link or again.replace:
+        again = mirror.plan(selection) if dead else None
+        if again is not None and (again.fetch or again.link or again.replace):
             on_event(ev.Warned(f"{len(again.fetch)} objects and {len(again.link) + len(again.replace)} views are "
                                "still to be made: finishing them in this process"))
-            rest = sync(selection, lambda e: None if isinstance(e, (ev.Started, ev.Summary)) else on_event(e))
+            # As shard 0 of 1: the whole selection, under the shared lock this run holds.
+            rest = sync(dataclasses.replace(selection, shard=Shard(0, 1)),
+                        lambda e: None if isinstance(e, (ev.Started, ev.Summary)) else on_event(e))
             _add(stats, rest)
-        elif not stats.failures:
+        elif dead and not stats.failures:
             on_event(ev.Warned("the other processes finished its part: the selection is complete"))
     failed_views = sum(len(f.views) for f in stats.failures)
     stats.files_linked = max(0, stats.files_total - stats.files_present - stats.files_done - failed_views)
@@ -122,7 +138,7 @@ def _run(argv_of: Callable[[Shard], list[str]], n: int, plan: Plan, *, on_event,
         for k in range(n):
             shard = Shard(k, n)
             proc = subprocess.Popen(argv_of(shard), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    env=env, bufsize=1)
+                                    errors="replace", env=env, bufsize=1)
             child = Child(shard, proc)
             children.append(child)
             for stream, kind in ((proc.stdout, "out"), (proc.stderr, "err")):
@@ -139,9 +155,11 @@ def _run(argv_of: Callable[[Shard], list[str]], n: int, plan: Plan, *, on_event,
 
 
 def _pump(child: Child, stream, kind: str, lines: queue.Queue) -> None:
-    for line in stream:
-        lines.put((child, kind, line))
-    lines.put((child, "eof", None))
+    try:
+        for line in stream:
+            lines.put((child, kind, line))
+    finally:
+        lines.put((child, "eof", None))  # whatever happened: the parent must not wait for it forever
 
 
 def _follow(children: list[Child], lines: queue.Queue, stats: Stats, on_event, on_stderr) -> None:

@@ -142,3 +142,43 @@ def test_every_event_a_child_prints_is_read_back_as_the_same_event():
         line = json.loads(json.dumps({"t": 1.0, **e.to_dict()}))
         back = ev.from_dict(line)
         assert type(back) is type(e) and dataclasses.asdict(back) == dataclasses.asdict(e)
+
+
+def test_a_second_procs_run_is_refused_while_one_runs_and_jobs_are_never_oversubscribed(sandbox, replica, tmp_path):
+    """A second `--procs` run finds the first (exit 3, as a second plain sync would), and
+    `-j 2 --procs 3` starts two processes of one GET each, not three."""
+    cache = tmp_path / "c"
+    with FaultProxy(sandbox.url, rate=300_000, rate_keys=("/behavior_",)) as proxy:
+        first = subprocess.Popen(_cmd(cache, proxy.url, "--procs", "2"), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and _child_pid(first.pid, "1/2") is None:
+                time.sleep(0.02)
+            second = subprocess.run(_cmd(cache, proxy.url, "--procs", "2"), capture_output=True, text=True,
+                                    timeout=120)
+            out, err = first.communicate(timeout=240)
+        finally:
+            if first.poll() is None:
+                first.kill()
+    assert first.returncode == 0, err
+    assert second.returncode == 3 and "in use" in second.stderr, second.stderr
+    again = tmp_path / "d"
+    r = subprocess.run([*_cmd(again, sandbox.url, "--procs", "3"), "-j", "2"], capture_output=True, text=True,
+                       timeout=240)
+    s = _lines(r.stdout)[-1]
+    assert r.returncode == 0 and [p["shard"] for p in s["procs"]] == ["0/2", "1/2"], r.stderr
+    assert_mirror(again, replica, VERSION)
+
+
+def test_ids_read_from_a_pipe_reach_every_process(sandbox, replica, tmp_path):
+    """`--ids /dev/stdin`: the parent reads the pipe once; the children get the ids in a file."""
+    cache = tmp_path / "c"
+    ids = replica.behavior_ids[VERSION][:6]  # sessions with an NWB of their own
+    assert len(set(ids)) == 6
+    r = subprocess.run(_cmd(cache, sandbox.url, "--procs", "2", "--ids", "/dev/stdin"), input="\n".join(map(str, ids)),
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    s = _lines(r.stdout)[-1]
+    assert [p["exit"] for p in s["procs"]] == [0, 0] and s["files_fetched"] > 0
+    assert not [e for e in _lines(r.stdout) if e["event"] == "warning"]  # no child failed, nothing finished in process

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
+import tempfile
 
 import click
 
@@ -158,7 +161,7 @@ def sync_cmd(c: Ctx, version, jobs, part_size, verify, link_mode, wait, dry_run,
     if dry_run:
         _show_plan(c, c.mirror.plan(selection))
         return
-    n = _procs(procs, selection)
+    n = min(_procs(procs, selection), jobs)  # at least one GET each
 
     def run(on_event, on_start):
         def plain(sel, on_event=on_event):
@@ -169,24 +172,29 @@ def sync_cmd(c: Ctx, version, jobs, part_size, verify, link_mode, wait, dry_run,
             return plain(selection)
         from ..procs import sync_procs
 
-        per = [max(1, jobs // n + (1 if k < jobs % n else 0)) for k in range(n)]
-        child = [*c.argv(), "--json", "sync", "--part-size", str(limits.part_size), "--verify", verify,
-                 "--link-mode", link_mode, *(["--wait"] if wait else []), *_selection_argv(version, **sel)]
+        with _ids_for_children(selection) as ids_file:
+            child = [*c.argv(), "--json", "sync", "--part-size", str(limits.part_size), "--verify", verify,
+                     "--link-mode", link_mode, *(["--wait"] if wait else []),
+                     *_selection_argv(**{**sel, "ids_file": ids_file})]
 
-        def argv_of(shard):
-            rate = ["--bwlimit", f"{rate_per:.0f}B/s"] if (rate_per := (limits.bwlimit or 0) / n) else []
-            return [sys.executable, "-m", "mirror.cli", *child, "-j", str(per[shard.index]), *rate,
-                    "--shard", str(shard)]
+            def argv_of(shard, resolved):
+                # -j and --bwlimit shared out over the processes this run really starts
+                k, count = shard.index, shard.count
+                rate = (limits.bwlimit or 0) / count
+                return [sys.executable, "-m", "mirror.cli", *child, *(["--version", resolved or version]
+                                                                      if resolved or version else []),
+                        "-j", str(jobs // count + (1 if k < jobs % count else 0)),
+                        *(["--bwlimit", f"{rate:.0f}B/s"] if rate else []), "--shard", str(shard)]
 
-        said: set[str] = set()
+            said: set[str] = set()
 
-        def child_said(shard, line: str) -> None:  # each line once: N children list the same bucket
-            if line not in said:
-                said.add(line)
-                click.echo(f"[{shard}] {line}", err=True)
+            def child_said(shard, line: str) -> None:  # each line once: N children list the same bucket
+                if line not in said:
+                    said.add(line)
+                    click.echo(f"[{shard}] {line}", err=True)
 
-        return sync_procs(c.mirror, selection, n, argv_of, sync=plain, on_event=on_event, on_start=on_start,
-                          on_stderr=child_said)
+            return sync_procs(c.mirror, selection, n, argv_of, sync=plain, on_event=on_event, on_start=on_start,
+                              on_stderr=child_said, wait=wait)
 
     stats = _run_with_progress(c, run, stats_every)
     s = stats.summary()
@@ -208,13 +216,30 @@ def _procs(text: str, selection) -> int:
     return int(text)
 
 
-def _selection_argv(version, shard=None, where=None, ids_file=None, tables_only=False, view_layout="allensdk"):
-    """The selection options again, for a child process (its --shard is added per child)."""
-    out = ["--version", version] if version else []
-    out += ["--where", where] if where is not None else []
+def _selection_argv(shard=None, where=None, ids_file=None, tables_only=False, view_layout="allensdk"):
+    """The selection options again, for a child process (its --version and --shard are added
+    per child)."""
+    out = ["--where", where] if where is not None else []
     out += ["--ids", str(ids_file)] if ids_file is not None else []
     out += ["--tables-only"] if tables_only else []
     return out + ["--layout", view_layout]
+
+
+@contextlib.contextmanager
+def _ids_for_children(selection):
+    """The ids this command read (`--ids`, perhaps from a pipe the children cannot reopen), in a
+    file of their own for the child processes; None without --ids."""
+    if selection.ids is None:
+        yield None
+        return
+    column, values = selection.ids
+    fd, path = tempfile.mkstemp(prefix="vbo-mirror-ids-", suffix=".csv")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(f"{line}\n" for line in ([column] if column else []) + [str(v) for v in values]))
+        yield path
+    finally:
+        os.unlink(path)
 
 
 @main.command("get", short_help="One session's or experiment's NWB: fetch, print path.")

@@ -203,6 +203,9 @@ class Engine:
                 st.files_linked += 1
                 st.bytes_linked += link.size
                 st.store_linked += 1
+                if st.files_linked % 256 == 0:  # (the ticker runs only while fetching)
+                    st.publish()
+            st.publish()
             if plan.fetch:
                 if self.remote is None:
                     raise OfflineError(f"{len(plan.fetch)} files ({plan.fetch_bytes} bytes) need fetching "
@@ -220,6 +223,7 @@ class Engine:
                     self._failed(rel, None, exc, [rel])
                     continue
                 st.removed += 1
+            st.publish()
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
             st.finished = time.monotonic()
