@@ -4,6 +4,10 @@ Parsing a manifest and planning make several objects per entry (JSON dicts, entr
 targets, plan tuples), none of them in a reference cycle; each collection of the oldest
 generation walks all of them again. On a 1,000,000-entry manifest those walks cost ~8 s of
 a ~35 s plan. Reference counting still frees everything as usual.
+
+When the last pause ends, what was built is moved to the oldest generation without a walk
+(gc.freeze + gc.unfreeze) rather than walked by the first young collections after it: on the
+same manifest, `vbo-mirror --offline plan` went from 12.3-12.5 s to 11.3 s (2 runs each).
 """
 
 from __future__ import annotations
@@ -34,4 +38,9 @@ def gc_paused() -> Iterator[None]:
         with _lock:
             _depth -= 1
             if _depth == 0 and _was_enabled:
+                # What was built meanwhile goes straight to the oldest generation (freeze, then
+                # unfreeze: no walk over it), instead of being walked by the first young
+                # collections after the pause.
+                gc.freeze()
+                gc.unfreeze()
                 gc.enable()
