@@ -40,12 +40,14 @@ PROGRESS_SECONDS = 1.0
 
 
 def default_procs(cpus: int | None = None) -> int:
-    """What a node's cores call for: a process at full speed keeps about two cores busy (its
-    loop thread with the GIL, and BLAKE2b in a worker thread), so one per two cores, at most
-    PROCS_MAX. One (no child processes) on a machine of fewer than four cores."""
+    """What a node's cores and the one-process ceiling call for. One process moves up to
+    ~2.5 GB/s (~20 Gbit/s: RESULTS.md's GIL-held figure), more than most links, and at that
+    rate keeps about two cores busy (its loop thread, BLAKE2b in a worker). A second process
+    only pays where the link can outrun one, which the cores of the node hint at: one process
+    per 8 cores, at most PROCS_MAX. One (no child processes) below 16 cores."""
     cpus = cpus if cpus is not None else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                           else os.cpu_count() or 1)
-    return max(1, min(PROCS_MAX, cpus // 2))
+    return max(1, min(PROCS_MAX, cpus // 8))
 
 
 @dataclass

@@ -119,8 +119,8 @@ def test_bad_procs_are_refused_with_a_message(cli, args, message):
     assert message in r.stderr
 
 
-def test_the_default_is_one_process_per_two_cores_at_most_eight():
-    assert [default_procs(c) for c in (1, 2, 3, 4, 7, 16, 64)] == [1, 1, 1, 2, 3, 8, 8]
+def test_the_default_is_one_process_per_eight_cores_at_most_eight():
+    assert [default_procs(c) for c in (1, 2, 8, 15, 16, 32, 64, 256)] == [1, 1, 1, 1, 2, 4, 8, 8]
     assert default_procs() >= 1
 
 

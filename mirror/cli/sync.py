@@ -138,7 +138,7 @@ def _shard_counts(s: dict) -> str:
                    "(with --shard: per process).")
 @click.option("--procs", default="auto", show_default=True, metavar="N|auto",
               help="Processes fetching the selection together (each a shard of it, -j and --bwlimit shared "
-                   "out among them); auto: one per two cores, at most 8 (one below four cores).")
+                   "out among them); auto: one per 8 cores, at most 8 (one below 16 cores).")
 @selection_options
 @click.pass_obj
 @handle_errors
