@@ -87,9 +87,7 @@ def sync_procs(mirror: Mirror, selection: Selection, n: int, argv_of: Callable[[
     `--procs` run waits or is refused as a second plain sync would be."""
     from .store.lock import CacheLock
 
-    if selection.shard is not None:
-        raise errs.InputError("--procs runs its own shards: give --procs or --shard, not both")
-    plan = mirror.plan(selection)
+    plan = mirror.plan(selection)  # (`selection` has no shard: cli/sync.py's _procs refuses --procs with --shard)
     n = min(n, len(plan.fetch))  # never more processes than objects to fetch (none: a plain resync)
     if n <= 1:
         return sync(selection, on_event)

@@ -78,20 +78,28 @@ def _child_pid(parent: int, shard: str) -> int | None:
     return None
 
 
+def _await_child(parent: int, shard: str, *, then=lambda: True, seconds: float = 90.0) -> int:
+    """The pid of `parent`'s child process for `shard`, once it runs and `then()` holds (or,
+    past `seconds`, as soon as it runs)."""
+    deadline = time.monotonic() + seconds
+    pid = None
+    while time.monotonic() < deadline:
+        pid = pid or _child_pid(parent, shard)
+        if pid and then():
+            return pid
+        time.sleep(0.02)
+    assert pid is not None, f"no child process for shard {shard}"
+    return pid
+
+
 def test_a_process_killed_mid_run_is_finished_by_the_others(sandbox, replica, tmp_path):
     cache = tmp_path / "c"
     with FaultProxy(sandbox.url, rate=400_000, rate_keys=("/behavior_",)) as proxy:
         parent = subprocess.Popen(_cmd(cache, proxy.url, "--procs", "2"), stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
         try:
-            deadline = time.monotonic() + 90
-            victim = None
-            while time.monotonic() < deadline:
-                victim = victim or _child_pid(parent.pid, "1/2")
-                if victim and list(CacheLayout(cache).objects.glob("*/*/*.partial.json")):
-                    break
-                time.sleep(0.02)
-            assert victim is not None, "no child process for shard 1/2"
+            victim = _await_child(parent.pid, "1/2",
+                                  then=lambda: bool(list(CacheLayout(cache).objects.glob("*/*/*.partial.json"))))
             os.kill(victim, signal.SIGKILL)
             out, err = parent.communicate(timeout=240)
         finally:
@@ -152,9 +160,7 @@ def test_a_second_procs_run_is_refused_while_one_runs_and_jobs_are_never_oversub
         first = subprocess.Popen(_cmd(cache, proxy.url, "--procs", "2"), stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
         try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and _child_pid(first.pid, "1/2") is None:
-                time.sleep(0.02)
+            _await_child(first.pid, "1/2", seconds=60)
             second = subprocess.run(_cmd(cache, proxy.url, "--procs", "2"), capture_output=True, text=True,
                                     timeout=120)
             out, err = first.communicate(timeout=240)

@@ -53,15 +53,18 @@ class Ctx:
 
     def argv(self) -> list[str]:
         """The global options this command was given, for a child `vbo-mirror` (sync --procs),
-        which also inherits the environment (endpoint and proxy variables, credentials)."""
-        t = self.timeouts
-        out = ["--dataset", self.dataset, "--connect-timeout", repr(t.connect), "--read-timeout", repr(t.read),
-               "--min-rate", repr(t.min_rate), "--min-rate-window", repr(t.rate_window), "--transport", self.transport]
-        out += ["--cache-dir", str(self.cache_dir)] if self.cache_dir else []
-        out += ["--endpoint-url", self.endpoint_url] if self.endpoint_url else []
-        out += ["--offline"] if self.offline else []
-        out += ["--signed"] if self.signed else []
-        out += ["--no-proxy"] if self.proxy == "" else (["--proxy", self.proxy] if self.proxy else [])
+        which also inherits the environment (endpoint and proxy variables, credentials). Read
+        back from `main`'s own options, so a new one reaches the children with no list to keep."""
+        root = click.get_current_context().find_root()
+        out: list[str] = []
+        for opt in root.command.params:
+            if not isinstance(opt, click.Option) or opt.name not in root.params:
+                continue
+            value = root.params[opt.name]
+            if opt.is_flag:
+                out += [opt.opts[0]] if value else []
+            elif value is not None:
+                out += [opt.opts[0], str(value)]
         return out
 
     @property
