@@ -212,23 +212,37 @@ class Mirror:
         entry = m.metadata_files[name]
         return layout.view_path(f"{m.view_dir}/{entry.relative_path}")
 
-    def _frame(self, name: str, version: str | None):
-        spec = self.dataset.tables.get(name)
+    def get_table_frame(self, name: str, *, version: str | None = None):
+        """One metadata table as the pandas DataFrame AllenSDK's project cache returns for it
+        (index, dtypes, lists, dates, column order and default row filters: the dataset file's
+        recipe for that table)."""
         from . import tables as tbl
 
-        return tbl.to_pandas(self.get_table(name, version=version), index=spec.index if spec else None)
+        table = self.get_table(name, version=version)
+        spec = self.dataset.tables.get(name)
+        return tbl.to_pandas(table, spec=spec, dataset=self.dataset, name=name, index=spec.index if spec else None)
 
-    def get_behavior_session_table(self, *, version: str | None = None):
-        return self._frame("behavior_session_table", version)
+    # The cache's table getters, by the names AllenSDK gives them (the dataset file's `getter`s):
+    # get_behavior_session_table, get_ophys_experiment_table, ... for Visual Behavior Ophys;
+    # get_ecephys_session_table, get_probe_table, get_channel_table, get_unit_table, ... for
+    # Visual Behavior Neuropixels. Each takes `version=`.
+    def __getattr__(self, attr: str):
+        if attr.startswith("get_") and attr.endswith("_table") and "dataset" in self.__dict__:
+            for spec in self.dataset.tables.values():
+                if spec.getter == attr:
+                    def getter(*, version: str | None = None, _name: str = spec.name):
+                        return self.get_table_frame(_name, version=version)
 
-    def get_ophys_session_table(self, *, version: str | None = None):
-        return self._frame("ophys_session_table", version)
+                    getter.__name__ = attr
+                    getter.__doc__ = f"The {spec.name} table as AllenSDK's {attr}() returns it."
+                    return getter
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}"
+                             + (f" (this dataset's table getters: "
+                                f"{', '.join(sorted(t.getter for t in self.dataset.tables.values() if t.getter))})"
+                                if attr.endswith("_table") and "dataset" in self.__dict__ else ""))
 
-    def get_ophys_experiment_table(self, *, version: str | None = None):
-        return self._frame("ophys_experiment_table", version)
-
-    def get_ophys_cells_table(self, *, version: str | None = None):
-        return self._frame("ophys_cells_table", version)
+    def __dir__(self):
+        return sorted({*super().__dir__(), *(t.getter for t in self.dataset.tables.values() if t.getter)})
 
     # --- sync: plan, fetch, views ----------------------------------------------------------
 

@@ -23,15 +23,33 @@ DEFAULT_DATASET = "visual-behavior-ophys"
 
 @dataclass(frozen=True)
 class TableSpec:
+    """One metadata table, and how AllenSDK's cache shapes it as pandas (its `recipe`):
+    `getter` is the cache's method for it (`Mirror` answers the same name); the column lists
+    say which columns are text (`dtype=str`), dates (UTC), nullable "Int64", Python lists
+    (ast.literal_eval), which come first and in what order, and `drop_rows_with`: rows with
+    any of these columns filled are left out (AllenSDK's default filters)."""
+
     name: str
     index: str
+    getter: str | None = None
+    str_columns: tuple[str, ...] = ()
+    date_columns: tuple[str, ...] = ()
+    int_columns: tuple[str, ...] = ()
+    list_columns: tuple[str, ...] = ()
+    column_order: tuple[str, ...] = ()
+    drop_rows_with: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class FileKind:
+    """Data files found through a table: the row whose `id_column` is the id carries a
+    `file_id`, and the file is data_files[str(int(file_id))]. `no_file`: why a row may have
+    none (said when one is asked for)."""
+
     name: str
     table: str
     id_column: str
+    no_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -45,6 +63,22 @@ class DatasetConfig:
     manifest_template: str
     tables: dict[str, TableSpec] = field(default_factory=dict)
     file_kinds: dict[str, FileKind] = field(default_factory=dict)
+    # `--ids FILE`: the id columns a CSV header may name, in order of preference, and the ones a
+    # bare id list is matched against (in every file-carrying table that has them).
+    id_columns: tuple[str, ...] = ()
+    bare_id_columns: tuple[str, ...] = ()
+    title: str = ""  # what the dataset is called in messages ("Visual Behavior Ophys")
+    sandbox: str | None = None  # the replica `sandbox up` serves for it (mirror/sandbox), if any
+
+    @property
+    def list_columns(self) -> frozenset[str]:
+        """Columns that hold lists ("[1, 2]") in some table: never read as ids."""
+        return frozenset(c for t in self.tables.values() for c in t.list_columns)
+
+    def table_for(self, *, name: str | None = None, index: str | None = None) -> TableSpec | None:
+        if name is not None:
+            return self.tables.get(name)
+        return next((t for t in self.tables.values() if t.index == index), None) if index else None
 
     def manifest_name(self, version: str) -> str:
         return self.manifest_template.format(version=version)
@@ -96,8 +130,30 @@ def load_dataset(name_or_path: str) -> DatasetConfig:
             manifest_prefix=raw["manifest_prefix"],
             manifest_pattern=pattern,
             manifest_template=raw["manifest_template"],
-            tables={k: TableSpec(k, v["index"]) for k, v in raw.get("tables", {}).items()},
-            file_kinds={k: FileKind(k, v["table"], v["id_column"]) for k, v in raw.get("file_kinds", {}).items()},
+            tables={k: _table(k, v, raw.get("recipes", {})) for k, v in raw.get("tables", {}).items()},
+            file_kinds={k: FileKind(k, v["table"], v["id_column"], v.get("no_file", ""))
+                        for k, v in raw.get("file_kinds", {}).items()},
+            id_columns=tuple(raw.get("id_columns", ())),
+            bare_id_columns=tuple(raw.get("bare_id_columns", ())),
+            title=raw.get("title", raw["name"]),
+            sandbox=raw.get("sandbox"),
         )
     except (KeyError, TypeError, re.error) as exc:
         raise ConfigError(f"{path}: invalid dataset config ({exc!r})") from exc
+
+
+_RECIPE_KEYS = ("str_columns", "date_columns", "int_columns", "list_columns", "column_order", "drop_rows_with")
+
+
+def _table(name: str, raw: dict, recipes: dict) -> TableSpec:
+    """A table's spec: its own keys over those of the recipe it names (`recipe = "session"`
+    takes `[recipes.session]`), so tables AllenSDK treats alike are described once."""
+    recipe = raw.get("recipe")
+    if recipe is not None and recipe not in recipes:
+        raise KeyError(f"table {name!r} names recipe {recipe!r}, which [recipes] does not define")
+    merged = {**(recipes.get(recipe) or {}), **raw}
+    unknown = set(merged) - {"index", "getter", "recipe", *_RECIPE_KEYS}
+    if unknown:
+        raise KeyError(f"table {name!r} has unknown keys {sorted(unknown)}")
+    return TableSpec(name, merged["index"], merged.get("getter"),
+                     **{k: tuple(merged.get(k, ())) for k in _RECIPE_KEYS})

@@ -88,7 +88,8 @@ class Facts:
             return cached
         from . import tables as tbl
 
-        table = tbl.read_csv(await self.table_bytes(cat, m, name), name=f"{m.name}: {name}")
+        table = tbl.read_csv(await self.table_bytes(cat, m, name), name=f"{m.name}: {name}",
+                             list_columns=self.dataset.list_columns)
         self._tables[(m.name, name)] = table
         return table
 
@@ -123,7 +124,8 @@ class Facts:
                     self._where[selection.where] = sel.parse(selection.where)  # once, not once per version
                 picked, report = tbl.select_files(
                     m, tables, kinds, where=self._where.get(selection.where) if selection.where is not None else None,
-                    ids=(selection.ids[0], list(selection.ids[1])) if selection.ids is not None else None)
+                    ids=(selection.ids[0], list(selection.ids[1])) if selection.ids is not None else None,
+                    bare_id_columns=self.dataset.bare_id_columns)
                 entries += picked
             if reports is not None:
                 reports[m.name] = report

@@ -14,13 +14,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from .config import FileKind
+from .config import DatasetConfig, FileKind, TableSpec
 from .errors import InputError, ManifestError, UnknownIdError
 from .manifest import FileEntry, Manifest
 
-# Columns that hold ids: always int64, never inferred as float or string.
+# Columns that hold ids: always int64, never inferred as float or string (but for the dataset's
+# list columns, "[1, 2]" in some tables).
 _ID_SUFFIX = "_id"
-_LIST_COLUMNS = {"ophys_experiment_id", "ophys_container_id"}  # "[1, 2]" in some tables
 # Field metadata on an id column that the CSV wrote as floats ("951410079.0"): pandas.read_csv
 # reads it as float64, and the pandas view (to_pandas) does the same.
 _FLOAT_TEXT = b"vbo.float_text"
@@ -28,16 +28,20 @@ _WHOLE_FLOAT = r"^\s*[+-]?[0-9]+\.0*\s*$"  # "951410079.0": how pandas writes an
 _INTEGRAL = r"^\s*\+?(-?[0-9]+)(?:\.0*)?\s*$"  # any whole number, as its bare digits
 
 
-def read_csv(data: bytes, *, name: str) -> pa.Table:
+def read_csv(data: bytes, *, name: str, list_columns: frozenset[str] | None = None) -> pa.Table:
     """Parse one metadata CSV into an Arrow table; a malformed file raises InputError.
 
     The tables were written by pandas, so an id column with missing values comes as floats
     and empty cells (`951410079.0,` then `,`): id columns are read as text and made int64
     here, exactly (no float in between, so ids past 2**53 survive), with pandas' NA tokens
     as nulls. A value that is not a whole number is named, with its column and row."""
+    if list_columns is None:
+        from .config import DEFAULT_DATASET, load_dataset
+
+        list_columns = load_dataset(DEFAULT_DATASET).list_columns
     first_line = data.split(b"\n", 1)[0].decode("utf-8", "replace")
     columns = [c.strip().strip('"') for c in first_line.split(",")]
-    id_columns = [c for c in columns if (c.endswith(_ID_SUFFIX) and c not in _LIST_COLUMNS) or c == "file_id"]
+    id_columns = [c for c in columns if (c.endswith(_ID_SUFFIX) and c not in list_columns) or c == "file_id"]
     try:
         table = pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(
             column_types={c: pa.string() for c in id_columns}))
@@ -70,64 +74,46 @@ def _id_column(text: pa.ChunkedArray, *, name: str, column: str) -> tuple[pa.Fie
 
 # --- pandas, shaped like AllenSDK 2.16.2's tables ------------------------------------------------
 #
-# AllenSDK's cloud cache builds its tables in BehaviorProjectCloudApi._get_*_table
-# (allensdk/brain_observatory/behavior/behavior_project_cache/project_apis/data_io/
-# behavior_project_cloud_api.py), and VisualBehaviorOphysProjectCache.get_*_table() returns them
-# unchanged for the cloud api:
-#   sanitize_data_columns: pd.read_csv(path, dtype={"mouse_id": str}) (no dtype for the cells
-#       table), then allensdk.core.utilities.literal_col_eval(df, COL_EVAL_LIST): ast.literal_eval
-#       on every non-null *string* cell of the list columns;
-#   behavior / ophys session / ophys experiment tables: date_of_acquisition =
-#       pd.to_datetime(..., utc=True); enforce_df_int_typing(VBO_INTEGER_COLUMNS,
-#       use_pandas_type=True) (nullable "Int64"); enforce_df_column_order(VBO_METADATA_COLUMN_ORDER)
-#       (allensdk/core/dataframe_utils.py; the constants are in
-#       allensdk/brain_observatory/ophys/project_constants.py); set_index(<id>);
-#   ophys cells table: cell_specimen_id as "Int64"; set_index("cell_roi_id").
-# The CSV is parsed once, by pyarrow (read_csv above); _pandas_column turns each Arrow column
-# into what pandas.read_csv would have made of the same text.
+# AllenSDK's cloud caches build their tables in their cloud APIs (for Ophys,
+# BehaviorProjectCloudApi._get_*_table in allensdk/brain_observatory/behavior/
+# behavior_project_cache/project_apis/data_io/behavior_project_cloud_api.py): pd.read_csv (some
+# columns as str), literal_col_eval (ast.literal_eval on every non-null *string* cell of the list
+# columns), dates with pd.to_datetime(utc=True), enforce_df_int_typing(use_pandas_type=True)
+# (nullable "Int64"), enforce_df_column_order, set_index. Which columns get which is data, per
+# table, in the dataset file (`[tables.X]` and its `recipe`: config.TableSpec). The CSV is parsed
+# once, by pyarrow (read_csv above); _pandas_column turns each Arrow column into what
+# pandas.read_csv would have made of the same text.
 
-ALLENSDK_LIST_COLUMNS = ("ophys_experiment_id", "ophys_container_id", "driver_line")  # COL_EVAL_LIST
-ALLENSDK_INT_COLUMNS = (  # VBO_INTEGER_COLUMNS
-    "session_number", "age_in_days", "prior_exposures_to_image_set", "prior_exposures_to_session_type",
-    "prior_exposures_to_omissions", "ophys_session_id", "imaging_plane_group_count", "imaging_plane_group",
-    "targeted_areas", "num_depths_per_area", "num_targeted_structures", "cell_specimen_id")
-ALLENSDK_COLUMN_ORDER = (  # VBO_METADATA_COLUMN_ORDER
-    "behavior_session_id", "ophys_session_id", "ophys_container_id", "mouse_id", "indicator", "full_genotype",
-    "driver_line", "cre_line", "reporter_line", "sex", "age_in_days", "imaging_depth", "targeted_structure",
-    "targeted_imaging_depth", "imaging_plane_group_count", "imaging_plane_group", "project_code", "session_type",
-    "session_number", "image_set", "behavior_type", "passive", "experience_level", "prior_exposures_to_session_type",
-    "prior_exposures_to_image_set", "prior_exposures_to_omissions", "date_of_acquisition", "equipment_name",
-    "num_depths_per_area", "ophys_experiment_id", "num_targeted_structures", "published_at", "isi_experiment_id")
-# The tables AllenSDK reads with the session recipe, and the cells table, by name and by index.
-_SESSION_TABLES = {"behavior_session_table": "behavior_session_id", "ophys_session_table": "ophys_session_id",
-                   "ophys_experiment_table": "ophys_experiment_id"}
-_CELLS_TABLES = {"ophys_cells_table": "cell_roi_id"}
 # pandas 1.5.3's default na_values (AllenSDK pins pandas 1.5.3; 2.x added "None"). pyarrow turns
 # them into nulls in numeric columns but keeps them as text in string columns.
 _PANDAS_NA = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
                         "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "n/a", "nan", "null"})
 
 
-def to_pandas(table: pa.Table, *, index: str | None, name: str | None = None):
-    """A pandas DataFrame shaped like the one AllenSDK 2.16.2's VisualBehaviorOphysProjectCache
-    returns for the same CSV: its index, dtypes, list-valued columns (Python lists), UTC dates,
-    nullable "Int64" columns and column order (AllenSDK's fixed order first; the columns it
-    leaves unordered, which it emits in set order, keep the CSV's order here).
+def to_pandas(table: pa.Table, *, index: str | None = None, name: str | None = None, spec: TableSpec | None = None,
+              dataset: DatasetConfig | None = None):
+    """A pandas DataFrame shaped like the one AllenSDK 2.16.2's project cache returns for the
+    same CSV: its index, dtypes, list-valued columns (Python lists), UTC dates, nullable "Int64"
+    columns, column order (AllenSDK's fixed order first; the columns it leaves unordered, which
+    it emits in set order, keep the CSV's order here) and default row filters.
 
-    `name` (the metadata table's name) picks AllenSDK's recipe for it; without one, `index`
-    does (behavior_session_id, ophys_session_id, ophys_experiment_id: the session recipe;
-    cell_roi_id: the cells recipe; anything else: read_csv-like columns and list parsing only).
+    The recipe is `spec`'s; without one, the dataset's table of that `name`, or else of that
+    `index` (default dataset: Visual Behavior Ophys). A table the dataset does not describe
+    gets read_csv-like columns, indexed by `index`, with the dataset's list columns parsed.
     A list-column cell that is not a Python literal raises InputError naming table, column, row.
     """
     import pandas as pd
 
-    if name is None:
-        name = next((t for t, i in {**_SESSION_TABLES, **_CELLS_TABLES}.items() if i == index), "metadata table")
-    session, cells = name in _SESSION_TABLES, name in _CELLS_TABLES
-    str_columns = {"mouse_id"} if session else set()  # AllenSDK: pd.read_csv(..., dtype={"mouse_id": str})
-    date_columns = {"date_of_acquisition"} if session else set()
-    int_columns = set(ALLENSDK_INT_COLUMNS) if session else {"cell_specimen_id"} if cells else set()
+    if spec is None:
+        if dataset is None:
+            from .config import DEFAULT_DATASET, load_dataset
 
+            dataset = load_dataset(DEFAULT_DATASET)
+        spec = dataset.table_for(name=name) if name else dataset.table_for(index=index)
+        if spec is None:
+            spec = TableSpec(name or "metadata table", index or "", list_columns=tuple(sorted(dataset.list_columns)))
+    name, index = spec.name, index or spec.index
+    str_columns, date_columns, int_columns = set(spec.str_columns), set(spec.date_columns), set(spec.int_columns)
     df = pd.DataFrame({f.name: _pandas_column(pd, f, col, as_str=f.name in str_columns,
                                               keep_datetime=f.name in date_columns, nullable_int=f.name in int_columns)
                        for f, col in zip(table.schema, table.columns)})
@@ -135,24 +121,27 @@ def to_pandas(table: pa.Table, *, index: str | None, name: str | None = None):
         raise InputError(f"{name}: a column name appears twice in the CSV header")
     row_ids = table[index].to_pylist() if index and index in table.column_names else None
 
-    for column in ALLENSDK_LIST_COLUMNS:  # literal_col_eval
+    for column in spec.list_columns:  # literal_col_eval
         if column in df.columns and df[column].dtype == object:
             df[column] = _literal_lists(df[column], name=name, column=column, index=index, row_ids=row_ids)
-    if session:
-        for column in date_columns & set(df.columns):
-            values = df[column]
-            try:  # text pyarrow did not read as timestamps: each cell on its own, as pandas 1.5 did
-                dates = pd.to_datetime(values, utc=True, **({} if values.dtype.kind == "M" else {"format": "mixed"}))
-            except (ValueError, TypeError) as exc:
-                raise InputError(f"{name}: column {column!r} holds a value that is not a date: {exc}") from exc
-            df[column] = dates.dt.as_unit("ns")  # pandas 1.5 (AllenSDK) has only ns
-        ordered = [c for c in ALLENSDK_COLUMN_ORDER if c in df.columns]
+    for column in date_columns & set(df.columns):
+        values = df[column]
+        try:  # text pyarrow did not read as timestamps: each cell on its own, as pandas 1.5 did
+            dates = pd.to_datetime(values, utc=True, **({} if values.dtype.kind == "M" else {"format": "mixed"}))
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"{name}: column {column!r} holds a value that is not a date: {exc}") from exc
+        df[column] = dates.dt.as_unit("ns")  # pandas 1.5 (AllenSDK) has only ns
+    if spec.column_order:
+        ordered = [c for c in spec.column_order if c in df.columns]
         df = df[ordered + [c for c in df.columns if c not in ordered]]
     for column in int_columns & set(df.columns):  # enforce_df_int_typing(use_pandas_type=True)
         try:
             df[column] = df[column].astype("Int64")
         except (ValueError, TypeError) as exc:
             raise InputError(f"{name}: column {column!r} should hold whole numbers: {exc}") from exc
+    for column in spec.drop_rows_with:  # AllenSDK's default filters (e.g. abnormal_histology)
+        if column in df.columns:
+            df = df[df[column].isna()]
     if index and index in df.columns:
         df = df.set_index(index)
     return df
@@ -228,8 +217,8 @@ def _literal_lists(series, *, name: str, column: str, index: str | None, row_ids
 
 
 def entry_for_id(manifest: Manifest, table: pa.Table, kind: FileKind, item_id: int) -> FileEntry:
-    """The data file of one behavior session / ophys experiment, with a message that says
-    why when there is none."""
+    """The data file of one item of a file kind (a behavior session, an ophys experiment, an
+    ecephys session, a probe's LFP), with a message that says why when there is none."""
     ids = table[kind.id_column]
     hit = table.filter(pc.equal(ids, pa.scalar(item_id, pa.int64())))
     if hit.num_rows == 0:
@@ -238,7 +227,7 @@ def entry_for_id(manifest: Manifest, table: pa.Table, kind: FileKind, item_id: i
     fid = hit["file_id"][0].as_py()
     if fid is None:
         raise UnknownIdError(f"{kind.id_column} {item_id} has no NWB file of its own in {manifest.name}"
-                             " (a behavior session recorded with ophys: its data is in its ophys experiments' files)")
+                             + (f" ({kind.no_file})" if kind.no_file else ""))
     entry = manifest.data_files.get(str(int(fid)))
     if entry is None:
         raise ManifestError(manifest.name, f"{kind.table} names file_id {fid} for {kind.id_column} {item_id}, "
@@ -248,15 +237,18 @@ def entry_for_id(manifest: Manifest, table: pa.Table, kind: FileKind, item_id: i
 
 
 def select_files(manifest: Manifest, tables: dict[str, pa.Table], kinds: list[FileKind], *,
-                 where=None, ids: tuple[str | None, list[int]] | None = None) -> tuple[list[FileEntry], dict]:
-    """The data files that rows of the file-carrying tables (`kinds`: behavior sessions,
-    ophys experiments) pick, and a report of why: rows matched per table.
+                 where=None, ids: tuple[str | None, list[int]] | None = None,
+                 bare_id_columns: tuple[str, ...] = ("behavior_session_id", "ophys_experiment_id"),
+                 ) -> tuple[list[FileEntry], dict]:
+    """The data files that rows of the file-carrying tables (`kinds`: for Ophys, behavior
+    sessions and ophys experiments) pick, and a report of why: rows matched per table.
 
     `where` (a parsed mirror.select.Expr) applies to every such table that has all of its
     columns; none having them is an error naming the unknown column. `ids` (column, ids):
     rows whose column holds one of the ids, in every such table with that column; without a
-    column (a bare list), behavior_session_id and ophys_experiment_id are both tried, so a
-    behavior session's id also picks its ophys experiments. Both given: rows must match both.
+    column (a bare list), each of `bare_id_columns` is tried (the dataset's: for Ophys,
+    behavior_session_id and ophys_experiment_id, so a behavior session's id also picks its
+    ophys experiments). Both given: rows must match both.
     """
     from . import select as sel
 
@@ -264,7 +256,7 @@ def select_files(manifest: Manifest, tables: dict[str, pa.Table], kinds: list[Fi
     if ids is not None:
         column, values = ids
         report["ids"] = {"column": column, "given": len(values)}
-        id_columns = [column] if column else ["behavior_session_id", "ophys_experiment_id"]
+        id_columns = [column] if column else list(bare_id_columns)
         id_array = pa.array(values, pa.int64())
     picked: dict[str, FileEntry] = {}
     found_ids: set[int] = set()
@@ -309,7 +301,7 @@ def select_files(manifest: Manifest, tables: dict[str, pa.Table], kinds: list[Fi
     if ids is not None:
         if applied == 0:
             raise InputError(f"no table of {manifest.name} has a column named {' or '.join(id_columns)}",
-                             hint="name the id column in a CSV header (behavior_session_id, ophys_experiment_id, ...)")
+                             hint=f"name the id column in a CSV header ({', '.join(bare_id_columns)}, ...)")
         missing = [v for v in values if v not in found_ids]
         report["ids"]["not_found"] = len(missing)
         report["ids"]["not_found_first"] = missing[:5]

@@ -26,7 +26,7 @@ from typing import Any, Callable  # noqa: E402
 import click  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
-from ..config import DEFAULT_DATASET  # noqa: E402
+from ..config import DEFAULT_DATASET, DatasetConfig, load_dataset  # noqa: E402
 from ..errors import InputError, MirrorError, MirrorWarning, Terminated  # noqa: E402
 from ..remote.settings import TRANSPORTS, Timeouts  # noqa: E402
 
@@ -41,6 +41,7 @@ class Ctx:
                  offline: bool, signed: bool, timeouts: Timeouts, transport: str = "lean",
                  proxy: str | None = None) -> None:
         self.dataset = dataset
+        self._dataset_config: DatasetConfig | None = None
         self.cache_dir = cache_dir
         self.endpoint_url = endpoint_url
         self.json = json_out
@@ -66,6 +67,11 @@ class Ctx:
             elif value is not None:
                 out += [opt.opts[0], str(value)]
         return out
+
+    def dataset_config(self) -> DatasetConfig:
+        if self._dataset_config is None:
+            self._dataset_config = load_dataset(self.dataset)
+        return self._dataset_config
 
     @property
     def mirror(self) -> "Mirror":
@@ -289,7 +295,7 @@ def selection_options(fn):
     return fn
 
 
-def _selection(version: str | None, shard: str | None = None, where: str | None = None,
+def _selection(c: Ctx, version: str | None, shard: str | None = None, where: str | None = None,
                ids_file: str | None = None, tables_only: bool = False, view_layout: str = "allensdk"):
     from ..model import Selection, Shard
 
@@ -299,7 +305,7 @@ def _selection(version: str | None, shard: str | None = None, where: str | None 
     if ids_file is not None:
         from ..ids import read_ids
 
-        column, values = read_ids(Path(ids_file))
+        column, values = read_ids(Path(ids_file), id_columns=c.dataset_config().id_columns or None)
         ids = (column, tuple(values))
     if where is not None:
         from ..select import parse

@@ -53,7 +53,7 @@ def _plan_text(plan) -> str:
 @handle_errors
 def plan_cmd(c: Ctx, version: str | None, **sel) -> None:
     """Dry run: what a sync would fetch, link, keep and remove (--json: the whole plan)."""
-    _show_plan(c, c.mirror.plan(_selection(version, **sel)))
+    _show_plan(c, c.mirror.plan(_selection(c, version, **sel)))
 
 
 def _show_plan(c: Ctx, plan) -> None:
@@ -157,7 +157,7 @@ def sync_cmd(c: Ctx, version, jobs, part_size, verify, link_mode, wait, dry_run,
         limits = Limits(jobs=jobs, part_size=part_size_option(part_size), bwlimit=rate)
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    selection = _selection(version, **sel)
+    selection = _selection(c, version, **sel)
     if dry_run:
         _show_plan(c, c.mirror.plan(selection))
         return
@@ -242,15 +242,33 @@ def _ids_for_children(selection):
         os.unlink(path)
 
 
-@main.command("get", short_help="One session's or experiment's NWB: fetch, print path.")
-@click.argument("kind", type=click.Choice(["behavior-session", "ophys-experiment"]))
+class _FileKind(click.ParamType):
+    """A file kind of the dataset given by --dataset (its TOML's [file_kinds])."""
+
+    name = "KIND"
+
+    def convert(self, value, param, ctx):
+        c = ctx.find_object(Ctx) if ctx is not None else None
+        kinds = sorted(c.dataset_config().file_kinds) if c is not None else []
+        if value in kinds:
+            return value
+        self.fail(f"{value!r} is not a file kind of {c.dataset if c else 'the dataset'}; choose from "
+                  f"{', '.join(kinds) or '(none: its dataset file has no [file_kinds])'}", param, ctx)
+
+
+@main.command("get", short_help="One session's, experiment's or probe's NWB: fetch, print path.")
+@click.argument("kind", type=_FileKind())
 @click.argument("item_id", type=int)
 @click.option("--version", "version", default=None,
               help="V or 'latest' (default: the current version; on a cache with none, the latest, made current).")
 @click.pass_obj
 @handle_errors
 def get_cmd(c: Ctx, kind: str, item_id: int, version: str | None) -> None:
-    """Make sure the NWB of one behavior session / ophys experiment is present; print its path."""
+    """Make sure the NWB of one item is present; print its path.
+
+    KIND is one of the dataset's file kinds: for visual-behavior-ophys, behavior-session and
+    ophys-experiment; for visual-behavior-neuropixels, ecephys-session, behavior-session and
+    probe-lfp (a probe's LFP NWB, by ecephys_probe_id)."""
     path = c.mirror.get_file_path(kind, item_id, version=version)
     c.emit({"kind": kind, "id": item_id, "path": str(path)}, str(path))
 

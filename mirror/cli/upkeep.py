@@ -110,7 +110,7 @@ def adopt_cmd(c: Ctx, directory: str | None, dry_run: bool, jobs: int, wait: boo
 @handle_errors
 def urls_cmd(c: Ctx, version: str | None, **sel) -> None:
     """Direct download URLs with ?versionId= for every file, one per line (wget -i / aria2c -i)."""
-    c.emit(c.mirror.urls(_selection(version, **sel)))
+    c.emit(c.mirror.urls(_selection(c, version, **sel)))
 
 
 @main.group("index")
