@@ -23,17 +23,30 @@ def sandbox() -> None:
 @click.pass_obj
 @handle_errors
 def sandbox_up_cmd(c: Ctx, port: int, scale: float, seed: int) -> None:
-    """Start the sandbox in the background and print its endpoint."""
+    """Start the sandbox in the background and print its endpoint.
+
+    It serves the replica of the dataset given by --dataset (visual-behavior-ophys by default,
+    or visual-behavior-neuropixels). A sandbox already running is joined, and the dataset's
+    bucket is added to it if it did not serve it yet: one endpoint serves both."""
     from ..sandbox.replica import ReplicaSpec
     from ..sandbox.server import sandbox_up
 
     if not 0 < scale <= 0.05:
         raise InputError("--scale must be in (0, 0.05]: moto keeps every object in memory")
-    state = sandbox_up(ReplicaSpec(seed=seed, scale=scale), port=port)
+    ds = c.dataset_config()
+    if ds.sandbox is None:
+        raise InputError(f"the dataset {ds.name!r} has no sandbox replica (its dataset file names none: "
+                         "`sandbox = \"...\"`)", hint="the sandbox serves visual-behavior-ophys and "
+                                                      "visual-behavior-neuropixels")
+    state = sandbox_up(ReplicaSpec(seed=seed, scale=scale), port=port, dataset=ds.sandbox)
     joined = (f" (it was already running: now {state['users']} users; `sandbox down` stops it when the last one "
               "leaves)" if state.get("already_running") else "")
+    if state.get("loaded"):
+        joined += f"; {ds.title} (s3://{ds.bucket}) added to it"
+    served = ", ".join(f"s3://{v['bucket']}" for v in state.get("datasets", {}).values())
     c.emit(state, lambda: (f"sandbox {'already ' if state.get('already_running') else ''}running at {state['endpoint_url']} "
-                           f"(pid {state['pid']}, {len(state['manifests'])} manifests, {human_bytes(state['bytes'])})"
+                           f"(pid {state['pid']}, {len(state['manifests'])} manifests, {human_bytes(state['bytes'])}"
+                           f"{': ' + served if served else ''})"
                            f"{joined}\n"
                            f"  export AWS_ENDPOINT_URL_S3={state['endpoint_url']}\n"
                            f"  its state: {state.get('state_dir', '')} (VBO_MIRROR_SANDBOX_DIR chooses another)\n"

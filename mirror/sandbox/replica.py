@@ -55,7 +55,15 @@ class ReplicaFile:
 
 @dataclass
 class Replica:
-    """What was generated; `manifests` are filled with version ids by the loader."""
+    """What was generated; `manifests` are filled with version ids by the loader. The class
+    attributes say which release it replicates (Visual Behavior Ophys here; a subclass per
+    other dataset, e.g. sandbox/neuropixels.py)."""
+
+    bucket = BUCKET
+    region = REGION
+    project = PROJECT
+    versions = VERSIONS
+    title = "Visual Behavior Ophys"
 
     spec: ReplicaSpec
     tables: dict[str, dict[str, bytes]] = field(default_factory=dict)  # version → table → CSV
@@ -64,13 +72,13 @@ class Replica:
     behavior_ids: dict[str, list[int]] = field(default_factory=dict)  # version → ids with a file
     experiment_ids: dict[str, list[int]] = field(default_factory=dict)
 
-    @staticmethod
-    def manifest_name(version: str) -> str:
-        return f"{PROJECT}_project_manifest_v{version}.json"
+    @classmethod
+    def manifest_name(cls, version: str) -> str:
+        return f"{cls.project}_project_manifest_v{version}.json"
 
-    @staticmethod
-    def url(key: str) -> str:
-        return f"https://{BUCKET}.s3.{REGION}.amazonaws.com/{key}"
+    @classmethod
+    def url(cls, key: str) -> str:
+        return f"https://{cls.bucket}.s3.{cls.region}.amazonaws.com/{key}"
 
     def total_bytes(self, version: str) -> int:
         return sum(f.size for f in self.data[version].values()) + sum(len(t) for t in self.tables[version].values())
@@ -254,17 +262,18 @@ def _csv(rows: list[dict], *, exclude: tuple[str, ...]) -> bytes:
         index=False, lineterminator="\n").encode()
 
 
-def manifest_doc(version: str, metadata: dict[str, tuple[str, str, str]], data: dict[str, tuple[str, str, str]]) -> bytes:
+def manifest_doc(version: str, metadata: dict[str, tuple[str, str, str]], data: dict[str, tuple[str, str, str]],
+                 replica: type[Replica] = Replica) -> bytes:
     """A manifest in the real format; entries are (key, version_id, blake2b)."""
 
     def entry(key: str, vid: str, h: str) -> dict:
-        return {"url": Replica.url(key), "version_id": vid, "file_hash": h}
+        return {"url": replica.url(key), "version_id": vid, "file_hash": h}
 
     doc = {
-        "project_name": PROJECT,
+        "project_name": replica.project,
         "manifest_version": version,
         "metadata_file_id_column_name": "file_id",
-        "data_pipeline": [{"name": "AllenSDK", "version": "2.13.%d" % VERSIONS.index(version),
+        "data_pipeline": [{"name": "AllenSDK", "version": "2.13.%d" % replica.versions.index(version),
                            "comment": "AllenSDK version used to produce the data NWB and metadata CSV files for this release"}],
         "metadata_files": {name: entry(*t) for name, t in sorted(metadata.items())},
         "data_files": {fid: entry(*t) for fid, t in sorted(data.items(), key=lambda kv: int(kv[0]))},

@@ -24,9 +24,19 @@ from pathlib import Path
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
-from .replica import BUCKET, PROJECT, REGION, VERSIONS, Replica, ReplicaSpec, blake2b_hex, build_replica, manifest_doc, payload
+from .replica import REGION, Replica, ReplicaSpec, blake2b_hex, manifest_doc, payload
 
 HOST = "127.0.0.1"
+
+
+def build(dataset: str, spec: ReplicaSpec) -> Replica:
+    """The replica of `dataset` (a name in REPLICAS)."""
+    from . import REPLICAS
+
+    try:
+        return REPLICAS[dataset](spec)
+    except KeyError:
+        raise ValueError(f"no sandbox replica of {dataset!r}; there are: {', '.join(sorted(REPLICAS))}") from None
 
 
 def free_port() -> int:
@@ -98,18 +108,18 @@ def admin_client(endpoint_url: str):
     )
 
 
-async def _put(s3, key: str, data: bytes, spec: ReplicaSpec) -> str:
+async def _put(s3, bucket: str, key: str, data: bytes, spec: ReplicaSpec) -> str:
     """Upload `data` as one object version (multipart above the threshold) → its version id."""
     if len(data) <= spec.multipart_threshold:
-        r = await s3.put_object(Bucket=BUCKET, Key=key, Body=data)
+        r = await s3.put_object(Bucket=bucket, Key=key, Body=data)
         return r["VersionId"]
-    up = await s3.create_multipart_upload(Bucket=BUCKET, Key=key)
+    up = await s3.create_multipart_upload(Bucket=bucket, Key=key)
     parts = []
     for n, off in enumerate(range(0, len(data), spec.part_size), start=1):
-        r = await s3.upload_part(Bucket=BUCKET, Key=key, UploadId=up["UploadId"], PartNumber=n,
+        r = await s3.upload_part(Bucket=bucket, Key=key, UploadId=up["UploadId"], PartNumber=n,
                                  Body=data[off:off + spec.part_size])
         parts.append({"PartNumber": n, "ETag": r["ETag"]})
-    r = await s3.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=up["UploadId"],
+    r = await s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=up["UploadId"],
                                            MultipartUpload={"Parts": parts})
     return r["VersionId"]
 
@@ -125,32 +135,34 @@ async def create_public_bucket(s3, bucket: str) -> None:
     await s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
 
 
-async def load_replica(endpoint_url: str, replica: Replica, *, versions=VERSIONS, pause: float = 0.0) -> Replica:
+async def load_replica(endpoint_url: str, replica: Replica, *, versions=None, pause: float = 0.0) -> Replica:
     """Create the bucket (versioned, anonymous read by policy) and upload every version in
     release order, so the version ids in the manifests are the server's own. `pause` seconds
     between versions give each its own LastModified second: tools that can only pick versions
     by time (rclone's --s3-version-at) can then tell them apart."""
+    bucket, project = replica.bucket, replica.project
     async with admin_client(endpoint_url) as s3:
-        await create_public_bucket(s3, BUCKET)
-        await s3.put_object(Bucket=BUCKET, Key=f"{PROJECT}/release_notes.txt",
-                            Body=b"Scaled-down replica of the Visual Behavior Ophys release, made by vbo-mirror's sandbox.\n")
+        await create_public_bucket(s3, bucket)
+        await s3.put_object(Bucket=bucket, Key=f"{project}/release_notes.txt",
+                            Body=f"Scaled-down replica of the {replica.title} release, made by vbo-mirror's sandbox.\n".encode())
         uploaded: dict[tuple[str, int], tuple[str, str]] = {}  # (key, generation) → (version id, hash)
-        for version in versions:
+        for version in versions or replica.versions:
             metadata = {}
             for table, body in replica.tables[version].items():
-                key = f"{PROJECT}/project_metadata/{table}.csv"
-                vid = (await s3.put_object(Bucket=BUCKET, Key=key, Body=body))["VersionId"]
+                key = f"{project}/project_metadata/{table}.csv"
+                vid = (await s3.put_object(Bucket=bucket, Key=key, Body=body))["VersionId"]
                 metadata[table] = (key, vid, blake2b_hex(body))
             data = {}
             for fid, f in replica.data[version].items():
                 if (f.key, f.generation) not in uploaded:
                     body = payload(f.seed, f.size)
-                    uploaded[(f.key, f.generation)] = (await _put(s3, f.key, body, replica.spec), blake2b_hex(body))
+                    uploaded[(f.key, f.generation)] = (await _put(s3, bucket, f.key, body, replica.spec),
+                                                       blake2b_hex(body))
                 vid, h = uploaded[(f.key, f.generation)]
                 data[str(fid)] = (f.key, vid, h)
-            doc = manifest_doc(version, metadata, data)
-            name = Replica.manifest_name(version)
-            await s3.put_object(Bucket=BUCKET, Key=f"{PROJECT}/manifests/{name}", Body=doc)
+            doc = manifest_doc(version, metadata, data, type(replica))
+            name = replica.manifest_name(version)
+            await s3.put_object(Bucket=bucket, Key=f"{project}/manifests/{name}", Body=doc)
             replica.manifests[name] = doc
             if pause:
                 await asyncio.sleep(pause)
@@ -158,12 +170,14 @@ async def load_replica(endpoint_url: str, replica: Replica, *, versions=VERSIONS
 
 
 class Sandbox:
-    """moto + the replica, for tests and the demo: `with Sandbox() as sb: sb.url`."""
+    """moto + the replica, for tests and the demo: `with Sandbox() as sb: sb.url`.
+    `dataset`: whose replica (mirror/sandbox/__init__.py: REPLICAS)."""
 
-    def __init__(self, spec: ReplicaSpec = ReplicaSpec(), *, port: int = 0, versions=VERSIONS,
-                 log_path: Path | None = None, detach: bool = False) -> None:
+    def __init__(self, spec: ReplicaSpec = ReplicaSpec(), *, port: int = 0, versions=None,
+                 log_path: Path | None = None, detach: bool = False, dataset: str = "visual-behavior-ophys") -> None:
         self.spec = spec
         self.versions = versions
+        self.dataset = dataset
         self.server = MotoServer(port=port, log_path=log_path, detach=detach)
         self.replica: Replica | None = None
 
@@ -174,7 +188,7 @@ class Sandbox:
     def start(self) -> "Sandbox":
         self.server.start()
         try:
-            self.replica = asyncio.run(load_replica(self.url, build_replica(self.spec), versions=self.versions))
+            self.replica = asyncio.run(load_replica(self.url, build(self.dataset, self.spec), versions=self.versions))
         except BaseException:
             self.server.stop()
             raise
@@ -209,24 +223,40 @@ def _locked_state():
         yield d / "sandbox.json"
 
 
-def sandbox_up(spec: ReplicaSpec, *, port: int = 0) -> dict:
+def sandbox_up(spec: ReplicaSpec, *, port: int = 0, dataset: str = "visual-behavior-ophys") -> dict:
     """Start the sandbox, or join the one running (it then counts one more user: `down`
-    stops it only when its last user leaves, so one terminal does not stop another's)."""
+    stops it only when its last user leaves, so one terminal does not stop another's). One
+    server holds every dataset's bucket: joining with a dataset it does not serve yet loads
+    that dataset's replica into it, so one AWS_ENDPOINT_URL_S3 serves them all."""
+    replica = build(dataset, spec)  # an unknown dataset is refused before anything starts
     with _locked_state() as state_file:
         d = state_file.parent
         if state_file.exists():
             state = json.loads(state_file.read_text())
             if _alive(state.get("pid")):
+                served = state.setdefault("datasets", {})
+                added = dataset not in served
+                if added:
+                    asyncio.run(load_replica(state["endpoint_url"], replica))
+                    served[dataset] = _served(replica)
+                    state["manifests"] = sorted({*state.get("manifests", []), *replica.manifests})
+                    state["bytes"] = sum(v["bytes"] for v in served.values())
                 state["users"] = state.get("users", 1) + 1
                 state_file.write_text(json.dumps(state, indent=2))
-                return {**state, "already_running": True}
-        sb = Sandbox(spec, port=port, log_path=d / "moto.log", detach=True)
+                return {**state, "already_running": True, "loaded": dataset if added else None}
+        sb = Sandbox(spec, port=port, log_path=d / "moto.log", detach=True, dataset=dataset)
         sb.start()
+        served = {dataset: _served(sb.replica)}
         state = {"pid": sb.server.proc.pid, "endpoint_url": sb.url, "port": sb.server.port,
-                 "manifests": sorted(sb.replica.manifests), "bytes": sum(sb.replica.total_bytes(v) for v in VERSIONS),
-                 "log": str(d / "moto.log"), "state_dir": str(d), "users": 1}
+                 "manifests": sorted(sb.replica.manifests), "bytes": served[dataset]["bytes"],
+                 "datasets": served, "log": str(d / "moto.log"), "state_dir": str(d), "users": 1}
         state_file.write_text(json.dumps(state, indent=2))
         return state
+
+
+def _served(replica: Replica) -> dict:
+    return {"bucket": replica.bucket, "manifests": sorted(replica.manifests),
+            "bytes": sum(replica.total_bytes(v) for v in replica.versions)}
 
 
 def sandbox_status() -> dict | None:
