@@ -50,6 +50,10 @@ class FileKind:
     table: str
     id_column: str
     no_file: str = ""
+    # A row without a file of its own is another kind's item: the one whose id is in this
+    # column (VBN: a behavior session recorded with Neuropixels → its ecephys session's NWB).
+    fallback_column: str | None = None
+    fallback_kind: str | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class DatasetConfig:
     id_columns: tuple[str, ...] = ()
     bare_id_columns: tuple[str, ...] = ()
     title: str = ""  # what the dataset is called in messages ("Visual Behavior Ophys")
+    no_file_id: int | None = None  # a file_id that means "no file" (VBN: -999), besides an empty cell
     sandbox: str | None = None  # the replica `sandbox up` serves for it (mirror/sandbox), if any
 
     @property
@@ -131,8 +136,10 @@ def load_dataset(name_or_path: str) -> DatasetConfig:
             manifest_pattern=pattern,
             manifest_template=raw["manifest_template"],
             tables={k: _table(k, v, raw.get("recipes", {})) for k, v in raw.get("tables", {}).items()},
-            file_kinds={k: FileKind(k, v["table"], v["id_column"], v.get("no_file", ""))
+            file_kinds={k: FileKind(k, v["table"], v["id_column"], v.get("no_file", ""),
+                                    v.get("fallback", {}).get("column"), v.get("fallback", {}).get("kind"))
                         for k, v in raw.get("file_kinds", {}).items()},
+            no_file_id=raw.get("no_file_id"),
             id_columns=tuple(raw.get("id_columns", ())),
             bare_id_columns=tuple(raw.get("bare_id_columns", ())),
             title=raw.get("title", raw["name"]),

@@ -84,6 +84,15 @@ class UnknownIdError(InputError):
     pass
 
 
+class NoFileError(UnknownIdError):
+    """The row has no file of its own; `fallback_id`: the id of the other kind's item whose
+    file it is (its file kind's `fallback`), when there is one."""
+
+    def __init__(self, message: str, *, fallback_id: int | None = None, **kw) -> None:
+        super().__init__(message, **kw)
+        self.fallback_id = fallback_id
+
+
 # --- offline / local state ----------------------------------------------------------------
 
 

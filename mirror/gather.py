@@ -104,7 +104,17 @@ class Facts:
         """The file of a kind for one id, found by the kind's table."""
         from . import tables as tbl
 
-        return tbl.entry_for_id(m, await self.table(cat, m, spec.table), spec, int(item_id))
+        from .errors import NoFileError
+
+        try:
+            return tbl.entry_for_id(m, await self.table(cat, m, spec.table), spec, int(item_id),
+                                    no_file_id=self.dataset.no_file_id)
+        except NoFileError as exc:
+            if exc.fallback_id is None or not spec.fallback_kind:
+                raise
+            # AllenSDK's rule (VBN: a behavior session recorded with Neuropixels is read from
+            # its ecephys session's NWB)
+            return await self.entry_for(cat, m, self.file_kind(spec.fallback_kind), exc.fallback_id)
 
     async def selected(self, cat: Catalog, m: Manifest, selection: Selection,
                        reports: dict | None = None) -> list[FileEntry]:
@@ -125,7 +135,7 @@ class Facts:
                 picked, report = tbl.select_files(
                     m, tables, kinds, where=self._where.get(selection.where) if selection.where is not None else None,
                     ids=(selection.ids[0], list(selection.ids[1])) if selection.ids is not None else None,
-                    bare_id_columns=self.dataset.bare_id_columns)
+                    bare_id_columns=self.dataset.bare_id_columns, no_file_id=self.dataset.no_file_id)
                 entries += picked
             if reports is not None:
                 reports[m.name] = report

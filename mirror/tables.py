@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from .config import DatasetConfig, FileKind, TableSpec
-from .errors import InputError, ManifestError, UnknownIdError
+from .errors import InputError, ManifestError, NoFileError, UnknownIdError
 from .manifest import FileEntry, Manifest
 
 # Columns that hold ids: always int64, never inferred as float or string (but for the dataset's
@@ -216,18 +216,24 @@ def _literal_lists(series, *, name: str, column: str, index: str | None, row_ids
     return pd.Series(out, index=series.index, dtype=object, name=series.name)
 
 
-def entry_for_id(manifest: Manifest, table: pa.Table, kind: FileKind, item_id: int) -> FileEntry:
+def entry_for_id(manifest: Manifest, table: pa.Table, kind: FileKind, item_id: int, *,
+                 no_file_id: int | None = None) -> FileEntry:
     """The data file of one item of a file kind (a behavior session, an ophys experiment, an
-    ecephys session, a probe's LFP), with a message that says why when there is none."""
+    ecephys session, a probe's LFP), with a message that says why when there is none. A row
+    with no file of its own raises NoFileError, carrying the id its kind falls back to."""
     ids = table[kind.id_column]
     hit = table.filter(pc.equal(ids, pa.scalar(item_id, pa.int64())))
     if hit.num_rows == 0:
         raise UnknownIdError(f"{kind.id_column} {item_id} is not in {kind.table} of {manifest.name}",
                              hint=f"list the ids with `vbo-mirror tables {kind.table}`")
     fid = hit["file_id"][0].as_py()
-    if fid is None:
-        raise UnknownIdError(f"{kind.id_column} {item_id} has no NWB file of its own in {manifest.name}"
-                             + (f" ({kind.no_file})" if kind.no_file else ""))
+    if fid is None or fid == no_file_id:
+        other = None
+        if kind.fallback_column and kind.fallback_column in hit.column_names:
+            other = hit[kind.fallback_column][0].as_py()
+        raise NoFileError(f"{kind.id_column} {item_id} has no NWB file of its own in {manifest.name}"
+                          + (f" ({kind.no_file})" if kind.no_file else ""),
+                          fallback_id=int(other) if other is not None else None)
     entry = manifest.data_files.get(str(int(fid)))
     if entry is None:
         raise ManifestError(manifest.name, f"{kind.table} names file_id {fid} for {kind.id_column} {item_id}, "
@@ -235,11 +241,10 @@ def entry_for_id(manifest: Manifest, table: pa.Table, kind: FileKind, item_id: i
     return entry
 
 
-
 def select_files(manifest: Manifest, tables: dict[str, pa.Table], kinds: list[FileKind], *,
                  where=None, ids: tuple[str | None, list[int]] | None = None,
                  bare_id_columns: tuple[str, ...] = ("behavior_session_id", "ophys_experiment_id"),
-                 ) -> tuple[list[FileEntry], dict]:
+                 no_file_id: int | None = None) -> tuple[list[FileEntry], dict]:
     """The data files that rows of the file-carrying tables (`kinds`: for Ophys, behavior
     sessions and ophys experiments) pick, and a report of why: rows matched per table.
 
@@ -248,7 +253,9 @@ def select_files(manifest: Manifest, tables: dict[str, pa.Table], kinds: list[Fi
     rows whose column holds one of the ids, in every such table with that column; without a
     column (a bare list), each of `bare_id_columns` is tried (the dataset's: for Ophys,
     behavior_session_id and ophys_experiment_id, so a behavior session's id also picks its
-    ophys experiments). Both given: rows must match both.
+    ophys experiments). Both given: rows must match both. A picked row without a file of its
+    own (no file_id, or `no_file_id`) picks its kind's fallback (VBN: a behavior session
+    recorded with Neuropixels picks its ecephys session's NWB).
     """
     from . import select as sel
 
@@ -285,9 +292,19 @@ def select_files(manifest: Manifest, tables: dict[str, pa.Table], kinds: list[Fi
             mask = hit if mask is None else pc.and_(mask, hit)
         applied += 1
         rows = table.filter(mask) if mask is not None else table
+        fids = rows["file_id"].to_pylist()
+        if kind.fallback_column and kind.fallback_kind and kind.fallback_column in rows.column_names:
+            by = {k.name: k for k in kinds}.get(kind.fallback_kind)
+            others = [o for f, o in zip(fids, rows[kind.fallback_column].to_pylist())
+                      if (f is None or f == no_file_id) and o is not None]
+            if by is not None and others:
+                other = tables[by.table]
+                hit = other.filter(pc.fill_null(pc.is_in(other[by.id_column], value_set=pa.array(others, pa.int64())),
+                                                False))
+                fids += hit["file_id"].to_pylist()
         files = 0
-        for fid in rows["file_id"].to_pylist():
-            if fid is None:
+        for fid in fids:
+            if fid is None or fid == no_file_id:
                 continue
             entry = manifest.data_files.get(str(int(fid)))
             if entry is None:

@@ -9,6 +9,8 @@ like the real ones. A dataset file names its replica (`sandbox = "..."`), a key 
 from .replica import Replica, ReplicaSpec, build_replica
 from .server import Sandbox, MotoServer
 
-REPLICAS = {"visual-behavior-ophys": build_replica}
+from .neuropixels import build_neuropixels_replica  # noqa: E402
+
+REPLICAS = {"visual-behavior-ophys": build_replica, "visual-behavior-neuropixels": build_neuropixels_replica}
 
 __all__ = ["MotoServer", "REPLICAS", "Replica", "ReplicaSpec", "Sandbox", "build_replica"]
