@@ -47,6 +47,18 @@ def replica(sandbox):
     return sandbox.replica
 
 
+@pytest.fixture(scope="session")
+def vbn_replica(sandbox):
+    """The Visual Behavior Neuropixels replica, loaded into the same server: one endpoint
+    serves both buckets, as `sandbox up` does."""
+    import asyncio
+
+    from mirror.sandbox.neuropixels import build_neuropixels_replica
+    from mirror.sandbox.server import load_replica
+
+    return asyncio.run(load_replica(sandbox.url, build_neuropixels_replica(TEST_SPEC)))
+
+
 class Cli:
     """Runs `vbo-mirror` in-process against the sandbox, with its own cache_dir."""
 
