@@ -59,6 +59,9 @@ test-slurm: install
 # compare_manifests. AllenSDK gets a venv of its own, .venv-allensdk (Python 3.11: it pins
 # numpy<1.24 and pandas==1.5.3, vbo-mirror needs pandas>=2.1), built on first use (~2 min)
 # and again when tests/allensdk/requirements.txt changes; the check runs from the dev venv.
+# Two halves, Visual Behavior Ophys (check_allensdk.py) then Neuropixels (check_vbn.py): both run,
+# both must pass. ALLENSDK_ARGS go to both (check_vbn.py takes check_allensdk.py's flags), VBN_ARGS
+# to the VBN half only (e.g. VBN_ARGS="--vbn-versions 0.3.0 0.5.0").
 test-allensdk: install
 	@if [ ! -f .venv-allensdk/.installed ] || [ tests/allensdk/requirements.txt -nt .venv-allensdk/.installed ]; then \
 	  $(PY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
@@ -68,7 +71,10 @@ test-allensdk: install
 	  .venv-allensdk/bin/python -m pip install --quiet -r tests/allensdk/requirements.txt && \
 	  touch .venv-allensdk/.installed; \
 	fi
-	$(BIN)/python tests/allensdk/check_allensdk.py --allensdk-python .venv-allensdk/bin/python $(ALLENSDK_ARGS)
+	@ophys=0; vbn=0; \
+	$(BIN)/python tests/allensdk/check_allensdk.py --allensdk-python .venv-allensdk/bin/python $(ALLENSDK_ARGS) || ophys=$$?; \
+	$(BIN)/python tests/allensdk/check_vbn.py --allensdk-python .venv-allensdk/bin/python $(ALLENSDK_ARGS) $(VBN_ARGS) || vbn=$$?; \
+	[ $$ophys = 0 ] && [ $$vbn = 0 ] || { echo "test-allensdk: Ophys check exit $$ophys, VBN check exit $$vbn" >&2; exit 1; }
 
 clean:
 	rm -rf $(VENV) .venv-allensdk demo-cache .pytest_cache

@@ -12,7 +12,7 @@ mkdir -p "$VBO_MIRROR_SANDBOX_DIR"
 
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
 
-trap 'vbo-mirror sandbox down >/dev/null 2>&1 || true' EXIT
+trap 'vbo-mirror sandbox down --force >/dev/null 2>&1 || true' EXIT
 step vbo-mirror sandbox up
 AWS_ENDPOINT_URL_S3="$(vbo-mirror --json sandbox status | python -c 'import json,sys; print(json.load(sys.stdin)["endpoint_url"])')"
 export AWS_ENDPOINT_URL_S3
@@ -41,5 +41,18 @@ step vbo-mirror status
 step vbo-mirror verify
 printf '\n\033[1m$ vbo-mirror urls | head -3\033[0m\n'; vbo-mirror urls | head -3
 step vbo-mirror manifests downloaded
+
+# A second release from the same tool: Visual Behavior Neuropixels, its bucket added to the same
+# sandbox server, in a cache_dir of its own
+VBN=(vbo-mirror --dataset visual-behavior-neuropixels --cache-dir "$DEMO_DIR/vbn")
+rm -rf "$DEMO_DIR/vbn"
+step "${VBN[@]}" sandbox up
+step "${VBN[@]}" manifests list
+step "${VBN[@]}" tables
+step "${VBN[@]}" get ecephys-session 1044385384
+step "${VBN[@]}" get probe-lfp 1044506931
+step "${VBN[@]}" sync --version 0.5.0
+step "${VBN[@]}" verify
+step "${VBN[@]}" sandbox down
 step vbo-mirror sandbox down
 printf '\ndemo done: the mirror is in %s\n' "$VBO_MIRROR_CACHE_DIR"

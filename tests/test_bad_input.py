@@ -115,7 +115,7 @@ def test_a_hand_edited_local_manifest_is_validated_too(cli):
 
 def test_unknown_dataset_names_the_known_ones(cli):
     r = cli("--dataset", "nope", "manifests", "list", expect=2)
-    assert "unknown dataset 'nope'; known: visual-behavior-ophys" in r.stderr
+    assert "unknown dataset 'nope'; known: visual-behavior-neuropixels, visual-behavior-ophys" in r.stderr
 
 
 def test_a_manifest_name_without_a_semantic_version_is_ignored(cli, hostile):

@@ -75,12 +75,14 @@ def test_every_command_line_of_the_readme_is_run_or_says_why_not():
     assert len(commands) > 30
 
 
-def test_the_readme_commands_run_against_the_sandbox_as_written(sandbox, tmp_path, monkeypatch):
+def test_the_readme_commands_run_against_the_sandbox_as_written(sandbox, vbn_replica, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # -o sessions.csv, --plot bench.png land here
     cli = Cli(sandbox.url, tmp_path / "cache")
     for line, argv in _commands():
         if argv[:1] == ["adopt"]:  # your own AllenSDK cache: the README says so; here, a tree of ours
             argv = ["adopt", str(tmp_path / "cache")]
+        # a second cache_dir of the README's (/data/vbn): here, one under tmp_path
+        argv = [str(tmp_path / a[len("/data/"):]) if a.startswith("/data/") else a for a in argv]
         r = cli(*argv, expect=None)
         assert r.exit_code == 0, f"{line}\nexit {r.exit_code}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
         assert "Traceback" not in r.stderr, line

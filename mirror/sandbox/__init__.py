@@ -9,8 +9,6 @@ like the real ones. A dataset file names its replica (`sandbox = "..."`), a key 
 from .replica import Replica, ReplicaSpec, build_replica
 from .server import Sandbox, MotoServer
 
-from .neuropixels import build_neuropixels_replica  # noqa: E402
-
-REPLICAS = {"visual-behavior-ophys": build_replica, "visual-behavior-neuropixels": build_neuropixels_replica}
+from .replicas import REPLICAS  # noqa: E402
 
 __all__ = ["MotoServer", "REPLICAS", "Replica", "ReplicaSpec", "Sandbox", "build_replica"]

@@ -25,18 +25,9 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
 from .replica import REGION, Replica, ReplicaSpec, blake2b_hex, manifest_doc, payload
+from .replicas import build
 
 HOST = "127.0.0.1"
-
-
-def build(dataset: str, spec: ReplicaSpec) -> Replica:
-    """The replica of `dataset` (a name in REPLICAS)."""
-    from . import REPLICAS
-
-    try:
-        return REPLICAS[dataset](spec)
-    except KeyError:
-        raise ValueError(f"no sandbox replica of {dataset!r}; there are: {', '.join(sorted(REPLICAS))}") from None
 
 
 def free_port() -> int:
