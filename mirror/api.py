@@ -218,7 +218,10 @@ class Mirror:
         recipe for that table)."""
         from . import tables as tbl
 
-        table = self.get_table(name, version=version)
+        # From the CSV's bytes again: pandas keeps date and time text as written, where the
+        # Arrow table (for --where) holds typed values whose text form may differ.
+        table = tbl.read_csv(self.get_table_bytes(name, version=version), name=name,
+                             list_columns=self.dataset.list_columns, temporal_as_text=True)
         spec = self.dataset.tables.get(name)
         return tbl.to_pandas(table, spec=spec, dataset=self.dataset, name=name, index=spec.index if spec else None)
 

@@ -28,13 +28,18 @@ _WHOLE_FLOAT = r"^\s*[+-]?[0-9]+\.0*\s*$"  # "951410079.0": how pandas writes an
 _INTEGRAL = r"^\s*\+?(-?[0-9]+)(?:\.0*)?\s*$"  # any whole number, as its bare digits
 
 
-def read_csv(data: bytes, *, name: str, list_columns: frozenset[str] | None = None) -> pa.Table:
+def read_csv(data: bytes, *, name: str, list_columns: frozenset[str] | None = None,
+             temporal_as_text: bool = False) -> pa.Table:
     """Parse one metadata CSV into an Arrow table; a malformed file raises InputError.
 
     The tables were written by pandas, so an id column with missing values comes as floats
     and empty cells (`951410079.0,` then `,`): id columns are read as text and made int64
     here, exactly (no float in between, so ids past 2**53 survive), with pandas' NA tokens
-    as nulls. A value that is not a whole number is named, with its column and row."""
+    as nulls. A value that is not a whole number is named, with its column and row.
+
+    `temporal_as_text`: columns pyarrow would read as timestamps, dates or times stay the CSV's
+    text, as pandas.read_csv leaves them (`2020-12-01 12:44:00.000000+00:00` comes back with its
+    `.000000`): what the pandas view (to_pandas) needs; `--where` compares the typed values."""
     if list_columns is None:
         from .config import DEFAULT_DATASET, load_dataset
 
@@ -42,9 +47,13 @@ def read_csv(data: bytes, *, name: str, list_columns: frozenset[str] | None = No
     first_line = data.split(b"\n", 1)[0].decode("utf-8", "replace")
     columns = [c.strip().strip('"') for c in first_line.split(",")]
     id_columns = [c for c in columns if (c.endswith(_ID_SUFFIX) and c not in list_columns) or c == "file_id"]
+    types = {c: pa.string() for c in id_columns}
     try:
-        table = pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(
-            column_types={c: pa.string() for c in id_columns}))
+        table = pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(column_types=types))
+        temporal = [f.name for f in table.schema if pa.types.is_temporal(f.type)] if temporal_as_text else []
+        if temporal:
+            types.update({c: pa.string() for c in temporal})
+            table = pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(column_types=types))
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise InputError(f"{name}: not a readable metadata table: {exc}") from exc
     for column in id_columns:

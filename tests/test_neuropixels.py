@@ -268,3 +268,16 @@ def test_prune_keeps_what_the_kept_version_shares(vbn, vbn_replica):
     assert not (vbn.cache_dir / "visual-behavior-neuropixels-0.3.0").exists()
     assert_mirror(vbn.cache_dir, vbn_replica, "0.4.0")
     vbn("--offline", "verify")
+
+
+def test_date_text_in_a_table_without_a_date_recipe_is_kept_as_written(vbn, vbn_replica):
+    """AllenSDK's VBN tables are plain pd.read_csv: `2020-12-01 12:44:00.000000+00:00` stays that
+    text. (Made into typed timestamps and back, it lost its `.000000`: found by make test-allensdk.)"""
+    import pandas as pd
+
+    vbn("sync", "--version", "0.5.0", "--tables-only")
+    csv = vbn.cache_dir / "visual-behavior-neuropixels-0.5.0/project_metadata/behavior_sessions.csv"
+    want = pd.read_csv(csv).set_index("behavior_session_id")["date_of_acquisition"]
+    assert want.str.contains(r"\.000000\+").any()  # the replica has such text, as the release does
+    got = Mirror(vbn.cache_dir, dataset=VBN, offline=True).get_behavior_session_table(version="0.5.0")
+    assert got["date_of_acquisition"].tolist() == want.loc[got.index].tolist()
