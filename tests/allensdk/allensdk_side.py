@@ -260,33 +260,32 @@ def run_s3(args) -> dict:
     return out
 
 
-def run_compare(args) -> dict:
+def run_compare(args, project: str = PROJECT, ui_class_name: str = "VisualBehaviorOphysProjectCache") -> dict:
+    """AllenSDK's compare_manifests text for every ordered pair of the bucket's manifests."""
     warnings.simplefilter("ignore")  # OutdatedManifestWarning for every older manifest: expected
     from allensdk.api.cloud_cache.cloud_cache import S3CloudCache
 
-    cache = S3CloudCache(args.cache_dir, args.bucket, PROJECT, ui_class_name="VisualBehaviorOphysProjectCache")
+    cache = S3CloudCache(args.cache_dir, args.bucket, project, ui_class_name=ui_class_name)
     names = list(cache.manifest_file_names)
-    pairs = {}
-    for a in names:
-        for b in names:
-            if a != b:
-                pairs[f"{a} {b}"] = cache.compare_manifests(a, b)
+    pairs = {f"{a} {b}": cache.compare_manifests(a, b) for a in names for b in names if a != b}
     return {"manifests": names, "pairs": pairs}
 
 
-def main() -> int:
+def main(modes=None, bucket: str = BUCKET) -> int:
+    """`modes`: mode name → function(args) (this dataset's: local, s3, compare)."""
+    modes = modes or {"local": run_local, "s3": run_s3, "compare": run_compare}
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=("local", "s3", "compare"))
+    ap.add_argument("mode", choices=tuple(modes))
     ap.add_argument("--cache-dir", required=True)
     ap.add_argument("--versions", nargs="*", default=[])
-    ap.add_argument("--bucket", default=BUCKET)
+    ap.add_argument("--bucket", default=bucket)
     ap.add_argument("--out", required=True)
     ap.add_argument("--static", action="store_true", help="local: from_local_cache(use_static_cache=True)")
     args = ap.parse_args()
     import importlib.metadata as md
 
     try:
-        result = {"local": run_local, "s3": run_s3, "compare": run_compare}[args.mode](args)
+        result = modes[args.mode](args)
         status = 0
     except Exception as exc:  # noqa: BLE001 - the driver reports it
         result = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}

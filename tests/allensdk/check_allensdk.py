@@ -152,12 +152,16 @@ class Run:
 # --- check 1 and 2: from_local_cache and the tables, offline -----------------------------------------
 
 
-def check_local(run: Run, tree: Path, dead_endpoint: str, versions: list[str]) -> tuple[Check, Check]:
-    c1 = Check("1", "from_local_cache on a vbo-mirror tree, offline")
-    c2 = Check("2", "get_*_table(): AllenSDK vs vbo-mirror")
+def both_sides_offline(run: Run, tree: Path, dead_endpoint: str, versions: list[str], tables: dict[str, str],
+                       c1: Check, c2: Check, *, manifest_name, dataset: str | None = None) -> tuple[dict, dict, dict]:
+    """AllenSDK's offline side (`allensdk local`) and vbo-mirror's frames of the same tree, each
+    described (`tables`: name → getter), and vbo-mirror's manifests; what both datasets' check 1
+    asks of the opening goes into `c1`: AllenSDK opens vbo-mirror's current manifest (read before
+    AllenSDK, which rewrites _manifest_last_used.txt), lists every version, uses no network."""
     from mirror.api import Mirror
 
-    with Mirror(tree, offline=True) as m:  # before AllenSDK, which rewrites _manifest_last_used.txt
+    kw = {"dataset": dataset} if dataset else {}
+    with Mirror(tree, offline=True, **kw) as m:
         current = m.current_manifest()
     t0 = time.monotonic()
     side = run.allensdk("local", tree, dead_endpoint, "--versions", *versions)
@@ -165,10 +169,10 @@ def check_local(run: Run, tree: Path, dead_endpoint: str, versions: list[str]) -
 
     ours: dict[str, dict[str, dict]] = {}
     t0 = time.monotonic()
-    with Mirror(tree, offline=True) as m:
+    with Mirror(tree, offline=True, **kw) as m:
         for v in versions:
             ours[v] = {}
-            for table, getter in TABLES.items():
+            for table, getter in tables.items():
                 try:
                     ours[v][table] = describe_frame(getattr(m, getter)(version=v))
                 except Exception as exc:  # noqa: BLE001 - reported as a difference
@@ -176,7 +180,6 @@ def check_local(run: Run, tree: Path, dead_endpoint: str, versions: list[str]) -
         manifests = {v: m.manifest(v) for v in versions}
     c2.seconds = time.monotonic() - t0
 
-    # 1: the cache opens on vbo-mirror's current manifest, every version and file resolves
     if side["current_manifest_at_open"] != current:
         c1.fail(f"AllenSDK opened {side['current_manifest_at_open']}, vbo-mirror's current manifest is {current}")
     else:
@@ -188,6 +191,14 @@ def check_local(run: Run, tree: Path, dead_endpoint: str, versions: list[str]) -
         c1.fail(f"network used: {side['network_attempts'][:5]}")
     else:
         c1.details.append("no connection attempted (socket.connect audited and refused)")
+    return side, ours, manifests
+
+
+def check_local(run: Run, tree: Path, dead_endpoint: str, versions: list[str]) -> tuple[Check, Check]:
+    c1 = Check("1", "from_local_cache on a vbo-mirror tree, offline")
+    c2 = Check("2", "get_*_table(): AllenSDK vs vbo-mirror")
+    side, ours, manifests = both_sides_offline(run, tree, dead_endpoint, versions, TABLES, c1, c2,
+                                               manifest_name=manifest_name)
     for v in versions:
         sv = side["versions"][v]
         if "error" in sv:
@@ -388,10 +399,10 @@ def check_static(run: Run, tree: Path, dead_endpoint: str, version: str) -> Chec
 # --- check 4: compare_manifests -----------------------------------------------------------------------
 
 
-def check_compare(run: Run, url: str) -> Check:
-    c = Check("4", "compare_manifests: AllenSDK vs `vbo-mirror manifests compare`")
+def check_compare(run: Run, url: str, *, bucket: str = BUCKET, title: str = "compare_manifests") -> Check:
+    c = Check("4", f"{title}: AllenSDK vs `vbo-mirror manifests compare`")
     t0 = time.monotonic()
-    side = run.allensdk("compare", run.work / "allensdk-compare-cache", url, "--bucket", BUCKET)
+    side = run.allensdk("compare", run.work / "allensdk-compare-cache", url, "--bucket", bucket)
     cache = run.work / "vbo-compare-cache"
     equal = 0
     for pair, theirs in side["pairs"].items():
@@ -405,8 +416,10 @@ def check_compare(run: Run, url: str) -> Check:
         diff = difflib.unified_diff(theirs.rstrip("\n").splitlines(), ours.rstrip("\n").splitlines(),
                                     "AllenSDK", "vbo-mirror", lineterm="", n=0)
         c.fail(f"{_short(a)} -> {_short(b)} differs:\n      " + "\n      ".join(diff))
-    c.details.insert(0, f"{equal} of {len(side['pairs'])} ordered pairs of {len(side['manifests'])} manifests "
-                        "give the same text")
+    n = len(side["manifests"])
+    c.details.insert(0, f"{equal} of {len(side['pairs'])} ordered pairs of {n} manifests give the same text")
+    if len(side["pairs"]) != n * (n - 1) or n < 2:
+        c.fail(f"AllenSDK listed {side['manifests']}")
     c.seconds = time.monotonic() - t0
     return c
 

@@ -40,7 +40,6 @@ Checks (each PASS / FAIL in the summary; the exit status is 1 if any is FAIL):
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import os
 import shutil
@@ -56,8 +55,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path[:0] = [str(HERE), str(ROOT / "tests"), str(ROOT)]
 
-from allensdk_side import describe_frame
-from check_allensdk import Check, Run, Stop, _classify, _crashed, _on_signal, _tail, compare_descriptions, render
+from check_allensdk import (Check, Run, Stop, _classify, _crashed, _on_signal, _tail, both_sides_offline, check_compare,
+                            compare_descriptions, render)
 from vbn_side import BUCKET, PROJECT, TABLES, manifest_name
 
 from mirror.sandbox import ReplicaSpec, Sandbox
@@ -105,39 +104,8 @@ def _kind(url: str) -> str:
 def check_local(run: VbnRun, tree: Path, dead_endpoint: str, versions: list[str]) -> tuple[Check, Check]:
     c1 = Check("1", "VBN from_local_cache on a vbo-mirror tree, offline")
     c2 = Check("2", "VBN get_*_table(): AllenSDK vs vbo-mirror")
-    from mirror.api import Mirror
-
-    with Mirror(tree, dataset=DATASET, offline=True) as m:  # before AllenSDK, which rewrites _manifest_last_used.txt
-        current = m.current_manifest()
-    t0 = time.monotonic()
-    side = run.allensdk("local", tree, dead_endpoint, "--versions", *versions)
-    c1.seconds = time.monotonic() - t0
-
-    ours: dict[str, dict[str, dict]] = {}
-    t0 = time.monotonic()
-    with Mirror(tree, dataset=DATASET, offline=True) as m:
-        for v in versions:
-            ours[v] = {}
-            for table, getter in TABLES.items():
-                try:
-                    ours[v][table] = describe_frame(getattr(m, getter)(version=v))
-                except Exception as exc:  # noqa: BLE001 - reported as a difference
-                    ours[v][table] = {"error": f"{type(exc).__name__}: {exc}"}
-        manifests = {v: m.manifest(v) for v in versions}
-    c2.seconds = time.monotonic() - t0
-
-    # 1: the cache opens on vbo-mirror's current manifest; every version, file, session and probe resolves
-    if side["current_manifest_at_open"] != current:
-        c1.fail(f"AllenSDK opened {side['current_manifest_at_open']}, vbo-mirror's current manifest is {current}")
-    else:
-        c1.details.append(f"current manifest: {current} (AllenSDK and vbo-mirror agree)")
-    missing = [manifest_name(v) for v in versions if manifest_name(v) not in side["downloaded_manifests"]]
-    if missing:
-        c1.fail(f"list_all_downloaded_manifests() lacks {missing}: {side['downloaded_manifests']}")
-    if side["network_attempts"]:
-        c1.fail(f"network used: {side['network_attempts'][:5]}")
-    else:
-        c1.details.append("no connection attempted (socket.connect audited and refused)")
+    side, ours, manifests = both_sides_offline(run, tree, dead_endpoint, versions, TABLES, c1, c2,
+                                               manifest_name=manifest_name, dataset=DATASET)
     for v in versions:
         sv = side["versions"][v]
         for line in sv["problems"]:
@@ -253,39 +221,6 @@ def check_s3(run: VbnRun, url: str, tree: Path, versions: list[str]) -> Check:
     return c
 
 
-# --- check 4: compare_manifests -----------------------------------------------------------------------
-
-
-def check_compare(run: VbnRun, url: str) -> Check:
-    c = Check("4", "VBN compare_manifests: AllenSDK vs `vbo-mirror manifests compare`")
-    t0 = time.monotonic()
-    side = run.allensdk("compare", run.work / "allensdk-compare-cache", url, "--bucket", BUCKET)
-    cache = run.work / "vbo-compare-cache"
-    equal = 0
-    for pair, theirs in side["pairs"].items():
-        a, b = pair.split(" ")
-        ours = run.vbo_mirror(cache, url, "manifests", "compare", a, b, label="compare").stdout
-        # click.echo ends the text with one newline; AllenSDK's message ends with one when it lists changes
-        if theirs.rstrip("\n") == ours.rstrip("\n"):
-            equal += 1
-            continue
-        diff = difflib.unified_diff(theirs.rstrip("\n").splitlines(), ours.rstrip("\n").splitlines(),
-                                    "AllenSDK", "vbo-mirror", lineterm="", n=0)
-        c.fail(f"{_short(a)} -> {_short(b)} differs:\n      " + "\n      ".join(diff))
-    n = len(side["manifests"])
-    c.details.insert(0, f"{equal} of {len(side['pairs'])} ordered pairs of {n} manifests give the same text")
-    if len(side["pairs"]) != n * (n - 1) or n < 2:
-        c.fail(f"AllenSDK listed {side['manifests']}")
-    c.seconds = time.monotonic() - t0
-    return c
-
-
-def _short(name: str) -> str:
-    return name.removeprefix(f"{PROJECT}_project_manifest_").removesuffix(".json")
-
-
-# --- main -------------------------------------------------------------------------------------------
-
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -330,7 +265,7 @@ def main() -> int:
             run.sync(tree_s3, url, versions)
             print(f"  sandbox ({DATASET}) at {url}; two trees synced by vbo-mirror in {time.monotonic() - t0:.1f}s",
                   flush=True)
-            steps = [("4", "VBN compare_manifests", lambda: check_compare(run, url)),
+            steps = [("4", "VBN compare_manifests", lambda: check_compare(run, url, bucket=BUCKET, title="VBN compare_manifests")),
                      ("3", "VBN from_s3_cache on a vbo-mirror tree", lambda: check_s3(run, url, tree_s3, versions))]
             for number, title, step in steps:
                 try:

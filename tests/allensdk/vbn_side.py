@@ -27,8 +27,6 @@ compare  compare_manifests of S3CloudCache for every ordered pair of the bucket'
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
@@ -38,6 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import allensdk_side  # noqa: E402
 from allensdk_side import _no_network, _stub_nwb_readers, _warning_lines, describe_frame  # noqa: E402
 
 PROJECT = "visual-behavior-neuropixels"
@@ -278,36 +277,8 @@ def run_s3(args) -> dict:
 
 
 def run_compare(args) -> dict:
-    warnings.simplefilter("ignore")  # OutdatedManifestWarning for every older manifest: expected
-    from allensdk.api.cloud_cache.cloud_cache import S3CloudCache
-
-    cache = S3CloudCache(args.cache_dir, args.bucket, PROJECT, ui_class_name=UI_CLASS)
-    names = list(cache.manifest_file_names)
-    pairs = {f"{a} {b}": cache.compare_manifests(a, b) for a in names for b in names if a != b}
-    return {"manifests": names, "pairs": pairs}
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=("local", "s3", "compare"))
-    ap.add_argument("--cache-dir", required=True)
-    ap.add_argument("--versions", nargs="*", default=[])
-    ap.add_argument("--bucket", default=BUCKET)
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args()
-    import importlib.metadata as md
-
-    try:
-        result = {"local": run_local, "s3": run_s3, "compare": run_compare}[args.mode](args)
-        status = 0
-    except Exception as exc:  # noqa: BLE001 - the driver reports it
-        result = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-        status = 1
-    result["allensdk"] = {d: md.version(d) for d in ("allensdk", "pandas", "numpy", "boto3", "botocore")}
-    result["python"] = sys.version.split()[0]
-    Path(args.out).write_text(json.dumps(result, indent=1, default=str))
-    return status
+    return allensdk_side.run_compare(args, PROJECT, UI_CLASS)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(allensdk_side.main({"local": run_local, "s3": run_s3, "compare": run_compare}, bucket=BUCKET))
