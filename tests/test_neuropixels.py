@@ -281,3 +281,8 @@ def test_date_text_in_a_table_without_a_date_recipe_is_kept_as_written(vbn, vbn_
     assert want.str.contains(r"\.000000\+").any()  # the replica has such text, as the release does
     got = Mirror(vbn.cache_dir, dataset=VBN, offline=True).get_behavior_session_table(version="0.5.0")
     assert got["date_of_acquisition"].tolist() == want.loc[got.index].tolist()
+
+
+def test_get_with_a_dataset_that_does_not_load_says_so_without_a_traceback(cli):
+    r = cli("--dataset", "nope", "get", "ecephys-session", "1", expect=2)
+    assert "unknown dataset 'nope'" in r.stderr and "Traceback" not in r.stderr

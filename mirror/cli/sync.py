@@ -13,6 +13,7 @@ import click
 from ..engine.verify import Verify
 from ..limits import Limits
 from ..units import size_flag
+from ..errors import MirrorError
 from .root import (_note, _selection, Ctx, handle_errors, human_bytes,
                InputError, main, part_size_option, selection_options, version_option)
 
@@ -249,7 +250,10 @@ class _FileKind(click.ParamType):
 
     def convert(self, value, param, ctx):
         c = ctx.find_object(Ctx) if ctx is not None else None
-        kinds = sorted(c.dataset_config().file_kinds) if c is not None else []
+        try:
+            kinds = sorted(c.dataset_config().file_kinds) if c is not None else []
+        except MirrorError:
+            return value  # a dataset that does not load: the command says why, as every command does
         if value in kinds:
             return value
         self.fail(f"{value!r} is not a file kind of {c.dataset if c else 'the dataset'}; choose from "
