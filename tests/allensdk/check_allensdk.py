@@ -56,7 +56,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path[:0] = [str(HERE), str(ROOT / "tests"), str(ROOT)]
 
-from allensdk_side import BUCKET, PROJECT, TABLES, describe_frame, manifest_name
+from allensdk_side import BUCKET, TABLES, describe_frame, manifest_name
 
 from mirror.sandbox import ReplicaSpec, Sandbox
 
@@ -88,6 +88,13 @@ def _on_signal(signum, _frame):
 
 
 class Run:
+    """The two sides of one check: vbo-mirror (this venv) and AllenSDK (its own venv, `side`),
+    each run as a subprocess with its log; `dataset`: vbo-mirror's --dataset (None: default)."""
+
+    side = "allensdk_side.py"
+    prefix = "allensdk"  # of the side's result files and log labels
+    dataset: str | None = None
+
     def __init__(self, args) -> None:
         self.args = args
         self.work = Path(args.workdir or tempfile.mkdtemp(prefix="vbo-allensdk-"))
@@ -125,23 +132,24 @@ class Run:
         return r
 
     def vbo_mirror(self, cache: Path, endpoint: str | None, *args: str, label: str) -> subprocess.CompletedProcess:
-        argv = [str(self.vbo), "--cache-dir", str(cache)] + (["--endpoint-url", endpoint] if endpoint else []) + list(args)
+        argv = ([str(self.vbo), "--cache-dir", str(cache)] + (["--endpoint-url", endpoint] if endpoint else [])
+                + (["--dataset", self.dataset] if self.dataset else []) + list(args))
         r = self.run(argv, env=self.clean_env(), label=label)
         if r.returncode != 0:
             raise RuntimeError(f"vbo-mirror {' '.join(args)} exited {r.returncode}: {_tail(r.stderr)} (log {r.log})")
         return r
 
     def allensdk(self, mode: str, cache: Path, endpoint: str, *extra: str) -> dict:
-        out = self.work / f"allensdk-{mode}-{self.step + 1:02d}.json"
-        argv = [self.args.allensdk_python, str(HERE / "allensdk_side.py"), mode, "--cache-dir", str(cache),
+        out = self.work / f"{self.prefix}-{mode}-{self.step + 1:02d}.json"
+        argv = [self.args.allensdk_python, str(HERE / self.side), mode, "--cache-dir", str(cache),
                 "--out", str(out), *extra]
-        r = self.run(argv, env=self.allensdk_env(endpoint), label=f"allensdk-{mode}")
+        r = self.run(argv, env=self.allensdk_env(endpoint), label=f"{self.prefix}-{mode}")
         if not out.exists():
-            raise RuntimeError(f"allensdk_side.py {mode} wrote no result (exit {r.returncode}): {_tail(r.stderr)} "
+            raise RuntimeError(f"{self.side} {mode} wrote no result (exit {r.returncode}): {_tail(r.stderr)} "
                                f"(log {r.log})")
         data = json.loads(out.read_text())
         if "error" in data:
-            raise RuntimeError(f"allensdk_side.py {mode}: {data['error']}\n{data.get('traceback', '')}")
+            raise RuntimeError(f"{self.side} {mode}: {data['error']}\n{data.get('traceback', '')}")
         return data
 
     def sync(self, cache: Path, endpoint: str, versions: list[str]) -> None:
@@ -425,7 +433,8 @@ def check_compare(run: Run, url: str, *, bucket: str = BUCKET, title: str = "com
 
 
 def _short(name: str) -> str:
-    return name.removeprefix(f"{PROJECT}_project_manifest_").removesuffix(".json")
+    """`v1.0.1` for any project's `<project>_project_manifest_v1.0.1.json`."""
+    return name.rpartition("_project_manifest_")[2].removesuffix(".json")
 
 
 def _tail(text: str, n: int = 5) -> str:
@@ -433,6 +442,80 @@ def _tail(text: str, n: int = 5) -> str:
 
 
 # --- main -------------------------------------------------------------------------------------------
+
+
+def allensdk_version(args, name: str) -> str | None:
+    """AllenSDK's version in --allensdk-python (made absolute, not resolved: a venv's python is a
+    symlink to the base interpreter), or None after saying why there is none."""
+    args.allensdk_python = os.path.abspath(args.allensdk_python)
+    py = Path(args.allensdk_python)
+    if not os.access(py, os.X_OK):
+        print(f"{name}: no AllenSDK Python at {py} (make test-allensdk builds .venv-allensdk)", file=sys.stderr)
+        return None
+    probe = subprocess.run([str(py), "-c", "import importlib.metadata as m; print(m.version('allensdk'))"],
+                           capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        print(f"{name}: {py} has no allensdk: {_tail(probe.stderr)}", file=sys.stderr)
+        return None
+    return probe.stdout.strip()
+
+
+def run_checks(run: Run, sandbox: Sandbox, *, prepare, online, offline, offline_titles: tuple[str, str],
+               title: str, report: str | None, keep: bool) -> int:
+    """What both halves of `make test-allensdk` do around their checks: start the sandbox and
+    `prepare(url)` (the trees vbo-mirror syncs), run `online(url)`'s (number, title, function)
+    checks (a crash is that check's FAIL), stop the sandbox, then `offline(url)` with its port dead
+    (checks 1 and 2, whose titles are `offline_titles`, and whatever follows them); then the summary,
+    the JSON report and the work dir, kept (`keep`, or a FAIL) or removed. The exit status."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+    t_start = time.monotonic()
+    checks: list[Check] = []
+    failed_setup = None
+    try:
+        try:
+            t0 = time.monotonic()
+            sandbox.start()
+            url = sandbox.url
+            trees = prepare(url)
+            print(f"  sandbox at {url}; {trees} synced by vbo-mirror in {time.monotonic() - t0:.1f}s", flush=True)
+            for number, name, step in online(url):
+                try:
+                    checks.append(step())
+                except (Stop, KeyboardInterrupt):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one check's crash is its FAIL
+                    checks.append(_crashed(exc, number, name))
+                print(f"  check {checks[-1].number}: {checks[-1].status} ({checks[-1].seconds:.1f}s)", flush=True)
+        finally:
+            sandbox.stop()
+        # 1 and 2 with the sandbox gone: its port now refuses, and AllenSDK is pointed at it
+        try:
+            checks += offline(url)
+        except (Stop, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001
+            checks += [_crashed(exc, "1", offline_titles[0]),
+                       Check("2", offline_titles[1], "FAIL", ["not run: check 1 crashed"])]
+    except (Stop, KeyboardInterrupt) as exc:
+        failed_setup = f"interrupted ({exc or 'Ctrl-C'})"
+    except Exception as exc:  # noqa: BLE001 - set-up failed (sandbox, sync)
+        failed_setup = f"{type(exc).__name__}: {exc}"
+    finally:
+        sandbox.stop()
+
+    checks.sort(key=lambda c: c.number)
+    total = time.monotonic() - t_start
+    print(render(checks, failed_setup, total, title=title))
+    if report:
+        Path(report).write_text(json.dumps({"setup_error": failed_setup, "seconds": round(total, 1),
+                                            "checks": [c.__dict__ for c in checks]}, indent=1))
+    bad = failed_setup is not None or any(c.status == "FAIL" for c in checks)
+    if keep or bad:
+        print(f"work dir kept: {run.work} (logs/, {run.prefix}-*.json)")
+    else:
+        shutil.rmtree(run.work, ignore_errors=True)
+    return 1 if bad else 0
 
 
 def main() -> int:
@@ -445,79 +528,30 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work dir (trees, logs, JSON of both sides)")
     ap.add_argument("--report", help="also write the results as JSON here")
     args = ap.parse_args()
-    # absolute, not resolved: a venv's python is a symlink to the base interpreter
-    args.allensdk_python = os.path.abspath(args.allensdk_python)
-    py = Path(args.allensdk_python)
-    if not os.access(py, os.X_OK):
-        print(f"check_allensdk: no AllenSDK Python at {py} (make test-allensdk builds .venv-allensdk)", file=sys.stderr)
+    version = allensdk_version(args, "check_allensdk")
+    if version is None:
         return 2
-    probe = subprocess.run([str(py), "-c", "import importlib.metadata as m; print(m.version('allensdk'))"],
-                           capture_output=True, text=True, check=False)
-    if probe.returncode != 0:
-        print(f"check_allensdk: {py} has no allensdk: {_tail(probe.stderr)}", file=sys.stderr)
-        return 2
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _on_signal)
     run = Run(args)
-    t_start = time.monotonic()
-    print(f"check_allensdk: AllenSDK {probe.stdout.strip()} from {py}; work dir {run.work}", flush=True)
-    checks: list[Check] = []
-    sandbox = Sandbox(SPEC, log_path=run.work / "moto.log")
-    failed_setup = None
-    try:
-        try:
-            t0 = time.monotonic()
-            sandbox.start()
-            url = sandbox.url
-            tree_local, tree_s3, tree_b = run.work / "tree-local", run.work / "tree-s3", run.work / "tree-1.0.0"
-            run.sync(tree_local, url, args.versions)
-            run.vbo_mirror(tree_local, url, "sync", "--version", args.versions[-1], "--layout", "bucket",
-                           "--stats", "0", label="sync-bucket")
-            run.sync(tree_s3, url, args.versions)
-            run.sync(tree_b, url, ["1.0.0"])
-            print(f"  sandbox at {url}; three trees synced by vbo-mirror in {time.monotonic() - t0:.1f}s", flush=True)
-            steps = [("4", "compare_manifests", lambda: check_compare(run, url)),
-                     ("3", "from_s3_cache on vbo-mirror trees", lambda: check_s3(run, url, tree_s3, tree_b, args.versions))]
-            for number, title, step in steps:
-                try:
-                    checks.append(step())
-                except (Stop, KeyboardInterrupt):
-                    raise
-                except Exception as exc:  # noqa: BLE001 - one check's crash is its FAIL
-                    checks.append(_crashed(exc, number, title))
-                print(f"  check {checks[-1].number}: {checks[-1].status} ({checks[-1].seconds:.1f}s)", flush=True)
-        finally:
-            sandbox.stop()
-        # 1 and 2 with the sandbox gone: its port now refuses, and AllenSDK is pointed at it
-        try:
-            c1, c2 = check_local(run, tree_local, url, args.versions)
-            checks += [c1, c2]
-            checks.append(check_static(run, tree_local, url, args.versions[-1]))
-        except (Stop, KeyboardInterrupt):
-            raise
-        except Exception as exc:  # noqa: BLE001
-            checks += [_crashed(exc, "1", "from_local_cache on a vbo-mirror tree, offline"),
-                       Check("2", "get_*_table(): AllenSDK vs vbo-mirror", "FAIL", ["not run: check 1 crashed"])]
-    except (Stop, KeyboardInterrupt) as exc:
-        failed_setup = f"interrupted ({exc or 'Ctrl-C'})"
-    except Exception as exc:  # noqa: BLE001 - set-up failed (sandbox, sync)
-        failed_setup = f"{type(exc).__name__}: {exc}"
-    finally:
-        sandbox.stop()
+    print(f"check_allensdk: AllenSDK {version} from {args.allensdk_python}; work dir {run.work}", flush=True)
+    tree_local, tree_s3, tree_b = run.work / "tree-local", run.work / "tree-s3", run.work / "tree-1.0.0"
 
-    checks.sort(key=lambda c: c.number)
-    total = time.monotonic() - t_start
-    print(render(checks, failed_setup, total))
-    if args.report:
-        Path(args.report).write_text(json.dumps({"setup_error": failed_setup, "seconds": round(total, 1),
-                                                 "checks": [c.__dict__ for c in checks]}, indent=1))
-    bad = failed_setup is not None or any(c.status == "FAIL" for c in checks)
-    if args.keep or args.workdir or bad:
-        print(f"work dir kept: {run.work} (logs/, allensdk-*.json)")
-    else:
-        shutil.rmtree(run.work, ignore_errors=True)
-    return 1 if bad else 0
+    def prepare(url: str) -> str:
+        run.sync(tree_local, url, args.versions)
+        run.vbo_mirror(tree_local, url, "sync", "--version", args.versions[-1], "--layout", "bucket",
+                       "--stats", "0", label="sync-bucket")
+        run.sync(tree_s3, url, args.versions)
+        run.sync(tree_b, url, ["1.0.0"])
+        return "three trees"
+
+    return run_checks(
+        run, Sandbox(SPEC, log_path=run.work / "moto.log"), prepare=prepare,
+        online=lambda url: [("4", "compare_manifests", lambda: check_compare(run, url)),
+                            ("3", "from_s3_cache on vbo-mirror trees",
+                             lambda: check_s3(run, url, tree_s3, tree_b, args.versions))],
+        offline=lambda url: [*check_local(run, tree_local, url, args.versions),
+                             check_static(run, tree_local, url, args.versions[-1])],
+        offline_titles=("from_local_cache on a vbo-mirror tree, offline", "get_*_table(): AllenSDK vs vbo-mirror"),
+        title="AllenSDK 2.16.2 against vbo-mirror: summary", report=args.report, keep=args.keep or bool(args.workdir))
 
 
 def _crashed(exc: Exception, number: str, title: str) -> Check:
@@ -527,8 +561,9 @@ def _crashed(exc: Exception, number: str, title: str) -> Check:
                  ["".join(traceback.format_exception(exc))[-2000:]])
 
 
-def render(checks: list[Check], setup_error: str | None, seconds: float) -> str:
-    lines = ["", "AllenSDK 2.16.2 against vbo-mirror: summary", "=" * 44]
+def render(checks: list[Check], setup_error: str | None, seconds: float, *,
+           title: str = "AllenSDK 2.16.2 against vbo-mirror: summary") -> str:
+    lines = ["", title, "=" * len(title)]
     if setup_error:
         lines.append(f"RUN INCOMPLETE: {setup_error}")
     for c in checks:

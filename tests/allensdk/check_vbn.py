@@ -40,11 +40,6 @@ Checks (each PASS / FAIL in the summary; the exit status is 1 if any is FAIL):
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,8 +50,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path[:0] = [str(HERE), str(ROOT / "tests"), str(ROOT)]
 
-from check_allensdk import (Check, Run, Stop, _classify, _crashed, _on_signal, _tail, both_sides_offline, check_compare,
-                            compare_descriptions, render)
+from check_allensdk import (Check, Run, _classify, allensdk_version, both_sides_offline, check_compare,
+                            compare_descriptions, run_checks)
 from vbn_side import BUCKET, PROJECT, TABLES, manifest_name
 
 from mirror.sandbox import ReplicaSpec, Sandbox
@@ -69,21 +64,9 @@ SPEC = ReplicaSpec(seed=7, scale=1 / 4000, part_size=64 << 10, multipart_thresho
 class VbnRun(Run):
     """check_allensdk's Run, for the VBN dataset: vbo-mirror with --dataset, vbn_side.py for AllenSDK."""
 
-    def vbo_mirror(self, cache: Path, endpoint: str | None, *args: str, label: str) -> subprocess.CompletedProcess:
-        return super().vbo_mirror(cache, endpoint, "--dataset", DATASET, *args, label=label)
-
-    def allensdk(self, mode: str, cache: Path, endpoint: str, *extra: str) -> dict:
-        out = self.work / f"vbn-{mode}-{self.step + 1:02d}.json"
-        argv = [self.args.allensdk_python, str(HERE / "vbn_side.py"), mode, "--cache-dir", str(cache),
-                "--out", str(out), *extra]
-        r = self.run(argv, env=self.allensdk_env(endpoint), label=f"vbn-{mode}")
-        if not out.exists():
-            raise RuntimeError(f"vbn_side.py {mode} wrote no result (exit {r.returncode}): {_tail(r.stderr)} "
-                               f"(log {r.log})")
-        data = json.loads(out.read_text())
-        if "error" in data:
-            raise RuntimeError(f"vbn_side.py {mode}: {data['error']}\n{data.get('traceback', '')}")
-        return data
+    side = "vbn_side.py"
+    prefix = "vbn"
+    dataset = DATASET
 
 
 def _kind(url: str) -> str:
@@ -233,82 +216,35 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work dir (trees, logs, JSON of both sides)")
     ap.add_argument("--report", help="also write the results as JSON, to REPORT's name with -vbn before .json")
     args = ap.parse_args()
-    args.allensdk_python = os.path.abspath(args.allensdk_python)  # not resolved: a venv's python is a symlink
-    py = Path(args.allensdk_python)
-    if not os.access(py, os.X_OK):
-        print(f"check_vbn: no AllenSDK Python at {py} (make test-allensdk builds .venv-allensdk)", file=sys.stderr)
-        return 2
-    probe = subprocess.run([str(py), "-c", "import importlib.metadata as m; print(m.version('allensdk'))"],
-                           capture_output=True, text=True, check=False)
-    if probe.returncode != 0:
-        print(f"check_vbn: {py} has no allensdk: {_tail(probe.stderr)}", file=sys.stderr)
+    version = allensdk_version(args, "check_vbn")
+    if version is None:
         return 2
     keep_dir = bool(args.workdir)
     args.workdir = str(Path(args.workdir) / "vbn") if args.workdir else tempfile.mkdtemp(prefix="vbo-allensdk-vbn-")
     versions = args.vbn_versions
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _on_signal)
     run = VbnRun(args)
-    t_start = time.monotonic()
-    print(f"check_vbn: AllenSDK {probe.stdout.strip()} from {py}; work dir {run.work}", flush=True)
-    checks: list[Check] = []
-    sandbox = Sandbox(SPEC, dataset=DATASET, log_path=run.work / "moto.log")
-    failed_setup = None
-    try:
-        try:
-            t0 = time.monotonic()
-            sandbox.start()
-            url = sandbox.url
-            tree_local, tree_s3 = run.work / "tree-local", run.work / "tree-s3"
-            run.sync(tree_local, url, versions)
-            run.sync(tree_s3, url, versions)
-            print(f"  sandbox ({DATASET}) at {url}; two trees synced by vbo-mirror in {time.monotonic() - t0:.1f}s",
-                  flush=True)
-            steps = [("4", "VBN compare_manifests", lambda: check_compare(run, url, bucket=BUCKET, title="VBN compare_manifests")),
-                     ("3", "VBN from_s3_cache on a vbo-mirror tree", lambda: check_s3(run, url, tree_s3, versions))]
-            for number, title, step in steps:
-                try:
-                    checks.append(step())
-                except (Stop, KeyboardInterrupt):
-                    raise
-                except Exception as exc:  # noqa: BLE001 - one check's crash is its FAIL
-                    checks.append(_crashed(exc, number, title))
-                print(f"  check {checks[-1].number}: {checks[-1].status} ({checks[-1].seconds:.1f}s)", flush=True)
-        finally:
-            sandbox.stop()
-        # 1 and 2 with the sandbox gone: its port now refuses, and AllenSDK is pointed at it
-        try:
-            checks += check_local(run, tree_local, url, versions)
-        except (Stop, KeyboardInterrupt):
-            raise
-        except Exception as exc:  # noqa: BLE001
-            checks += [_crashed(exc, "1", "VBN from_local_cache on a vbo-mirror tree, offline"),
-                       Check("2", "VBN get_*_table(): AllenSDK vs vbo-mirror", "FAIL", ["not run: check 1 crashed"])]
-    except (Stop, KeyboardInterrupt) as exc:
-        failed_setup = f"interrupted ({exc or 'Ctrl-C'})"
-    except Exception as exc:  # noqa: BLE001 - set-up failed (sandbox, sync)
-        failed_setup = f"{type(exc).__name__}: {exc}"
-    finally:
-        sandbox.stop()
+    print(f"check_vbn: AllenSDK {version} from {args.allensdk_python}; work dir {run.work}", flush=True)
+    tree_local, tree_s3 = run.work / "tree-local", run.work / "tree-s3"
 
-    checks.sort(key=lambda c: c.number)
-    total = time.monotonic() - t_start
-    lines = render(checks, failed_setup, total).split("\n")
-    lines[1] = "AllenSDK 2.16.2 against vbo-mirror, Visual Behavior Neuropixels: summary"
-    lines[2] = "=" * len(lines[1])
-    print("\n".join(lines))
+    def prepare(url: str) -> str:
+        run.sync(tree_local, url, versions)
+        run.sync(tree_s3, url, versions)
+        return f"{DATASET}: two trees"
+
+    report = None
     if args.report:
-        report = Path(args.report)
-        report = report.with_name(f"{report.stem}-vbn{report.suffix or '.json'}")
-        report.write_text(json.dumps({"setup_error": failed_setup, "seconds": round(total, 1),
-                                      "checks": [c.__dict__ for c in checks]}, indent=1))
-    bad = failed_setup is not None or any(c.status == "FAIL" for c in checks)
-    if args.keep or keep_dir or bad:
-        print(f"work dir kept: {run.work} (logs/, vbn-*.json)")
-    else:
-        shutil.rmtree(run.work, ignore_errors=True)
-    return 1 if bad else 0
+        path = Path(args.report)
+        report = str(path.with_name(f"{path.stem}-vbn{path.suffix or '.json'}"))
+    return run_checks(
+        run, Sandbox(SPEC, dataset=DATASET, log_path=run.work / "moto.log"), prepare=prepare,
+        online=lambda url: [("4", "VBN compare_manifests",
+                             lambda: check_compare(run, url, bucket=BUCKET, title="VBN compare_manifests")),
+                            ("3", "VBN from_s3_cache on a vbo-mirror tree",
+                             lambda: check_s3(run, url, tree_s3, versions))],
+        offline=lambda url: list(check_local(run, tree_local, url, versions)),
+        offline_titles=("VBN from_local_cache on a vbo-mirror tree, offline", "VBN get_*_table(): AllenSDK vs vbo-mirror"),
+        title="AllenSDK 2.16.2 against vbo-mirror, Visual Behavior Neuropixels: summary", report=report,
+        keep=args.keep or keep_dir)
 
 
 if __name__ == "__main__":
