@@ -82,7 +82,7 @@ class Ctx:
 
             if self.endpoint_url:  # the option; without it the API reads (and names) the variables
                 check_endpoint(self.endpoint_url, "--endpoint-url")
-            self._mirror = Mirror(self.cache_dir, dataset=self.dataset, endpoint_url=self.endpoint_url or None,
+            self._mirror = Mirror(self.cache_dir, dataset=self.dataset_config(), endpoint_url=self.endpoint_url or None,
                                   offline=self.offline, signed=self.signed, timeouts=self.timeouts,
                                   transport=self.transport, proxy=self.proxy, on_status=_status_line)
         return self._mirror

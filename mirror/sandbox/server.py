@@ -25,7 +25,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
 from .replica import REGION, Replica, ReplicaSpec, blake2b_hex, manifest_doc, payload
-from .replicas import build
+from .replicas import build, builder
 
 HOST = "127.0.0.1"
 
@@ -219,7 +219,7 @@ def sandbox_up(spec: ReplicaSpec, *, port: int = 0, dataset: str = "visual-behav
     stops it only when its last user leaves, so one terminal does not stop another's). One
     server holds every dataset's bucket: joining with a dataset it does not serve yet loads
     that dataset's replica into it, so one AWS_ENDPOINT_URL_S3 serves them all."""
-    replica = build(dataset, spec)  # an unknown dataset is refused before anything starts
+    builder(dataset)  # an unknown dataset is refused before anything starts
     with _locked_state() as state_file:
         d = state_file.parent
         if state_file.exists():
@@ -228,7 +228,7 @@ def sandbox_up(spec: ReplicaSpec, *, port: int = 0, dataset: str = "visual-behav
                 served = state.setdefault("datasets", {})
                 added = dataset not in served
                 if added:
-                    asyncio.run(load_replica(state["endpoint_url"], replica))
+                    replica = asyncio.run(load_replica(state["endpoint_url"], build(dataset, spec)))
                     served[dataset] = _served(replica)
                     state["manifests"] = sorted({*state.get("manifests", []), *replica.manifests})
                     state["bytes"] = sum(v["bytes"] for v in served.values())
