@@ -232,9 +232,18 @@ def check_local(run: Run, tree: Path, dead_endpoint: str, versions: list[str]) -
                 c1.fail(f"{v}: only {resolved[k]} of {n} {k} rows resolve to a file")
     c1.notes += [f"AllenSDK warned: {w}" for w in side["warnings"]]
 
-    # 2: the tables, side by side
+    # 2: the tables, side by side (the cells table keeps the CSV's column order)
+    compare_tables(c2, side, ours, versions, TABLES, side["column_order"], ordered=lambda t: t != "ophys_cells_table")
+    return c1, c2
+
+
+def compare_tables(c2: Check, side: dict, ours: dict, versions: list[str], tables, column_order: list[str], *,
+                   ordered) -> None:
+    """Check 2 of both datasets: each version's tables as AllenSDK described them (`side`) against
+    vbo-mirror's (`ours`); `ordered(table)`: AllenSDK puts that table's columns in `column_order`
+    (else the CSV's whole order is compared)."""
     for v in versions:
-        for table in TABLES:
+        for table in tables:
             theirs = side["versions"][v].get("tables", {}).get(table)
             mine = ours[v][table]
             if theirs is None:
@@ -243,16 +252,15 @@ def check_local(run: Run, tree: Path, dead_endpoint: str, versions: list[str]) -
             if "error" in mine:
                 c2.fail(f"{v} {table}: vbo-mirror: {mine['error']}")
                 continue
-            diffs, notes = compare_descriptions(theirs, mine, side["column_order"],
-                                                ordered=table != "ophys_cells_table")
+            diffs, notes = compare_descriptions(theirs, mine, column_order, ordered=ordered(table))
             for d in diffs:
                 c2.fail(f"{v} {table}: {d}")
             c2.notes += [f"{v} {table}: {n}" for n in notes]
             if not diffs:
                 c2.details.append(f"{v} {table}: same index ({theirs['index']['name']}, {theirs['index']['dtype']}), "
-                                  f"{len(theirs['columns'])} columns with the same dtypes, list columns "
-                                  f"{theirs['list_columns'] or 'none'}, {theirs['rows']} rows of equal values")
-    return c1, c2
+                                  f"{len(theirs['columns'])} columns{'' if ordered(table) else ' in the same order'} "
+                                  f"with the same dtypes, list columns {theirs['list_columns'] or 'none'}, "
+                                  f"{theirs['rows']} rows of equal values")
 
 
 def compare_descriptions(a: dict, b: dict, column_order: list[str], *, ordered: bool) -> tuple[list[str], list[str]]:

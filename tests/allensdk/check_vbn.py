@@ -51,7 +51,7 @@ ROOT = HERE.parent.parent
 sys.path[:0] = [str(HERE), str(ROOT / "tests"), str(ROOT)]
 
 from check_allensdk import (Check, Run, _classify, allensdk_version, both_sides_offline, check_compare,
-                            compare_descriptions, run_checks)
+                            compare_tables, run_checks)
 from vbn_side import BUCKET, PROJECT, TABLES, manifest_name
 
 from mirror.sandbox import ReplicaSpec, Sandbox
@@ -136,24 +136,7 @@ def check_local(run: VbnRun, tree: Path, dead_endpoint: str, versions: list[str]
     c1.notes += [f"AllenSDK warned: {w}" for w in side["warnings"]]
 
     # 2: the tables, side by side (AllenSDK keeps each CSV's column order: all of it is compared)
-    for v in versions:
-        for table in TABLES:
-            theirs = side["versions"][v].get("tables", {}).get(table)
-            mine = ours[v][table]
-            if theirs is None:
-                c2.fail(f"{v} {table}: AllenSDK did not load it")
-                continue
-            if "error" in mine:
-                c2.fail(f"{v} {table}: vbo-mirror: {mine['error']}")
-                continue
-            diffs, notes = compare_descriptions(theirs, mine, [], ordered=False)
-            for d in diffs:
-                c2.fail(f"{v} {table}: {d}")
-            c2.notes += [f"{v} {table}: {n}" for n in notes]
-            if not diffs:
-                c2.details.append(f"{v} {table}: same index ({theirs['index']['name']}, {theirs['index']['dtype']}), "
-                                  f"{len(theirs['columns'])} columns in the same order with the same dtypes, "
-                                  f"{theirs['rows']} rows of equal values")
+    compare_tables(c2, side, ours, versions, TABLES, [], ordered=lambda t: False)
     return c1, c2
 
 
