@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING
 
+from .bulk import TargetTable
 from .catalog import Catalog
 from .config import DatasetConfig, FileKind
 from .engine.verify import Verify
@@ -74,6 +75,13 @@ class Facts:
                 if rec is not None:
                     self._infos[(e.key, e.version_id)] = ObjectInfo(e.key, e.version_id, rec.size, rec.etag)
         return self._infos
+
+    def _indexed(self) -> bool:
+        """Whether the local index holds any object."""
+        if self.layout is None:
+            return False
+        index = StateIndex(self.layout)
+        return index.load() and bool(index.records)
 
     async def table_bytes(self, cat: Catalog, m: Manifest, name: str) -> bytes:
         index = self.store.new_index() if self.store is not None else None
@@ -155,18 +163,25 @@ class Facts:
         if bucket and len(manifests) != 1:
             raise InputError("the bucket layout holds one version at a time: name one (--version V)")
         tops = tuple(m.project_name if bucket else m.view_dir for m in manifests)
-        targets = []
+        targets: list | TargetTable = []
         reports: dict = {}
-        for m, top in zip(manifests, tops):
-            targets += targets_of(m, await self.selected(cat, m, selection, reports), top)
+        whole = selection.keys is None and not selection.by_metadata
+        if len(manifests) == 1 and whole and (table := TargetTable.of(manifests[0], tops[0])) is not None:
+            targets = table  # a big manifest, whole: planned as columns (bulk.py)
+        else:
+            for m, top in zip(manifests, tops):
+                targets += targets_of(m, await self.selected(cat, m, selection, reports), top)
         dirs = list(tops) if selection.strays and not selection.by_metadata else []
         trust = verify is not None and not verify.blake2b
         local = await asyncio.to_thread(scan_local, layout, targets, stray_dirs=dirs, trust_unverified=trust)
         if local.unverified and verify is not None and verify.blake2b:
             await asyncio.to_thread(self._verify_unverified, list(local.unverified), io_threads)
             local = await asyncio.to_thread(scan_local, layout, targets, stray_dirs=dirs)
-        need = [t.entry for t in targets if t.entry.file_hash not in local.objects]
-        infos = dict(await self.sizes(cat, need)) if need else {}
+        if isinstance(targets, TargetTable) and cat.remote is None and not self._indexed():
+            infos = {}  # offline, and the local index knows no object: no sizes to look up
+        else:
+            need = [t.entry for t in targets if t.entry.file_hash not in local.objects]
+            infos = dict(await self.sizes(cat, need)) if need else {}
         return PlanInput(tuple(m.name for m in manifests), targets, local, infos, tops, reports or None)
 
     def _verify_unverified(self, hashes: list[str], jobs: int) -> None:

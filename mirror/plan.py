@@ -77,27 +77,41 @@ class Plan:
                 f"present {len(self.present)}, replace {len(self.replace)}, remove {len(self.remove)}"
                 + (f", shard {self.shard}, steal {len(self.steal)}" if self.shard else "") + ")")
 
+    # `fetch` may be a bulk.FetchColumns (a big manifest planned as columns): it answers these
+    # itself, without making a Fetch per row.
     @property
     def fetch_bytes(self) -> int:
+        if hasattr(self.fetch, "total_bytes"):
+            return self.fetch.total_bytes()
         return sum(f.size or 0 for f in self.fetch)
 
     @property
     def unknown_sizes(self) -> int:
+        if hasattr(self.fetch, "unknown_sizes"):
+            return self.fetch.unknown_sizes()
         return sum(1 for f in self.fetch if f.size is None)
 
     @property
     def link_bytes(self) -> int:
+        if hasattr(self.fetch, "linked_bytes"):
+            return sum(link.size for link in self.link) + self.fetch.linked_bytes()
         return sum(link.size for link in self.link) + sum(f.size or 0 for f in self.fetch for _ in f.views[1:])
 
     @property
+    def fetch_views(self) -> int:
+        if hasattr(self.fetch, "view_count"):
+            return self.fetch.view_count()
+        return sum(len(f.views) for f in self.fetch)
+
+    @property
     def views_total(self) -> int:
-        return len(self.present) + len(self.link) + sum(len(f.views) for f in self.fetch)
+        return len(self.present) + len(self.link) + self.fetch_views
 
     def summary(self) -> dict:
         return {
             "manifests": list(self.manifests),
             "fetch": {"files": len(self.fetch), "bytes": self.fetch_bytes, "unknown_sizes": self.unknown_sizes},
-            "link": {"files": len(self.link) + sum(len(f.views) - 1 for f in self.fetch), "bytes": self.link_bytes},
+            "link": {"files": len(self.link) + self.fetch_views - len(self.fetch), "bytes": self.link_bytes},
             "present": {"files": len(self.present), "bytes": self.present_bytes},
             "replace": len(self.replace),
             "remove": {"files": len(self.remove)},
@@ -129,7 +143,7 @@ class PlanInput:
     """What a plan is made from, gathered by `gather.Facts.gather` (all of a plan's I/O)."""
 
     manifests: tuple[str, ...]  # names, in order
-    targets: list[Target]  # every view the selection wants
+    targets: list[Target]  # every view the selection wants (or a bulk.TargetTable: iterable like it)
     local: LocalState
     sizes: Mapping[tuple[str, str | None], ObjectInfo]  # what S3 said of the objects not in the store
     tops: tuple[str, ...]  # each manifest's top directory: AllenSDK's version dir, or the bucket layout's project
@@ -141,7 +155,10 @@ def make_sync_plan(given: PlanInput, selection: Selection) -> Plan:
     shard's split when `selection.shard`, which version directories are wanted whole, and
     where the views go. Pure."""
     if selection.shard is None:
-        plan = make_plan(given.targets, given.local, given.sizes, manifests=given.manifests)
+        if hasattr(given.targets, "make_plan"):  # a bulk.TargetTable: the same rules, column-wise
+            plan = given.targets.make_plan(given.local, given.sizes, manifests=given.manifests)
+        else:
+            plan = make_plan(given.targets, given.local, given.sizes, manifests=given.manifests)
     else:
         # Split by content over every selected object (not only what is missing), so that all
         # shards compute the same split whenever they start and whatever is done by then.
