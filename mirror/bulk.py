@@ -38,10 +38,14 @@ class TargetTable:
     data files as columns. Iterating it gives every `Target`, metadata first, as a list of
     them would (for the code that does not read columns)."""
 
-    def __init__(self, manifest: Manifest, top: str, small: list[Target]):
+    bulk = True  # (how upkeep/scan.py tells it from a list without importing this module)
+
+    def __init__(self, manifest: Manifest, top: str):
         cols = manifest.data_files
-        assert isinstance(cols, EntryColumns)
-        self.top, self.small, self.cols = top, small, cols
+        if not isinstance(cols, EntryColumns) or not len(cols):
+            raise TypeError(f"{manifest.name}: data_files not read as columns")
+        self.top, self.cols = top, cols
+        self.small = [Target(f"{top}/{e.relative_path}", e) for e in manifest.metadata_files.values()]
         first = cols.keys[0].as_py().split("/", 1)[0] + "/"
         if not pc.all(pc.starts_with(cols.keys, first)).as_py():
             raise ValueError("keys do not share their first segment")  # (the dataset prefix: never, after parsing)
@@ -53,12 +57,6 @@ class TargetTable:
         """Each data row's view: the key with its first segment replaced by the top directory
         (made when first asked for: a plan of a new cache_dir needs none until it runs)."""
         return pc.utf8_replace_slice(self.cols.keys, 0, self._first, self.top)
-
-    @classmethod
-    def of(cls, manifest: Manifest, top: str) -> TargetTable | None:
-        if not isinstance(manifest.data_files, EntryColumns) or not len(manifest.data_files):
-            return None
-        return cls(manifest, top, [Target(f"{top}/{e.relative_path}", e) for e in manifest.metadata_files.values()])
 
     def __len__(self) -> int:
         return len(self.small) + len(self.cols)
@@ -228,9 +226,9 @@ def _by_content(table: TargetTable, rows: np.ndarray) -> tuple[np.ndarray, dict[
     that several rows share, the views of all of them (by position in the first array)."""
     if not len(rows):
         return np.empty(0, np.int64), {}
-    # A 64-bit fingerprint of each hash (its 128 hex characters as 16 words), then rows whose
-    # fingerprints agree are compared whole: equal fingerprints of different hashes are
-    # merely slower, never merged.
+    # A 64-bit fingerprint of each hash (its first 32 hex characters, 128 bits, as 4 words),
+    # then rows whose fingerprints agree are compared whole: equal fingerprints of different
+    # hashes are merely slower, never merged.
     col = table.hashes
     offsets = np.frombuffer(col.buffers()[1], np.int32, len(col) + 1, col.offset * 4)
     words = np.frombuffer(col.buffers()[2], np.uint64, 16 * len(col), int(offsets[0])).reshape(len(col), 16)
@@ -238,14 +236,15 @@ def _by_content(table: TargetTable, rows: np.ndarray) -> tuple[np.ndarray, dict[
         words = words[rows]
     fp = words[:, 0].copy()
     mix = np.uint64(0x9E3779B97F4A7C15)
-    for k in range(1, 16):
+    for k in range(1, 4):
         fp *= mix
         fp ^= words[:, k]
+    sfp = np.sort(fp)
+    if not (sfp[1:] == sfp[:-1]).any():  # every content once: the common case
+        return rows, {}
     order = np.argsort(fp, kind="stable")  # stable: within a group, rows stay in row order
     sfp = fp[order]
     starts = np.flatnonzero(np.concatenate(([True], sfp[1:] != sfp[:-1])))
-    if len(starts) == len(rows):  # every content once: the common case
-        return rows, {}
     # Groups of equal fingerprints, split by the whole hash, in Python (they are few).
     group_of: dict[str, list[int]] = {}
     ends = np.append(starts[1:], len(order))

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING
 
-from .bulk import TargetTable
 from .catalog import Catalog
 from .config import DatasetConfig, FileKind
 from .engine.verify import Verify
@@ -28,6 +27,8 @@ from .upkeep.scan import scan_local
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from .bulk import TargetTable
 
     from .progress import StatusLines
     from .store.facade import Store
@@ -166,8 +167,10 @@ class Facts:
         targets: list | TargetTable = []
         reports: dict = {}
         whole = selection.keys is None and not selection.by_metadata
-        if len(manifests) == 1 and whole and (table := TargetTable.of(manifests[0], tops[0])) is not None:
-            targets = table  # a big manifest, whole: planned as columns (bulk.py)
+        if len(manifests) == 1 and whole and manifests[0].in_columns:
+            from .bulk import TargetTable  # (numpy and pyarrow: only for a big manifest)
+
+            targets = TargetTable(manifests[0], tops[0])  # a big manifest, whole: planned as columns
         else:
             for m, top in zip(manifests, tops):
                 targets += targets_of(m, await self.selected(cat, m, selection, reports), top)
@@ -177,7 +180,7 @@ class Facts:
         if local.unverified and verify is not None and verify.blake2b:
             await asyncio.to_thread(self._verify_unverified, list(local.unverified), io_threads)
             local = await asyncio.to_thread(scan_local, layout, targets, stray_dirs=dirs)
-        if isinstance(targets, TargetTable) and cat.remote is None and not self._indexed():
+        if not isinstance(targets, list) and cat.remote is None and not self._indexed():
             infos = {}  # offline, and the local index knows no object: no sizes to look up
         else:
             need = [t.entry for t in targets if t.entry.file_hash not in local.objects]

@@ -70,6 +70,11 @@ class Manifest:
         """AllenSDK's directory for this version: `{project_name}-{manifest_version}`."""
         return f"{self.project_name}-{self.manifest_version}"
 
+    @property
+    def in_columns(self) -> bool:
+        """Whether data_files was read into columns (columnar.py: a big manifest)."""
+        return not isinstance(self.data_files, MappingProxyType)
+
     def entries(self) -> Iterator[FileEntry]:
         yield from self.metadata_files.values()
         yield from self.data_files.values()

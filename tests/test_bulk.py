@@ -22,7 +22,7 @@ TOP = "visual-behavior-ophys-1.0.1"
 def _table(n=12, mutate=None) -> TargetTable:
     m = mf._parse_columnar(doc(n, mutate=mutate), source=NAME, dataset=DS)
     assert m is not None and isinstance(m.data_files, EntryColumns)
-    return TargetTable.of(m, TOP)
+    return TargetTable(m, TOP)
 
 
 def _plans(table, local, remote=None, *, shard=None):

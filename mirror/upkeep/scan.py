@@ -132,9 +132,7 @@ def scan_local(layout: CacheLayout, targets: Iterable[Target], *, stray_dirs: It
     instead of a walk of the store's fan-out directories, which took a no-op resync of 6,000
     files 0.15 s); the whole store is walked only when a version directory holds files no
     target wants."""
-    from ..bulk import TargetTable
-
-    if isinstance(targets, TargetTable):
+    if getattr(targets, "bulk", False):  # a bulk.TargetTable: a big manifest as columns
         return _scan_table(layout, targets, stray_dirs=stray_dirs, trust_unverified=trust_unverified)
     store = ObjectStore(layout)
     targets = list(targets)
