@@ -28,8 +28,6 @@ from .upkeep.scan import scan_local
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from .bulk import TargetTable
-
     from .progress import StatusLines
     from .store.facade import Store
 
@@ -164,7 +162,7 @@ class Facts:
         if bucket and len(manifests) != 1:
             raise InputError("the bucket layout holds one version at a time: name one (--version V)")
         tops = tuple(m.project_name if bucket else m.view_dir for m in manifests)
-        targets: list | TargetTable = []
+        targets: list = []  # of Target; or one bulk.TargetTable, which iterates like it
         reports: dict = {}
         whole = selection.keys is None and not selection.by_metadata
         if len(manifests) == 1 and whole and manifests[0].in_columns:
