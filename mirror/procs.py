@@ -167,6 +167,12 @@ def _follow(children: list[Child], lines: queue.Queue, stats: Stats, on_event, o
     summed into `stats.published` (and a Progress event at most every second)."""
     open_streams = 2 * len(children)
     last = 0.0
+
+    def progress() -> None:
+        p = stats.published
+        on_event(ev.Progress(p.bytes_done, p.bytes_total, p.files_done, p.in_flight, p.retries,
+                             round(p.bytes_done / max(p.seconds, 1e-9) / 1e6, 2)))
+
     while open_streams:
         child, kind, line = lines.get()
         if kind == "eof":
@@ -188,14 +194,17 @@ def _follow(children: list[Child], lines: queue.Queue, stats: Stats, on_event, o
             _publish(stats, children)
             if time.monotonic() - last >= PROGRESS_SECONDS:
                 last = time.monotonic()
-                p = stats.published
-                on_event(ev.Progress(p.bytes_done, p.bytes_total, p.files_done, p.in_flight, p.retries,
-                                     round(p.bytes_done / max(p.seconds, 1e-9) / 1e6, 2)))
+                progress()
         elif name == "summary":
             child.summary = d
             child.progress = {"bytes_done": d.get("bytes_fetched", 0), "files_done": d.get("files_fetched", 0),
                               "in_flight": 0, "retries": d.get("retries", 0)}
             _publish(stats, children)
+            if any(c.summary is None for c in children):
+                # A child is done and others go on: the sum jumped; say so now rather than at the
+                # next child tick (which, on a loaded machine, may not come before the end).
+                last = time.monotonic()
+                progress()
         elif name in ("file_start", "file_done", "file_failed", "retry", "warning"):
             on_event(ev.from_dict(d))
 

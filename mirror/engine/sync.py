@@ -5,6 +5,7 @@ record, the bucket layout's manifest). Every write goes through the `Store`."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import shutil
 import warnings
@@ -66,11 +67,11 @@ async def run_plan(plan: Plan, *, store: Store, remote: Remote | None, unreachab
 
 
 def _refuse_offline(plan: Plan, remote: Remote | None, unreachable: Exception | None) -> None:
-    fetches = (*plan.fetch, *plan.steal)
-    if not fetches or remote is not None:
+    if remote is not None or not (plan.fetch or plan.steal):
         return
-    n, size = len(fetches), sum(f.size or 0 for f in fetches)
-    unknown = sum(1 for f in fetches if f.size is None)
+    n = len(plan.fetch) + len(plan.steal)
+    size = plan.fetch_bytes + sum(f.size or 0 for f in plan.steal)
+    unknown = plan.unknown_sizes + sum(1 for f in plan.steal if f.size is None)
     if unknown == n:
         amount = "sizes unknown"
     else:
@@ -86,7 +87,7 @@ def _check_space(plan: Plan, store: Store) -> None:
     """Refuse up front when the fetch cannot fit, rather than fill the disk midway."""
     root = store.layout.root
     # A shard counts the other shards' fetches too: they all land in this one cache_dir.
-    need = sum(f.size or 0 for f in (*plan.fetch, *plan.steal) if not store.partial_exists(f.file_hash))
+    need = sum(f.size or 0 for f in itertools.chain(plan.fetch, plan.steal) if not store.partial_exists(f.file_hash))
     if not need:
         return
     probe = root
