@@ -361,7 +361,7 @@ def read_data_files(data: bytes, *, bucket: str, prefix: str, url: re.Pattern, e
             return None
         if not pc.all(pc.starts_with(keys, prefix)).as_py() or pc.any(pc.match_substring_regex(keys, _BAD_SEGMENT)).as_py():
             return None
-        inside = int((q[u] + 1).max()) + 255 + 8 < len(data)  # the 8-byte reads must stay inside the document
+        inside = int(q[u + 1].max()) + 8 <= len(data)  # every 8-byte read, up to a key's end + 7, fits
         if not (_distinct_at(win, keys, q[u] + 1 + len(host) + len(prefix), klen - len(prefix)) if inside
                 else _distinct(keys)):  # (after the prefix they all begin with)
             return None

@@ -192,6 +192,50 @@ def test_byte_edits_never_make_the_two_paths_disagree():
     assert took > 100  # most edits inside a value stay valid: the columnar path was exercised
 
 
+@pytest.mark.parametrize("key_len", [60, 200, 226, 240])
+def test_a_long_key_in_the_last_field_of_the_last_entry_at_the_end_of_the_document(key_len):
+    """The reads that fingerprint keys go up to 7 bytes past a key's end: near the end of the
+    document they must not fall off it (compact JSON, url last, data_files last)."""
+    def long_last_key(d):
+        last = d["data_files"][str(len(d["data_files"]))]
+        last["url"] = _url(PREFIX + "k/" + "x" * (key_len - len(PREFIX) - 2))
+
+    assert assert_agree(doc(4, order=("version_id", "file_hash", "url"), separators=(",", ":"), mutate=long_last_key))
+
+
+def test_random_shapes_lengths_and_edits_never_make_the_two_paths_disagree():
+    """Field orders, spacings, data_files first or last, keys of 20 to 300 characters, short
+    and long version ids, then zero to two byte edits: declined, or read as the plain parse reads."""
+    rnd = random.Random(99)
+    orders = [("url", "version_id", "file_hash"), ("version_id", "file_hash", "url"),
+              ("file_hash", "url", "version_id"), ("version_id", "url", "file_hash")]
+    took = 0
+    for _ in range(600):
+        k = rnd.randrange(1, 6)
+        lengths = [rnd.choice([20, 60, 120, 200, 226, 240, 255, 256, 300]) for _ in range(k)]
+        vid = "v" * rnd.choice([1, 5, 12, 13, 32, 200]) if rnd.random() < 0.3 else None
+
+        def mutate(d, lengths=lengths, vid=vid):
+            for i, n in enumerate(lengths):
+                d["data_files"][str(i + 1)]["url"] = _url(PREFIX + "k/" + "x" * max(1, n - len(PREFIX) - 2) + str(i))
+            if vid:
+                d["data_files"][str(len(lengths))]["version_id"] = vid
+
+        data = bytearray(doc(k, order=rnd.choice(orders), separators=rnd.choice([None, (",", ":"), (", ", ": ")]),
+                             indent=rnd.choice([None, None, 2]), data_first=rnd.random() < 0.3, mutate=mutate))
+        for _ in range(rnd.choice([0, 0, 1, 2])):
+            at, c = rnd.randrange(len(data)), rnd.choice(b'"\\{}[],: \n/.x0a\x00\x7f')
+            op = rnd.randrange(3)
+            if op == 0:
+                data[at] = c
+            elif op == 1:
+                del data[at]
+            else:
+                data.insert(at, c)
+        took += assert_agree(bytes(data))
+    assert took > 100
+
+
 def test_hand_written_json_that_is_not_in_the_shape_goes_the_plain_way():
     base = doc(3, indent=4).decode()
     escaped = base.replace('"version_id": "v1.x-Y_z"', '"version_id": "v1.x-Y\\u005fz"')  # same value, escaped
