@@ -46,8 +46,8 @@ class TargetTable:
             raise TypeError(f"{manifest.name}: data_files not read as columns")
         self.top, self.cols = top, cols
         self.small = [Target(f"{top}/{e.relative_path}", e) for e in manifest.metadata_files.values()]
-        first = cols.keys[0].as_py().split("/", 1)[0] + "/"
-        if not pc.all(pc.starts_with(cols.keys, first)).as_py():
+        first = cols.object_keys[0].as_py().split("/", 1)[0] + "/"
+        if not pc.all(pc.starts_with(cols.object_keys, first)).as_py():
             raise ValueError("keys do not share their first segment")  # (the dataset prefix: never, after parsing)
         self._first = len(first) - 1
         self.hashes = cols.file_hashes
@@ -56,7 +56,7 @@ class TargetTable:
     def views(self) -> pa.Array:
         """Each data row's view: the key with its first segment replaced by the top directory
         (made when first asked for: a plan of a new cache_dir needs none until it runs)."""
-        return pc.utf8_replace_slice(self.cols.keys, 0, self._first, self.top)
+        return pc.utf8_replace_slice(self.cols.object_keys, 0, self._first, self.top)
 
     def __len__(self) -> int:
         return len(self.small) + len(self.cols)
@@ -139,7 +139,7 @@ class FetchColumns(Sequence):
         etags = None
         if remote:
             etags = [None] * len(first)
-            keys = table.cols.keys.take(pa.array(first)).to_pylist()
+            keys = table.cols.object_keys.take(pa.array(first)).to_pylist()
             vids = table.cols.version_ids.take(pa.array(first)).to_pylist()
             for i, (k, v) in enumerate(zip(keys, vids)):
                 info = remote.get((k, v))
@@ -152,7 +152,7 @@ class FetchColumns(Sequence):
         """The plan's order (positions in `first`, then in `extra`): biggest first (unknown
         counts as 0), then by key, so that large objects start early. Sorted when first read."""
         n = len(self.first)
-        keys = self.table.cols.keys
+        keys = self.table.cols.object_keys
         if n != len(keys):  # (n == len(keys): every row, in row order)
             keys = keys.take(pa.array(self.first))
         all_keys = pa.concat_arrays([keys, pa.array([f.ref.key for f in self.extra], pa.string())])
@@ -186,7 +186,7 @@ class FetchColumns(Sequence):
             js = self.order[a:a + _CHUNK]
             big = js[js < n]
             rows = pa.array(self.first[big])
-            got = iter(zip(cols.keys.take(rows).to_pylist(), cols.version_ids.take(rows).to_pylist(),
+            got = iter(zip(cols.object_keys.take(rows).to_pylist(), cols.version_ids.take(rows).to_pylist(),
                            cols.file_hashes.take(rows).to_pylist(), self.table.views.take(rows).to_pylist()))
             for j in js.tolist():
                 if j >= n:

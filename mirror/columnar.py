@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import re
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import ItemsView, KeysView, ValuesView
+from collections.abc import ItemsView, ValuesView
 from typing import TYPE_CHECKING, Iterator, Mapping
 
 import numpy as np
@@ -64,13 +64,13 @@ _CHUNK = 65536  # entries turned into Python objects at a time
 class EntryColumns(Mapping[str, "FileEntry"]):
     """`data_files` as columns: a read-only mapping name -> FileEntry like the dict the plain
     parser makes (same order, same entries, equal to it), whose entries are made only when
-    asked for. Planning reads the columns themselves (`names`, `keys`, `version_ids`,
-    `file_hashes`: pyarrow string arrays)."""
+    asked for. Planning reads the columns themselves (`names`, `object_keys`, `version_ids`,
+    `file_hashes`: pyarrow string arrays; not `keys`, which is the mapping's method)."""
 
     def __init__(self, entry: type, kind: str, bucket: str, url_prefix: str, names: pa.Array, keys: pa.Array,
                  version_ids: pa.Array, file_hashes: pa.Array):
         self.make, self.kind, self.bucket, self.url_prefix = entry, kind, bucket, url_prefix
-        self.names, self.keys, self.version_ids, self.file_hashes = names, keys, version_ids, file_hashes
+        self.names, self.object_keys, self.version_ids, self.file_hashes = names, keys, version_ids, file_hashes
         self._rows: dict[str, int] | None = None
 
     def __len__(self) -> int:
@@ -92,7 +92,7 @@ class EntryColumns(Mapping[str, "FileEntry"]):
         return self.entry(self._index()[name])
 
     def entry(self, i: int) -> FileEntry:
-        key = self.keys[i].as_py()
+        key = self.object_keys[i].as_py()
         return self.make(self.kind, self.names[i].as_py(), self.url_prefix + key, self.bucket, key,
                          self.version_ids[i].as_py(), self.file_hashes[i].as_py())
 
@@ -102,12 +102,9 @@ class EntryColumns(Mapping[str, "FileEntry"]):
         make, kind, bucket, prefix = self.make, self.kind, self.bucket, self.url_prefix
         for i in range(start, stop, _CHUNK):
             n = min(_CHUNK, stop - i)
-            cols = [c.slice(i, n).to_pylist() for c in (self.names, self.keys, self.version_ids, self.file_hashes)]
+            cols = [c.slice(i, n).to_pylist() for c in (self.names, self.object_keys, self.version_ids, self.file_hashes)]
             for name, key, vid, h in zip(*cols):
                 yield make(kind, name, prefix + key, bucket, key, vid, h)
-
-    def keys_view(self) -> KeysView:
-        return KeysView(self)
 
     def values(self) -> ValuesView:
         return _Values(self)

@@ -235,7 +235,7 @@ def _parse_columnar(data: bytes, *, source: str, dataset: DatasetConfig) -> Mani
     import pyarrow.compute as pc
 
     meta_keys = pa.array([e.key for e in m.metadata_files.values()], pa.string())
-    if pc.any(pc.is_in(columns.keys, value_set=meta_keys)).as_py():
+    if pc.any(pc.is_in(columns.object_keys, value_set=meta_keys)).as_py():
         return None  # a key in both sections: the plain parse decides whether that is allowed
     return replace(m, data_files=columns)
 

@@ -263,6 +263,8 @@ def test_entry_columns_behave_as_the_mapping_they_replace():
         d["9"]
     assert [e.name for e in d.values()] == list(d) and dict(d.items()) == dict(plain(doc(5)).data_files)
     assert d.entry(0) == d["1"] and list(d.entries(1, 3)) == [d["2"], d["3"]]
+    # what code does with a dict: the mapping's own keys(), dict(), ** (its S3 keys are `object_keys`)
+    assert list(d.keys()) == list(d) and dict(d) == {**d} == dict(plain(doc(5)).data_files)
 
 
 def test_parse_manifest_reads_big_documents_as_columns(monkeypatch):
