@@ -46,10 +46,8 @@ class TargetTable:
             raise TypeError(f"{manifest.name}: data_files not read as columns")
         self.top, self.cols = top, cols
         self.small = [Target(f"{top}/{e.relative_path}", e) for e in manifest.metadata_files.values()]
-        first = cols.object_keys[0].as_py().split("/", 1)[0] + "/"
-        if not pc.all(pc.starts_with(cols.object_keys, first)).as_py():
-            raise ValueError("keys do not share their first segment")  # (the dataset prefix: never, after parsing)
-        self._first = len(first) - 1
+        # Every key begins with the dataset prefix (columnar.py checked it), so with its first segment.
+        self._first = len(cols.object_keys[0].as_py().split("/", 1)[0])
         self.hashes = cols.file_hashes
 
     @cached_property
@@ -165,37 +163,29 @@ class FetchColumns(Sequence):
     def __len__(self) -> int:
         return len(self.first) + len(self.extra)
 
-    def _fetch(self, j: int) -> Fetch:
-        if j >= len(self.first):
-            return self.extra[j - len(self.first)]
-        row = int(self.first[j])
-        t = self.table.target(row)
-        size = int(self.sizes[j])
-        return Fetch(t.entry.file_hash, ObjectRef(t.entry.bucket, t.entry.key, t.entry.version_id),
-                     None if size < 0 else size, self.etags[j] if self.etags else None,
-                     self.views.get(j, (t.view,)))
+    def _made(self, js: np.ndarray) -> Iterator[Fetch]:
+        """The fetches at positions `js` (of `first`, then of `extra`), their columns read at once."""
+        cols, n = self.table.cols, len(self.first)
+        rows = pa.array(self.first[js[js < n]])
+        got = iter(zip(cols.object_keys.take(rows).to_pylist(), cols.version_ids.take(rows).to_pylist(),
+                       cols.file_hashes.take(rows).to_pylist(), self.table.views.take(rows).to_pylist()))
+        for j in js.tolist():
+            if j >= n:
+                yield self.extra[j - n]
+                continue
+            key, vid, h, view = next(got)
+            size = int(self.sizes[j])
+            yield Fetch(h, ObjectRef(cols.bucket, key, vid), None if size < 0 else size,
+                        self.etags[j] if self.etags else None, self.views.get(j, (view,)))
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return tuple(self._fetch(int(j)) for j in self.order[i])
-        return self._fetch(int(self.order[i]))
+            return tuple(self._made(self.order[i]))
+        return next(self._made(np.atleast_1d(self.order[i])))
 
     def __iter__(self) -> Iterator[Fetch]:
-        cols, n = self.table.cols, len(self.first)
         for a in range(0, len(self.order), _CHUNK):
-            js = self.order[a:a + _CHUNK]
-            big = js[js < n]
-            rows = pa.array(self.first[big])
-            got = iter(zip(cols.object_keys.take(rows).to_pylist(), cols.version_ids.take(rows).to_pylist(),
-                           cols.file_hashes.take(rows).to_pylist(), self.table.views.take(rows).to_pylist()))
-            for j in js.tolist():
-                if j >= n:
-                    yield self.extra[j - n]
-                    continue
-                key, vid, h, view = next(got)
-                size = int(self.sizes[j])
-                yield Fetch(h, ObjectRef(cols.bucket, key, vid), None if size < 0 else size,
-                            self.etags[j] if self.etags else None, self.views.get(j, (view,)))
+            yield from self._made(self.order[a:a + _CHUNK])
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, (tuple, FetchColumns)) and tuple(self) == tuple(other)

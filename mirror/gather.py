@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 from .catalog import Catalog
 from .config import DatasetConfig, FileKind
@@ -47,9 +47,17 @@ class Facts:
         self._tables: dict[tuple[str, str], pa.Table] = {}
         self._where: dict[str, object] = {}  # --where text → its parsed expression
 
-    async def sizes(self, cat: Catalog, entries: list[FileEntry]) -> dict[Key, ObjectInfo]:
+    async def sizes(self, cat: Catalog, entries: Iterable[FileEntry]) -> dict[Key, ObjectInfo]:
         """Object sizes and ETags: the dataset prefix is listed once, with a HEAD for what the
-        listing lacks; offline, what the local index knows."""
+        listing lacks; offline, what the local index knows (`entries` is not even read when
+        it knows nothing: a million of them need not be made for that)."""
+        index = None
+        if cat.remote is None:
+            if self.layout is None:
+                return self._infos
+            index = StateIndex(self.layout)
+            if not (index.load() and index.records):
+                return self._infos
         wanted = [e for e in entries if (e.key, e.version_id) not in self._infos]
         if not wanted:
             return self._infos
@@ -66,21 +74,12 @@ class Facts:
                 # Asked and answered (404/403 included): not asked again. After an error that
                 # was raised, nothing is recorded and the next call tries again.
                 self._headed.update((e.key, e.version_id) for e in missing)
-        elif self.layout is not None:
-            index = StateIndex(self.layout)
-            index.load()
+        elif index is not None:
             for e in wanted:
                 rec = index.get(e.file_hash)
                 if rec is not None:
                     self._infos[(e.key, e.version_id)] = ObjectInfo(e.key, e.version_id, rec.size, rec.etag)
         return self._infos
-
-    def _indexed(self) -> bool:
-        """Whether the local index holds any object."""
-        if self.layout is None:
-            return False
-        index = StateIndex(self.layout)
-        return index.load() and bool(index.records)
 
     async def table_bytes(self, cat: Catalog, m: Manifest, name: str) -> bytes:
         index = self.store.new_index() if self.store is not None else None
@@ -178,11 +177,7 @@ class Facts:
         if local.unverified and verify is not None and verify.blake2b:
             await asyncio.to_thread(self._verify_unverified, list(local.unverified), io_threads)
             local = await asyncio.to_thread(scan_local, layout, targets, stray_dirs=dirs)
-        if not isinstance(targets, list) and cat.remote is None and not self._indexed():
-            infos = {}  # offline, and the local index knows no object: no sizes to look up
-        else:
-            need = [t.entry for t in targets if t.entry.file_hash not in local.objects]
-            infos = dict(await self.sizes(cat, need)) if need else {}
+        infos = dict(await self.sizes(cat, (t.entry for t in targets if t.entry.file_hash not in local.objects)))
         return PlanInput(tuple(m.name for m in manifests), targets, local, infos, tops, reports or None)
 
     def _verify_unverified(self, hashes: list[str], jobs: int) -> None:
