@@ -177,6 +177,7 @@ class Engine:
         self._waiting = 0  # files not yet taken by a worker
         self.claims = claims
         self._deferred: list[Fetch] = []  # our own objects another process held: waited for at the end
+        self._resumable: set[str] = set()  # objects with resume state on disk, as the files were handed out
 
     async def run(self, plan: Plan) -> Stats:
         st = self.stats
@@ -242,11 +243,27 @@ class Engine:
         queue: asyncio.Queue[Fetch | None] = asyncio.Queue(maxsize=self.limits.jobs * 2)
         workers = min(self.limits.jobs, len(items))
 
+        loop = asyncio.get_running_loop()
+
         async def produce() -> None:
+            chunk: list[Fetch] = []
             for item in items:
-                await queue.put(item)
+                chunk.append(item)
+                if len(chunk) == self.HINT_CHUNK:
+                    await hand_out(chunk)
+                    chunk = []
+            await hand_out(chunk)
             for _ in range(workers):
                 await queue.put(None)
+
+        async def hand_out(chunk: list[Fetch]) -> None:
+            # Which of these have resume state on disk: one worker-thread call per chunk, not a
+            # system call on the event loop per file (see Transfer's `fresh`).
+            if chunk:
+                self._resumable |= await loop.run_in_executor(executor, self.store.resumable,
+                                                              [f.file_hash for f in chunk])
+            for f in chunk:
+                await queue.put(f)
 
         self._waiting = len(items)
 
@@ -284,6 +301,7 @@ class Engine:
             raise inner from eg
 
     CLAIM_POLL_SECONDS = 0.25
+    HINT_CHUNK = 64  # files whose resume state is looked up in one worker-thread call
 
     async def _fetch_claimed(self, item: Fetch, gets: asyncio.Semaphore, executor: ThreadPoolExecutor,
                              mode: str) -> None:
@@ -351,7 +369,7 @@ class Engine:
             transfer = Transfer(job, remote=self.remote, store=self.store, limits=self.limits, policy=self.policy,
                                 pacer=self.pacer, gets=gets, executor=executor, verify=self.verify,
                                 report=Reporter(self._on_bytes, self._on_retry), budget=self.budget,
-                                width=self._part_width)
+                                width=self._part_width, fresh=item.file_hash not in self._resumable)
             digests = await transfer.run(link=lambda: self._link(item.file_hash, list(item.views)))
             st.bytes_resumed += transfer.resumed_bytes
             st.bytes_read_back += transfer.read_back

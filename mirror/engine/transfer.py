@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import concurrent.futures
 import functools
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
@@ -25,7 +26,7 @@ from ..store.fsutil import store_error
 from ..store.objects import Partial, ResumeState, missing_ranges
 from ..policy import Pacer, RetryPolicy, call_with_retries
 from .verify import Verify
-from .writer import FileWriter, HoldBudget
+from .writer import CHECKPOINT_SECONDS, FileWriter, HoldBudget
 
 if TYPE_CHECKING:
     from ..remote.client import Remote
@@ -57,7 +58,8 @@ class Transfer:
 
     def __init__(self, job: Job, *, remote: Remote, store: Store, limits: Limits, policy: RetryPolicy,
                  pacer: Pacer, gets: asyncio.Semaphore, executor: Executor, verify: Verify,
-                 report: Reporter, budget: HoldBudget, width: Callable[[], int] | None = None) -> None:
+                 report: Reporter, budget: HoldBudget, width: Callable[[], int] | None = None,
+                 fresh: bool = False) -> None:
         self.job = job
         self.remote = remote
         self.store = store
@@ -73,11 +75,16 @@ class Transfer:
         # files wait for a worker (their GETs keep the connections busy, and parts of one object
         # landing out of order would overflow the reorder window), more at the tail of a run.
         self.width = width or (lambda: limits.parts_per_file)
+        # No resume state on disk for this object (as far as the engine looked): a small one
+        # may then be fetched whole into memory (`_run_whole`); otherwise its partial resumes.
+        self.fresh = fresh
         self.resumed_bytes = 0
         self.read_back = 0
         self.etag_unverifiable = False
         self.link_error: MirrorError | None = None
         self._pending: set[concurrent.futures.Future] = set()
+        self._saving: concurrent.futures.Future | None = None  # (small, slow body) the save in flight
+        self._saved = False  # (small body) a partial of its first bytes was saved
 
     async def _thread(self, fn, *args):
         """Run blocking file work in the I/O pool. The futures are tracked: a cancelled await
@@ -97,8 +104,10 @@ class Transfer:
         and its error in `link_error`, for the caller to record the object and then fail the file."""
         job = self.job
         etag_part_size = await self._etag_part_size() if self.verify.etag else None
-        last: MirrorError | None = None
         buffers = self.remote.buffers
+        if self.fresh and 0 < job.size <= min(buffers.size, self.limits.part_size):
+            return await self._run_whole(etag_part_size, link)
+        last: MirrorError | None = None
         for attempt in range(self.policy.integrity_attempts):
             partial = await self._open_partial()
             keep = True
@@ -136,6 +145,113 @@ class Transfer:
                     partial.discard()
         assert last is not None
         raise last
+
+    async def _run_whole(self, etag_part_size: int | None, link: Callable[[], None] | None) -> Digests:
+        """A small object (one receive buffer, one part): its body is held in memory, then one
+        worker-thread call hashes, checks, writes, syncs, publishes and links it. One hand-off
+        per file instead of one per step: with many small files each hand-off is a GIL
+        hand-over between the event loop and the I/O threads, and those, not the bytes, bound
+        the rate (RESULTS.md). A body that arrives slowly is saved as a partial with its
+        resume state as it comes, as a part's bytes are (`_save`), and one cut short keeps
+        what arrived (`_keep`): a later run resumes it like any other."""
+        job = self.job
+        last: MirrorError | None = None
+        for attempt in range(self.policy.integrity_attempts):
+            body = _Body(job.size, self.remote.buffers, self.report.on_bytes, self._save)
+            handed = False
+            try:
+                await self._fetch(body, 0, job.size)
+                if self._saving is not None:  # a save of the slow body's first bytes, still going
+                    await asyncio.wrap_future(self._saving)
+                handed = True
+                digests, problem = await self._thread(self._publish_whole, body.view(), etag_part_size, link)
+            except (ObjectChanged, ObjectNotFound):
+                self._settle()
+                if self._saved:
+                    self._discard_saved()
+                raise  # these bytes belong to an object (version) that no longer exists
+            except BaseException:
+                self._settle()
+                if not handed and body.pos:
+                    self._keep(body.view())
+                raise
+            finally:
+                self._settle()  # (cancelled) the thread may still be reading the buffer
+                body.release()
+            if problem is None:
+                return digests
+            last = IntegrityError(f"s3://{job.ref.bucket}/{job.ref.key} (version {job.ref.version_id}): {problem}")
+            if attempt + 1 < self.policy.integrity_attempts:
+                self.report.on_retry(job.ref.key, last, attempt + 1, 0.0)
+        assert last is not None
+        raise last
+
+    def _save(self, snapshot: bytes) -> None:
+        """(event loop) A slow small body's bytes so far, saved in a worker thread, one save at
+        a time (a save due while one runs is skipped: the next buffer asks again)."""
+        if self._saving is not None and not self._saving.done():
+            return
+        try:
+            fut = self.executor.submit(self._keep, snapshot)
+        except RuntimeError:
+            return  # the pool is shutting down: the cleanup's `_keep` covers it
+        self._pending.add(fut)
+        fut.add_done_callback(self._pending.discard)
+        self._saving = fut
+
+    def _keep(self, data: bytes | memoryview) -> None:
+        """Save `data`, a small body's first bytes, as its partial with the resume state that
+        says so: a later run (or a later attempt) continues from there. From a worker thread
+        (`_save`) or from cleanup on the event loop (as `run`'s final checkpoint is); a disk
+        that refuses only costs those bytes again."""
+        job = self.job
+        with contextlib.suppress(MirrorError, OSError):
+            partial = self.store.open_partial(job.file_hash, ResumeState(job.ref.key, job.ref.version_id, job.etag,
+                                                                         job.size))
+            self._saved = True
+            try:
+                partial.write(0, memoryview(data))
+                partial.checkpoint([(0, len(data))])
+            finally:
+                partial.close()
+
+    def _discard_saved(self) -> None:
+        """Remove what `_keep` saved (its bytes turned out not to be this object's)."""
+        job = self.job
+        with contextlib.suppress(MirrorError, OSError):
+            self.store.open_partial(job.file_hash, ResumeState(job.ref.key, job.ref.version_id, job.etag,
+                                                               job.size)).discard()
+        self._saved = False
+
+    def _publish_whole(self, body: memoryview, etag_part_size: int | None, link: Callable[[], None] | None):
+        """In a worker thread: hash and check the whole body, then write, publish and link it.
+        Returns (digests, problem); a problem means nothing was written."""
+        job = self.job
+        hasher = MultiHasher(etag_part_size=etag_part_size, want_etag=self.verify.etag and job.etag is not None)
+        hasher.update(body)
+        digests = hasher.digests()
+        problem = self._check(digests, len(body))
+        if problem is not None:
+            if self._saved:
+                self._discard_saved()  # the saved prefix is of these very bytes
+            return digests, problem
+        partial = self.store.open_partial(job.file_hash, ResumeState(job.ref.key, job.ref.version_id, job.etag, job.size),
+                                          direct=self.limits.direct_io, whole=True)
+        try:
+            partial.write(0, body)
+        except OSError as exc:
+            partial.discard()
+            raise store_error(exc, f"writing {partial.path.name}") from exc
+        except BaseException:
+            partial.discard()
+            raise
+        self.store.publish(job.file_hash, partial, verified=self.verify.blake2b)
+        if link is not None:
+            try:
+                link()
+            except MirrorError as exc:
+                self.link_error = exc
+        return digests, None
 
     def _complete(self, writer: FileWriter, partial: Partial, link: Callable[[], None] | None):
         """In a worker thread, once every byte has landed: hash what is left, check, publish,
@@ -197,11 +313,19 @@ class Transfer:
         return info.part_size
 
     async def _part(self, writer: FileWriter, start: int, end: int) -> None:
-        """Fetch [start, end) into the partial; a broken stream resumes at the byte it reached,
-        and only failures that made no progress count against the retry budget."""
+        """Fetch [start, end) into the partial."""
+        sink = writer.sink(start)
+        await self._fetch(sink, start, end)
+        await writer.wait(sink.futures)
+        if not (start == 0 and end == self.job.size):  # a whole object is published right away
+            await self._thread(writer.partial.checkpoint, [(start, end)])
+
+    async def _fetch(self, sink, start: int, end: int) -> None:
+        """GET [start, end) into `sink` (its `pos`: where the next byte goes); a broken stream
+        resumes at the byte it reached, and only failures that made no progress count against
+        the retry budget."""
         ref = self.job.ref
         whole = start == 0 and end == self.job.size
-        sink = writer.sink(start)
         reached = sink.pos
 
         async def attempt() -> None:
@@ -221,9 +345,62 @@ class Transfer:
 
         await call_with_retries(attempt, policy=self.policy, pacer=self.pacer, progressed=progressed,
                                 on_retry=lambda exc, n, delay: self.report.on_retry(ref.key, exc, n, delay))
-        await writer.wait(sink.futures)
-        if not whole:  # a whole object is published right away: resume state would be thrown away
-            await self._thread(writer.partial.checkpoint, [(start, end)])
+
+
+class _Body:
+    """The sink of a small object's whole body, kept in memory. Its one receive buffer is
+    held as it is (no copy). Should the body come in several (a slow server's part-full
+    buffers, handed over by the watchdog), it is copied into memory of its own and the
+    buffers go back at once, so a small object never holds more than one buffer of the
+    pool; and every CHECKPOINT_SECONDS a copy of what came so far goes to `save`."""
+
+    __slots__ = ("size", "pool", "on_bytes", "save", "pos", "buf", "n", "copy", "saved_at")
+
+    def __init__(self, size: int, pool, on_bytes: Callable[[int], None], save: Callable[[bytes], None]) -> None:
+        self.size = size
+        self.pool = pool
+        self.on_bytes = on_bytes
+        self.save = save
+        self.pos = 0
+        self.buf = None
+        self.n = 0
+        self.copy: bytearray | None = None
+        self.saved_at = time.monotonic()
+
+    def __call__(self, buf, n: int) -> None:
+        self.pos += n
+        self.on_bytes(n)
+        if self.buf is None and self.copy is None:
+            self.buf, self.n = buf, n
+            self._save_if_due()
+            return
+        try:
+            if self.copy is None:
+                self.copy = bytearray(memoryview(self.buf)[:self.n])
+                self.release()
+            self.copy += memoryview(buf)[:n]
+        finally:
+            self.pool.give(buf)
+        self._save_if_due()
+
+    def _save_if_due(self) -> None:
+        if self.pos >= self.size:
+            return  # whole: published next
+        now = time.monotonic()
+        if now - self.saved_at >= CHECKPOINT_SECONDS:
+            self.saved_at = now
+            self.save(bytes(self.view()))  # a copy: the body goes on growing meanwhile
+
+    def view(self) -> memoryview:
+        if self.copy is not None:
+            return memoryview(self.copy)
+        return memoryview(self.buf)[:self.n] if self.buf is not None else memoryview(b"")
+
+    def release(self) -> None:
+        """The held buffer back to the pool (event-loop thread)."""
+        if self.buf is not None:
+            buf, self.buf = self.buf, None
+            self.pool.give(buf)
 
 
 async def _in_order(width: Callable[[], int], parts: list) -> None:

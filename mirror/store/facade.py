@@ -43,8 +43,21 @@ class Store:
     def path(self, file_hash: str) -> Path:
         return self.objects.path(file_hash)
 
-    def open_partial(self, file_hash: str, want: ResumeState, *, direct: bool = False) -> Partial:
-        return self.objects.open_partial(file_hash, want, direct=direct)
+    def open_partial(self, file_hash: str, want: ResumeState, *, direct: bool = False,
+                     whole: bool = False) -> Partial:
+        return self.objects.open_partial(file_hash, want, direct=direct, whole=whole)
+
+    def resumable(self, hashes: list[str]) -> set[str]:
+        """Those of `hashes` whose partial download has resume state on disk (its sidecar): a
+        hint, read by name, for choosing how to fetch; `open_partial` is what trusts it or not."""
+        out = set()
+        for h in hashes:
+            try:
+                os.lstat(self.layout.object_file(h) + ".partial.json")
+            except OSError:
+                continue
+            out.add(h)
+        return out
 
     def has_object(self, file_hash: str) -> bool:
         """A published object is there (verified or not: see `is_unverified`)."""
@@ -130,9 +143,9 @@ class Store:
         """Make each view (relative to cache_dir) a view of the object; atomically replaces
         what was there. A view blocked by something of the user's raises ViewBlocked. The
         view's directory is reached without following symlinks (layout.open_parent)."""
-        src = self.path(file_hash)
+        src = self.layout.object_file(file_hash)
         for rel in views:
-            dst = self.layout.view_path(rel)
+            dst = self.layout.view_file(rel)
             dfd, name = self._open_parent(dst, create=True)
             try:
                 self.linker.link_at(src, dfd, name, dst)
@@ -171,7 +184,7 @@ class Store:
             os.close(dfd)
         return True
 
-    def _open_parent(self, path: Path, *, create: bool = False) -> tuple[int, str]:
+    def _open_parent(self, path: Path | str, *, create: bool = False) -> tuple[int, str]:
         try:
             return self.layout.open_parent(path, create=create)
         except (StoreError, ViewBlocked, FileNotFoundError):

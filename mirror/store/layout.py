@@ -23,6 +23,7 @@ import stat
 from pathlib import Path
 
 from ..errors import InputError, StoreError
+from .fsutil import open_dir_beneath
 
 META = ".vbo-mirror"
 LAST_USED = "_manifest_last_used.txt"
@@ -40,6 +41,8 @@ class CacheLayout:
         self.meta = self.root / META
         self.objects = self.meta / "objects-v1" / "blake2b"
         self._objects = str(self.objects)
+        self._root = str(self.root)
+        self._below = self._root.rstrip("/") + "/"
         self.index_path = self.meta / "index-v1.parquet"
         self.lock_path = self.meta / "lock"
         self.claims_path = self.meta / "claims"
@@ -75,7 +78,7 @@ class CacheLayout:
         return f"{self._objects}/{file_hash[:2]}/{file_hash[2:4]}/{file_hash}"
 
     def partial_path(self, file_hash: str) -> Path:
-        return self.object_path(file_hash).with_name(file_hash + ".partial")
+        return Path(self.object_file(file_hash) + ".partial")
 
     def manifest_path(self, name: str) -> Path:
         if "/" in name or name.startswith("."):
@@ -105,19 +108,34 @@ class CacheLayout:
                 raise StoreError(f"{current} is a symlink: vbo-mirror does not follow symlinks out of cache_dir",
                                  hint="replace it by a real directory (or remove it; vbo-mirror recreates it)")
 
-    def open_parent(self, path: Path, *, create: bool = False) -> tuple[int, str]:
+    def open_parent(self, path: Path | str, *, create: bool = False) -> tuple[int, str]:
         """(descriptor of the directory holding `path`, its last component), reached from
-        cache_dir one component at a time with O_NOFOLLOW (openat): a directory swapped for
-        a symlink while a run goes on cannot redirect what is then done there, unlike a check
-        of the path followed by its use. `create` makes missing directories (mkdirat). The
+        cache_dir without following a symlink in any component (one openat2 call, or where
+        there is none, one O_NOFOLLOW openat per component): a directory swapped for a symlink
+        while a run goes on cannot redirect what is then done there, unlike a check of the
+        path followed by its use. `create` makes missing directories (mkdirat). The
         caller closes the descriptor. A missing directory without `create`: FileNotFoundError."""
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+        whole = os.fspath(path)
+        if whole.startswith(self._below):  # the common case, without pathlib's joins
+            parent, _, name = whole[len(self._below):].rpartition("/")
+            if parent and name:
+                fd = os.open(self._root, flags)  # cache_dir itself may be a symlink: the user's choice
+                try:
+                    nfd = open_dir_beneath(fd, parent)
+                finally:
+                    os.close(fd)
+                if nfd >= 0:
+                    return nfd, name
+        # The walk: where openat2 is missing, and whenever it fails (it makes what is missing
+        # and says which component is a symlink or a file).
         from ..errors import ViewBlocked
 
+        path = Path(path)
         try:
             rel = path.relative_to(self.root)
         except ValueError:
             raise StoreError(f"{path} is outside cache_dir {self.root}") from None
-        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
         fd = os.open(self.root, flags)  # cache_dir itself may be a symlink: the user's choice
         current = self.root
         try:
@@ -150,8 +168,12 @@ class CacheLayout:
         return fd, rel.parts[-1]
 
     def view_path(self, rel: str) -> Path:
-        path = self.root / rel
+        return Path(self.view_file(rel))
+
+    def view_file(self, rel: str) -> str:
+        """The view's path as a string (a sync makes one per file; pathlib costs more than
+        the link)."""
         # The manifest parser already refused '..' and absolute keys; this is the last line.
-        if ".." in Path(rel).parts or Path(rel).is_absolute():
+        if rel.startswith("/") or ".." in rel.split("/"):
             raise InputError(f"view path {rel!r} escapes cache_dir")
-        return path
+        return self._below + rel

@@ -221,6 +221,17 @@ def _open_own(dirfd: int, name: str) -> int:
     raise OSError(errno.ELOOP, "a symlink keeps reappearing", name)
 
 
+def _direct_or_close(path: Path, fd: int, direct: bool) -> int:
+    """`open_direct` for a partial just opened as `fd`, which is closed if that fails."""
+    if not direct:
+        return -1
+    try:
+        return open_direct(path, fd)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 class ObjectStore:
     def __init__(self, layout: CacheLayout) -> None:
         self.layout = layout
@@ -228,17 +239,30 @@ class ObjectStore:
     def path(self, file_hash: str) -> Path:
         return self.layout.object_path(file_hash)
 
-    def open_partial(self, file_hash: str, want: ResumeState, *, direct: bool = False) -> Partial:
+    def open_partial(self, file_hash: str, want: ResumeState, *, direct: bool = False,
+                     whole: bool = False) -> Partial:
         """Open (or resume) the partial download of `file_hash` for the object in `want`.
 
         The recorded ranges are kept only if the sidecar names the same key, version, ETag
-        and size; otherwise the partial starts from nothing.
+        and size; otherwise the partial starts from nothing. `whole`: the caller writes every
+        byte at once (a small body held in memory), so a new partial needs neither resume
+        state nor a space reservation: created in one call, and only a partial left there
+        by an earlier run takes the usual way.
         """
         path = self.layout.partial_path(file_hash)
         sidecar = path.with_name(path.name + ".json")
         dirfd = -1
         try:
             dirfd, _ = self.layout.open_parent(path, create=True)  # no symlinked directory followed
+            if whole:
+                try:
+                    fd = os.open(path.name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                                 dir_fd=dirfd)
+                except FileExistsError:
+                    pass  # (or a symlink planted there: _open_own removes it)
+                else:
+                    want.done = []
+                    return Partial(path, want, fd, 0, _direct_or_close(path, fd, direct), dirfd)
             fd = _open_own(dirfd, path.name)
             state = want
             try:
@@ -265,7 +289,9 @@ class ObjectStore:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                     os.close(fd)
                     raise
-            dfd = open_direct(path, fd) if direct else -1
+            if whole:
+                os.ftruncate(fd, want.size)  # every byte is written next: none of an older file may stay
+            dfd = _direct_or_close(path, fd, direct)
         except BaseException as exc:
             if dirfd >= 0:
                 os.close(dirfd)

@@ -50,7 +50,7 @@ class Linker:
         self.warned = False
         self._deciding = threading.Lock()
 
-    def link_at(self, src: Path, dfd: int, name: str, shown: Path) -> LinkMode:
+    def link_at(self, src: Path | str, dfd: int, name: str, shown: Path | str) -> LinkMode:
         """Make `name` in the directory `dfd` a view of `src`, replacing whatever is there,
         atomically (`shown`: its path, for messages). Every step names the entry relative to
         `dfd` (linkat, openat, renameat, unlinkat), so nothing follows a symlink planted in the
@@ -62,7 +62,7 @@ class Linker:
                     return self._link_at(src, dfd, name, shown)
         return self._link_at(src, dfd, name, shown)
 
-    def _link_at(self, src: Path, dfd: int, name: str, shown: Path) -> LinkMode:
+    def _link_at(self, src: Path | str, dfd: int, name: str, shown: Path | str) -> LinkMode:
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISDIR(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
                 raise ViewBlocked(f"cannot make view {shown}: a directory is in its place",
@@ -72,10 +72,12 @@ class Linker:
         modes = (self.mode,) if self.mode else self.chain
         last_exc: OSError | None = None
         for mode in modes:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp, dir_fd=dfd)
             try:
-                _make_at(mode, src, dfd, tmp)
+                try:
+                    _make_at(mode, src, dfd, tmp)
+                except FileExistsError:  # a leftover of that very name (a killed run's): ours now
+                    os.unlink(tmp, dir_fd=dfd)
+                    _make_at(mode, src, dfd, tmp)
             except OSError as exc:
                 if exc.errno not in _FALLBACK_ERRNOS or mode is LinkMode.COPY:
                     raise store_error(exc, f"linking {shown}") from exc
@@ -97,7 +99,7 @@ class Linker:
                 if mode is LinkMode.COPY and len(self.chain) > 1 and not self.warned:
                     self.warned = True
                     reason = os.strerror(last_exc.errno) if last_exc else "unsupported"
-                    warnings.warn(f"links are not possible under {shown.parent} ({reason}): views are full copies "
+                    warnings.warn(f"links are not possible under {os.path.dirname(shown)} ({reason}): views are full copies "
                                   "and use extra disk space", LinkFallbackWarning, stacklevel=2)
             return mode
         raise store_error(last_exc or OSError(errno.EIO, "no link mode worked"), f"linking {shown}")
@@ -114,7 +116,7 @@ class Linker:
         return True
 
 
-def _make_at(mode: LinkMode, src: Path, dfd: int, tmp: str) -> None:
+def _make_at(mode: LinkMode, src: Path | str, dfd: int, tmp: str) -> None:
     """Create `tmp` in `dfd` as a link, reflink or copy of `src` (never through a symlink)."""
     if mode is LinkMode.HARDLINK:
         os.link(src, tmp, dst_dir_fd=dfd)
