@@ -226,10 +226,11 @@ def test_a_stop_while_another_file_fails_ends_the_run_promptly(tmp_path):
             await asyncio.wait_for(engine.run(Plan(("m",), tuple(items))), 5)
             raise AssertionError("the disk error was not raised")
 
+    fds = len(os.listdir("/proc/self/fd"))  # (what earlier tests of this process left open is theirs)
     asyncio.run(go())
     assert [k for k in remote.keys() if k.startswith("other")] == []  # nothing started after the stop
     assert engine.stats.failures == []  # the cancelled file is not reported as failed
-    assert len(os.listdir("/proc/self/fd")) < 200
+    assert len(os.listdir("/proc/self/fd")) - fds < 10  # no partial's descriptors left open
 
 
 def test_state_index_round_trips_and_merges_concurrent_writers(tmp_path):

@@ -145,3 +145,37 @@ def test_a_directory_swapped_for_a_symlink_during_a_link_cannot_redirect_it(tmp_
     with pytest.raises(StoreError, match="symlink"):
         store.remove_view("v/sub/victim.nwb")
     assert (outside / "sub" / "victim.nwb").read_text() == "the user's file"
+
+
+def test_a_store_swapped_for_a_symlink_during_a_link_cannot_give_a_view_other_bytes(tmp_path, monkeypatch):
+    """The other end of a link: right after vbo-mirror has reached the object's directory,
+    someone swaps `.vbo-mirror` for a symlink to a tree of their own with a file at the same
+    object path. The view is linked from the directory descriptor reached before the swap
+    (linkat relative to it), so it gets the store's object, never their file."""
+    from mirror.store.facade import Store
+    from mirror.store.layout import CacheLayout
+    from mirror.store.views import Linker
+
+    layout = CacheLayout(tmp_path / "cache")
+    store = Store(layout, link_mode="hardlink")
+    h = "cd" * 64
+    obj = layout.object_path(h)
+    obj.parent.mkdir(parents=True)
+    obj.write_bytes(b"verified content")
+    theirs = tmp_path / "theirs"
+    fake = theirs / obj.relative_to(layout.meta)
+    fake.parent.mkdir(parents=True)
+    fake.write_bytes(b"someone else's bytes")
+
+    real_link_at = Linker.link_at
+
+    def swap_then_link(self, *args):
+        if not (layout.root / "store.moved").exists():
+            os.rename(layout.meta, layout.root / "store.moved")
+            os.symlink(theirs, layout.meta)
+        return real_link_at(self, *args)
+
+    monkeypatch.setattr(Linker, "link_at", swap_then_link)
+    store.link(h, ["v/file.nwb"])
+    assert (layout.root / "v" / "file.nwb").read_bytes() == b"verified content"
+    assert fake.read_bytes() == b"someone else's bytes" and fake.stat().st_nlink == 1

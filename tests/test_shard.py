@@ -202,11 +202,13 @@ def test_linking_a_view_that_already_is_that_link_leaves_no_temporary(tmp_path):
     dst.parent.mkdir()
     linker = Linker("hardlink")
     dfd = os.open(dst.parent, os.O_RDONLY | os.O_DIRECTORY)
+    sdfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        linker.link_at(src, dfd, dst.name, dst)
-        linker.link_at(src, dfd, dst.name, dst)
+        linker.link_at((sdfd, src.name), dfd, dst.name, dst)
+        linker.link_at((sdfd, src.name), dfd, dst.name, dst)
     finally:
         os.close(dfd)
+        os.close(sdfd)
     assert sorted(p.name for p in dst.parent.iterdir()) == ["view.nwb"]
     assert os.stat(dst).st_ino == os.stat(src).st_ino
 

@@ -370,7 +370,8 @@ class Engine:
                                 pacer=self.pacer, gets=gets, executor=executor, verify=self.verify,
                                 report=Reporter(self._on_bytes, self._on_retry), budget=self.budget,
                                 width=self._part_width, fresh=item.file_hash not in self._resumable)
-            digests = await transfer.run(link=lambda: self._link(item.file_hash, list(item.views)))
+            digests = await transfer.run(link=lambda src_dir: self.store.link(item.file_hash, item.views,
+                                                                               src_dir=src_dir))
             st.bytes_resumed += transfer.resumed_bytes
             st.bytes_read_back += transfer.read_back
             self._record(item, job, digests)

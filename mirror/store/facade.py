@@ -74,8 +74,8 @@ class Store:
         except OSError:
             return False
 
-    def publish(self, file_hash: str, partial: Partial, *, verified: bool = True) -> Path:
-        return self.objects.publish(file_hash, partial, verified=verified)
+    def publish(self, file_hash: str, partial: Partial, *, verified: bool = True, keep_dir: bool = False) -> Path:
+        return self.objects.publish(file_hash, partial, verified=verified, keep_dir=keep_dir)
 
     def staging(self, file_hash: str):
         """(adopt) A temporary name in the store, in a directory held open: see ObjectStore."""
@@ -139,25 +139,49 @@ class Store:
 
     # --- views ----------------------------------------------------------------------------------
 
-    def link(self, file_hash: str, views: list[str] | tuple[str, ...]) -> None:
+    def link(self, file_hash: str, views: list[str] | tuple[str, ...], *, src_dir: int | None = None) -> None:
         """Make each view (relative to cache_dir) a view of the object; atomically replaces
-        what was there. A view blocked by something of the user's raises ViewBlocked. The
-        view's directory is reached without following symlinks (layout.open_parent)."""
-        src = self.layout.object_file(file_hash)
-        for rel in views:
-            dst = self.layout.view_file(rel)
-            dfd, name = self._open_parent(dst, create=True)
-            try:
-                self.linker.link_at(src, dfd, name, dst)
-            finally:
-                os.close(dfd)
+        what was there. A view blocked by something of the user's raises ViewBlocked. Both
+        ends are reached without following symlinks (layout.open_parent): the view's
+        directory, and the object's, whose descriptor the link is made from (linkat), so a
+        store swapped for a symlink meanwhile cannot hand a view other bytes. `src_dir`: the
+        object's directory, already open (a transfer that has just published there)."""
+        with self._object_dir(file_hash, src_dir, views) as src:
+            for rel in views:
+                dst = self.layout.view_file(rel)
+                dfd, name = self._open_parent(dst, create=True)
+                try:
+                    self.linker.link_at(src, dfd, name, dst)
+                finally:
+                    os.close(dfd)
 
     def ensure_view(self, file_hash: str, view: str) -> bool:
         """Link `view` unless it already is a view of the object; True when it had to."""
-        dst = self.layout.view_path(view)
-        dfd, name = self._open_parent(dst, create=True)
+        with self._object_dir(file_hash, None, [view]) as src:
+            dst = self.layout.view_file(view)
+            dfd, name = self._open_parent(dst, create=True)
+            try:
+                return self.linker.ensure_at(src, dfd, name, dst)
+            finally:
+                os.close(dfd)
+
+    @contextlib.contextmanager
+    def _object_dir(self, file_hash: str, src_dir: int | None, views):
+        """(directory descriptor, name) of the object, the directory reached without following
+        symlinks and closed after, unless the caller gave it (`src_dir`, its to close)."""
+        if src_dir is not None:
+            yield src_dir, file_hash
+            return
         try:
-            return self.linker.ensure_at(self.path(file_hash), dfd, name, dst)
+            dfd, name = self.layout.open_parent(self.layout.object_file(file_hash))
+        except FileNotFoundError as exc:
+            raise store_error(exc, f"linking {views[0] if views else file_hash}") from exc
+        except (StoreError, ViewBlocked):
+            raise
+        except OSError as exc:
+            raise store_error(exc, f"opening the directory of the object {file_hash[:16]}…") from exc
+        try:
+            yield dfd, name
         finally:
             os.close(dfd)
 

@@ -300,15 +300,18 @@ class ObjectStore:
             raise
         return Partial(path, state, fd, sum(e - s for s, e in state.done), dfd, dirfd)
 
-    def publish(self, file_hash: str, partial: Partial, *, verified: bool = True) -> Path:
+    def publish(self, file_hash: str, partial: Partial, *, verified: bool = True, keep_dir: bool = False) -> Path:
         """Make the bytes durable, then give them their final name, read-only; drop the sidecar.
 
         The data is synced before the rename, so a name never points at bytes a crash could
         lose. The directory is not synced: a rename lost to a crash leaves a `.partial` that
         the next run resumes and verifies, and views already linked share the synced inode,
         so durability of the name buys nothing worth a second fsync per file (py-spy, 3,000
-        small files: the I/O threads spent about as long in it as in the data's own sync)."""
+        small files: the I/O threads spent about as long in it as in the data's own sync).
+        `keep_dir`: the object's directory stays open (`partial.dirfd`, the caller closes it
+        with `partial.close()`), for its views to be linked from."""
         final = self.path(file_hash)
+        published = False
         try:
             os.fdatasync(partial.fd)
             partial.close(keep_dir=True)
@@ -319,10 +322,12 @@ class ObjectStore:
             os.chmod(final.name, VERIFIED_MODE if verified else UNVERIFIED_MODE, dir_fd=d)
             if partial.state.done or partial.checkpointed:
                 partial.unlink(partial.sidecar.name)
+            published = True
         except OSError as exc:
             raise store_error(exc, f"publishing {final}") from exc
         finally:
-            partial.close()
+            if not (published and keep_dir):
+                partial.close()
         return final
 
     def put_bytes(self, file_hash: str, data: bytes) -> Path:

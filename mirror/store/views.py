@@ -29,6 +29,9 @@ _FALLBACK_ERRNOS = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EINVAL, 
                     errno.EPERM, errno.EMLINK, errno.ENOSYS, errno.EBADF}
 
 
+Source = tuple[int, str]  # the object a view is made of: its directory's descriptor, its name
+
+
 class LinkMode(enum.Enum):
     REFLINK = "reflink"
     HARDLINK = "hardlink"
@@ -50,11 +53,12 @@ class Linker:
         self.warned = False
         self._deciding = threading.Lock()
 
-    def link_at(self, src: Path | str, dfd: int, name: str, shown: Path | str) -> LinkMode:
-        """Make `name` in the directory `dfd` a view of `src`, replacing whatever is there,
-        atomically (`shown`: its path, for messages). Every step names the entry relative to
-        `dfd` (linkat, openat, renameat, unlinkat), so nothing follows a symlink planted in the
-        view's place or on the way to it. Called from several I/O threads: the first link
+    def link_at(self, src: Source, dfd: int, name: str, shown: Path | str) -> LinkMode:
+        """Make `name` in the directory `dfd` a view of `src` (the object: its directory's
+        descriptor and its name), replacing whatever is there, atomically (`shown`: its path,
+        for messages). Every step names the entry relative to a directory descriptor (linkat,
+        openat, renameat, unlinkat), so nothing follows a symlink planted in the view's place,
+        in the object's, or on the way to either. Called from several I/O threads: the first link
         decides the mode, under a lock, once."""
         if self.mode is None:
             with self._deciding:
@@ -62,7 +66,7 @@ class Linker:
                     return self._link_at(src, dfd, name, shown)
         return self._link_at(src, dfd, name, shown)
 
-    def _link_at(self, src: Path | str, dfd: int, name: str, shown: Path | str) -> LinkMode:
+    def _link_at(self, src: Source, dfd: int, name: str, shown: Path | str) -> LinkMode:
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISDIR(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
                 raise ViewBlocked(f"cannot make view {shown}: a directory is in its place",
@@ -104,26 +108,28 @@ class Linker:
             return mode
         raise store_error(last_exc or OSError(errno.EIO, "no link mode worked"), f"linking {shown}")
 
-    def ensure_at(self, src: Path, dfd: int, name: str, shown: Path) -> bool:
+    def ensure_at(self, src: Source, dfd: int, name: str, shown: Path | str) -> bool:
         """Make `name` a view of `src` unless it already is one; True when it had to link."""
         try:
             vs = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         except FileNotFoundError:
             vs = None
-        if vs is not None and stat.S_ISREG(vs.st_mode) and _matches(vs, os.stat(src)):
+        if vs is not None and stat.S_ISREG(vs.st_mode) and _matches(vs, os.stat(src[1], dir_fd=src[0],
+                                                                                follow_symlinks=False)):
             return False
         self.link_at(src, dfd, name, shown)
         return True
 
 
-def _make_at(mode: LinkMode, src: Path | str, dfd: int, tmp: str) -> None:
+def _make_at(mode: LinkMode, src: Source, dfd: int, tmp: str) -> None:
     """Create `tmp` in `dfd` as a link, reflink or copy of `src` (never through a symlink)."""
+    sdfd, sname = src
     if mode is LinkMode.HARDLINK:
-        os.link(src, tmp, dst_dir_fd=dfd)
+        os.link(sname, tmp, src_dir_fd=sdfd, dst_dir_fd=dfd, follow_symlinks=False)
         return
     out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
     try:
-        with open(src, "rb") as s:
+        with os.fdopen(os.open(sname, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sdfd), "rb") as s:
             if mode is LinkMode.REFLINK:
                 fcntl.ioctl(out, FICLONE, s.fileno())
             else:
