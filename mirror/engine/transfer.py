@@ -1,5 +1,6 @@
 """One object from S3 into the store: ranged parts written at their offsets into a
-`.partial`, hashed in order off the event loop, verified, then published.
+`.partial`, hashed in order off the event loop, verified, then published; or, for a small
+object, its whole body held in memory and then hashed, written and published in one go.
 
 Every GET names the object's VersionId; every ranged GET also sends If-Match with the ETag,
 so bytes of two different objects can never be stitched together. A broken part resumes
@@ -26,7 +27,7 @@ from ..store.fsutil import store_error
 from ..store.objects import Partial, ResumeState, missing_ranges
 from ..policy import Pacer, RetryPolicy, call_with_retries
 from .verify import Verify
-from .writer import CHECKPOINT_SECONDS, FileWriter, HoldBudget
+from .writer import CHECKPOINT_BYTES, CHECKPOINT_SECONDS, FileWriter, HoldBudget
 
 if TYPE_CHECKING:
     from ..remote.client import Remote
@@ -106,7 +107,8 @@ class Transfer:
         job = self.job
         etag_part_size = await self._etag_part_size() if self.verify.etag else None
         buffers = self.remote.buffers
-        if self.fresh and 0 < job.size <= min(buffers.size, self.limits.part_size):
+        # (at most CHECKPOINT_BYTES: a kill -9 costs no more of it than of a part streaming in)
+        if self.fresh and 0 < job.size <= min(buffers.size, self.limits.part_size, CHECKPOINT_BYTES):
             return await self._run_whole(etag_part_size, link)
         last: MirrorError | None = None
         for attempt in range(self.policy.integrity_attempts):
@@ -148,13 +150,13 @@ class Transfer:
         raise last
 
     async def _run_whole(self, etag_part_size: int | None, link: Link | None) -> Digests:
-        """A small object (one receive buffer, one part): its body is held in memory, then one
-        worker-thread call hashes, checks, writes, syncs, publishes and links it. One hand-off
-        per file instead of one per step: with many small files each hand-off is a GIL
-        hand-over between the event loop and the I/O threads, and those, not the bytes, bound
-        the rate (RESULTS.md). A body that arrives slowly is saved as a partial with its
-        resume state as it comes, as a part's bytes are (`_save`), and one cut short keeps
-        what arrived (`_keep`): a later run resumes it like any other."""
+        """A small object (one receive buffer, one part, 4 MiB at most): its body is held in
+        memory, then one worker-thread call hashes, checks, writes, syncs, publishes and links
+        it. One hand-off per file instead of one per step: with many small files each hand-off
+        is a GIL hand-over between the event loop and the I/O threads, and those, more than
+        the bytes, bound the rate (RESULTS.md). A body that arrives slowly is saved as a
+        partial with its resume state as it comes, as a part's bytes are (`_save`), and one
+        cut short keeps what arrived (`_keep`): a later run resumes it like any other."""
         job = self.job
         last: MirrorError | None = None
         for attempt in range(self.policy.integrity_attempts):

@@ -74,8 +74,8 @@ class Store:
         except OSError:
             return False
 
-    def publish(self, file_hash: str, partial: Partial, *, verified: bool = True, keep_dir: bool = False) -> Path:
-        return self.objects.publish(file_hash, partial, verified=verified, keep_dir=keep_dir)
+    def publish(self, file_hash: str, partial: Partial, *, verified: bool = True, keep_dir: bool = False) -> None:
+        self.objects.publish(file_hash, partial, verified=verified, keep_dir=keep_dir)
 
     def staging(self, file_hash: str):
         """(adopt) A temporary name in the store, in a directory held open: see ObjectStore."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -101,7 +102,6 @@ class Partial:
     def __init__(self, path: Path, state: ResumeState, fd: int, resumed_bytes: int, dfd: int = -1,
                  dirfd: int = -1) -> None:
         self.path = path
-        self.sidecar = path.with_name(path.name + ".json")
         # The fan-out directory, reached without following symlinks (layout.open_parent): the
         # sidecar, the publication and the removal name their files relative to it.
         self.dirfd = dirfd
@@ -112,6 +112,10 @@ class Partial:
         self.resumed_bytes = resumed_bytes
         self.checkpointed = False
         self._lock = threading.Lock()
+
+    @functools.cached_property
+    def sidecar(self) -> Path:
+        return self.path.with_name(self.path.name + ".json")
 
     def write(self, offset: int, view: memoryview) -> None:
         """Write `view` at `offset` (from a worker thread): its whole blocks directly, an
@@ -250,7 +254,7 @@ class ObjectStore:
         by an earlier run takes the usual way.
         """
         path = self.layout.partial_path(file_hash)
-        sidecar = path.with_name(path.name + ".json")
+        sidecar = f"{file_hash}.partial.json"
         dirfd = -1
         try:
             dirfd, _ = self.layout.open_parent(path, create=True)  # no symlinked directory followed
@@ -266,7 +270,7 @@ class ObjectStore:
             fd = _open_own(dirfd, path.name)
             state = want
             try:
-                raw = json.loads(read_at(dirfd, sidecar.name, limit=1 << 20))
+                raw = json.loads(read_at(dirfd, sidecar, limit=1 << 20))
                 old = ResumeState(raw["key"], raw["version_id"], raw["etag"], int(raw["size"]),
                                   merge_ranges([[int(s), int(e)] for s, e in raw["done"]]))
                 if raw.get("v") == SIDECAR_VERSION and old.matches(want):
@@ -279,7 +283,7 @@ class ObjectStore:
             if state is want:
                 want.done = []
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(sidecar.name, dir_fd=dirfd)
+                    os.unlink(sidecar, dir_fd=dirfd)
                 os.ftruncate(fd, 0)
             try:
                 if want.size > 0:
@@ -300,7 +304,7 @@ class ObjectStore:
             raise
         return Partial(path, state, fd, sum(e - s for s, e in state.done), dfd, dirfd)
 
-    def publish(self, file_hash: str, partial: Partial, *, verified: bool = True, keep_dir: bool = False) -> Path:
+    def publish(self, file_hash: str, partial: Partial, *, verified: bool = True, keep_dir: bool = False) -> None:
         """Make the bytes durable, then give them their final name, read-only; drop the sidecar.
 
         The data is synced before the rename, so a name never points at bytes a crash could
@@ -310,25 +314,23 @@ class ObjectStore:
         small files: the I/O threads spent about as long in it as in the data's own sync).
         `keep_dir`: the object's directory stays open (`partial.dirfd`, the caller closes it
         with `partial.close()`), for its views to be linked from."""
-        final = self.path(file_hash)
         published = False
         try:
             os.fdatasync(partial.fd)
             partial.close(keep_dir=True)
             d = partial.dirfd  # the rename and the chmod name both files relative to their directory
-            os.replace(partial.path.name, final.name, src_dir_fd=d, dst_dir_fd=d)
+            os.replace(partial.path.name, file_hash, src_dir_fd=d, dst_dir_fd=d)
             # Read-only only once it has its final name: a .partial always stays writable, so
             # a crash here can never leave one that the next run cannot reopen.
-            os.chmod(final.name, VERIFIED_MODE if verified else UNVERIFIED_MODE, dir_fd=d)
+            os.chmod(file_hash, VERIFIED_MODE if verified else UNVERIFIED_MODE, dir_fd=d)
             if partial.state.done or partial.checkpointed:
                 partial.unlink(partial.sidecar.name)
             published = True
         except OSError as exc:
-            raise store_error(exc, f"publishing {final}") from exc
+            raise store_error(exc, f"publishing {self.path(file_hash)}") from exc
         finally:
             if not (published and keep_dir):
                 partial.close()
-        return final
 
     def put_bytes(self, file_hash: str, data: bytes) -> Path:
         """Publish a small object held in memory (a metadata table), verified first.
