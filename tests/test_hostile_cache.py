@@ -101,23 +101,27 @@ def test_a_symlink_at_a_cached_manifest_is_not_read_through(cli, replica, tmp_pa
     assert not (cli.cache_dir / f"{PROJECT}-0.1.0").exists()
 
 
-def test_a_directory_swapped_for_a_symlink_during_a_link_cannot_redirect_it(tmp_path, monkeypatch):
-    """The race a check-then-use cannot close: right after vbo-mirror has reached a view's
-    directory, someone swaps it for a symlink out of cache_dir. The link (linkat/renameat on the
-    directory descriptor) lands in the real directory, never through the symlink; so does a
-    removal."""
-    import os
-
+def _store_with_one_object(tmp_path, body: bytes):
+    """(layout, store, hash, object path): a store under tmp_path/cache holding `body` as one object."""
     from mirror.store.facade import Store
-    from mirror.store.layout import CacheLayout
-    from mirror.store.views import Linker
 
     layout = CacheLayout(tmp_path / "cache")
     store = Store(layout, link_mode="hardlink")
     h = "ab" * 64
     obj = layout.object_path(h)
     obj.parent.mkdir(parents=True)
-    obj.write_bytes(b"content")
+    obj.write_bytes(body)
+    return layout, store, h, obj
+
+
+def test_a_directory_swapped_for_a_symlink_during_a_link_cannot_redirect_it(tmp_path, monkeypatch):
+    """The race a check-then-use cannot close: right after vbo-mirror has reached a view's
+    directory, someone swaps it for a symlink out of cache_dir. The link (linkat/renameat on the
+    directory descriptor) lands in the real directory, never through the symlink; so does a
+    removal."""
+    from mirror.store.views import Linker
+
+    layout, store, h, obj = _store_with_one_object(tmp_path, b"content")
     (layout.root / "v" / "sub").mkdir(parents=True)
     outside = tmp_path / "outside"
     (outside / "sub").mkdir(parents=True)
@@ -152,16 +156,9 @@ def test_a_store_swapped_for_a_symlink_during_a_link_cannot_give_a_view_other_by
     someone swaps `.vbo-mirror` for a symlink to a tree of their own with a file at the same
     object path. The view is linked from the directory descriptor reached before the swap
     (linkat relative to it), so it gets the store's object, never their file."""
-    from mirror.store.facade import Store
-    from mirror.store.layout import CacheLayout
     from mirror.store.views import Linker
 
-    layout = CacheLayout(tmp_path / "cache")
-    store = Store(layout, link_mode="hardlink")
-    h = "cd" * 64
-    obj = layout.object_path(h)
-    obj.parent.mkdir(parents=True)
-    obj.write_bytes(b"verified content")
+    layout, store, h, obj = _store_with_one_object(tmp_path, b"verified content")
     theirs = tmp_path / "theirs"
     fake = theirs / obj.relative_to(layout.meta)
     fake.parent.mkdir(parents=True)

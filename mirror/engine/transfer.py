@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     from ..store.facade import Store
 
 
-PROGRESS_BYTES = 1 << 20
-Link = Callable[[int], None]  # makes an object's views, given its directory's descriptor  # what an attempt must move to count as progress (see `_part`)
+PROGRESS_BYTES = 1 << 20  # what an attempt must move to count as progress (see `_fetch`)
+MakeViews = Callable[[int], None]  # makes an object's views, given its directory's descriptor
 
 
 @dataclass
@@ -100,7 +100,7 @@ class Transfer:
     def _settle(self) -> None:
         concurrent.futures.wait(list(self._pending))
 
-    async def run(self, *, link: Link | None = None) -> Digests:
+    async def run(self, *, link: MakeViews | None = None) -> Digests:
         """Fetch, verify, publish; then `link` (the views) in the same worker-thread call, so a
         small file costs few hand-offs. A view that cannot be made leaves the object published
         and its error in `link_error`, for the caller to record the object and then fail the file."""
@@ -149,7 +149,7 @@ class Transfer:
         assert last is not None
         raise last
 
-    async def _run_whole(self, etag_part_size: int | None, link: Link | None) -> Digests:
+    async def _run_whole(self, etag_part_size: int | None, link: MakeViews | None) -> Digests:
         """A small object (one receive buffer, one part, 4 MiB at most): its body is held in
         memory, then one worker-thread call hashes, checks, writes, syncs, publishes and links
         it. One hand-off per file instead of one per step: with many small files each hand-off
@@ -226,7 +226,7 @@ class Transfer:
                                                                job.size)).discard()
         self._saved = False
 
-    def _publish_whole(self, body: memoryview, etag_part_size: int | None, link: Link | None):
+    def _publish_whole(self, body: memoryview, etag_part_size: int | None, link: MakeViews | None):
         """In a worker thread: hash and check the whole body, then write, publish and link it.
         Returns (digests, problem); a problem means nothing was written."""
         job = self.job
@@ -251,7 +251,7 @@ class Transfer:
         self._publish_and_link(partial, link)
         return digests, None
 
-    def _publish_and_link(self, partial: Partial, link: Link | None) -> None:
+    def _publish_and_link(self, partial: Partial, link: MakeViews | None) -> None:
         """Publish, then make the views from the object's directory as publishing reached it."""
         self.store.publish(self.job.file_hash, partial, verified=self.verify.blake2b, keep_dir=link is not None)
         if link is None:
@@ -263,7 +263,7 @@ class Transfer:
         finally:
             partial.close()
 
-    def _complete(self, writer: FileWriter, partial: Partial, link: Link | None):
+    def _complete(self, writer: FileWriter, partial: Partial, link: MakeViews | None):
         """In a worker thread, once every byte has landed: hash what is left, check, publish,
         link. Returns (digests, problem); a problem means nothing was published."""
         try:
