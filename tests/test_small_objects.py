@@ -6,6 +6,7 @@ earlier run handled, a body cut short resumed, symlinks never followed)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -30,10 +31,11 @@ def smallest(replica, version="1.0.1"):
     return min(replica.data[version].values(), key=lambda f: f.size)
 
 
-def _mirror(root, url, version="1.0.1") -> Mirror:
-    m = Mirror(root, endpoint_url=url)
-    m.load_manifest(version)
-    return m
+@contextlib.contextmanager
+def _mirror(root, url, version="1.0.1"):
+    with Mirror(root, endpoint_url=url) as m:
+        m.load_manifest(version)
+        yield m
 
 
 def _fetch_of(m: Mirror, key: str):
@@ -51,8 +53,8 @@ def _leftovers(root) -> list[str]:
 def test_a_small_object_that_changed_on_the_server_leaves_nothing_behind(sandbox, replica, tmp_path):
     f = smallest(replica)
     rule = Rule(key=f.key, action="status", status=412, code="PreconditionFailed", times=1000)
-    with FaultProxy(sandbox.url, rules=[rule]) as proxy:
-        stats = _mirror(tmp_path / "c", proxy.url).sync(policy=FAST)
+    with FaultProxy(sandbox.url, rules=[rule]) as proxy, _mirror(tmp_path / "c", proxy.url) as m:
+        stats = m.sync(policy=FAST)
     assert [(x.key, type(x.error)) for x in stats.failures] == [(f.key, ObjectChanged)]
     assert rule.hits >= 1 and _leftovers(tmp_path / "c") == []
 
@@ -64,17 +66,17 @@ def test_a_leftover_partial_of_a_small_object_never_reaches_a_view(sandbox, repl
     its BLAKE2b fails, and it is fetched again. Either way the view has the right bytes."""
     f = smallest(replica)
     root = tmp_path / "c"
-    m = _mirror(root, sandbox.url)
-    fetch = _fetch_of(m, f.key)
-    partial = CacheLayout(root).partial_path(fetch.file_hash)
-    partial.parent.mkdir(parents=True)
-    partial.write_bytes(b"\xff" * f.size)
-    if sidecar:
-        state = {"v": SIDECAR_VERSION, "key": f.key, "version_id": fetch.ref.version_id, "etag": fetch.etag,
-                 "size": f.size, "done": [[0, f.size]]}
-        partial.with_name(partial.name + ".json").write_text(json.dumps(state))
     events = []
-    stats = m.sync(policy=FAST, on_event=events.append)
+    with _mirror(root, sandbox.url) as m:
+        fetch = _fetch_of(m, f.key)
+        partial = CacheLayout(root).partial_path(fetch.file_hash)
+        partial.parent.mkdir(parents=True)
+        partial.write_bytes(b"\xff" * f.size)
+        if sidecar:
+            state = {"v": SIDECAR_VERSION, "key": f.key, "version_id": fetch.ref.version_id, "etag": fetch.etag,
+                     "size": f.size, "done": [[0, f.size]]}
+            partial.with_name(partial.name + ".json").write_text(json.dumps(state))
+        stats = m.sync(policy=FAST, on_event=events.append)
     assert stats.failures == []
     assert_mirror(root, replica, "1.0.1")
     assert _leftovers(root) == []
@@ -82,26 +84,22 @@ def test_a_leftover_partial_of_a_small_object_never_reaches_a_view(sandbox, repl
         assert any(e.name == "retry" and e.error == "IntegrityError" for e in events)
 
 
-def test_many_small_objects_at_once_give_every_buffer_back(sandbox, replica, tmp_path):
+def test_many_small_objects_at_once_give_every_buffer_back(sandbox, replica, tmp_path, monkeypatch):
     """Every file of the version fits one buffer: all go the whole-body way, 16 at once, on a
     pool sized for that, and the run ends with every buffer back in the pool."""
-    m = _mirror(tmp_path / "c", sandbox.url)
+    from mirror.engine.transfer import Transfer
+
     seen = {}
-
-    import mirror.engine.transfer as transfer
-
-    real = transfer.Transfer._run_whole
+    real = Transfer._run_whole
 
     async def counted(self, *a, **kw):
         seen[self.job.ref.key] = True
         seen["pool"] = self.remote.buffers
         return await real(self, *a, **kw)
 
-    transfer.Transfer._run_whole = counted
-    try:
+    monkeypatch.setattr(Transfer, "_run_whole", counted)
+    with _mirror(tmp_path / "c", sandbox.url) as m:
         stats = m.sync(limits=Limits(jobs=16), policy=FAST)
-    finally:
-        transfer.Transfer._run_whole = real
     assert stats.failures == []
     assert_mirror(tmp_path / "c", replica, "1.0.1")
     assert {f.key for f in replica.data["1.0.1"].values()} <= set(seen)  # (the tables went this way too)
