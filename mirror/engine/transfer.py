@@ -89,13 +89,17 @@ class Transfer:
         self._saved = False  # (small body) a partial of its first bytes was saved
 
     async def _thread(self, fn, *args):
-        """Run blocking file work in the I/O pool. The futures are tracked: a cancelled await
+        """Run blocking file work in the I/O pool (`_submit`) and wait for it."""
+        return await asyncio.wrap_future(self._submit(fn, *args))
+
+    def _submit(self, fn, *args) -> concurrent.futures.Future:
+        """Blocking file work for the I/O pool. The futures are tracked: a cancelled await
         does not stop a thread, so cleanup waits for them before it closes the descriptor they
         write to (a closed fd number can be reused by another file)."""
         fut = self.executor.submit(fn, *args)
         self._pending.add(fut)
         fut.add_done_callback(self._pending.discard)
-        return await asyncio.wrap_future(fut)
+        return fut
 
     def _settle(self) -> None:
         concurrent.futures.wait(list(self._pending))
@@ -129,9 +133,7 @@ class Transfer:
                 if problem is None:
                     return digests
                 keep = False
-                last = IntegrityError(f"s3://{job.ref.bucket}/{job.ref.key} (version {job.ref.version_id}): {problem}")
-                if attempt + 1 < self.policy.integrity_attempts:
-                    self.report.on_retry(job.ref.key, last, attempt + 1, 0.0)
+                last = self._mismatch(problem, attempt)
             except (ObjectChanged, ObjectNotFound):
                 keep = False  # these bytes belong to an object (version) that no longer exists
                 raise
@@ -168,26 +170,35 @@ class Transfer:
                     await asyncio.wrap_future(self._saving)
                 handed = True
                 digests, problem = await self._thread(self._publish_whole, body.view(), etag_part_size, link)
-            except (ObjectChanged, ObjectNotFound):
-                self._settle()
-                if self._saved:
-                    self._discard_saved()
-                raise  # these bytes belong to an object (version) that no longer exists
-            except BaseException:
-                self._settle()
-                if not handed and body.pos:
+            except BaseException as exc:
+                self._settle()  # (cancelled) a save, or the thread, may still be reading the body
+                if isinstance(exc, (ObjectChanged, ObjectNotFound)):
+                    if self._saved:  # its bytes belong to an object (version) that no longer exists
+                        self._discard_saved()
+                elif not handed and body.pos:
                     self._keep(body.view())
                 raise
             finally:
-                self._settle()  # (cancelled) the thread may still be reading the buffer
                 body.release()
             if problem is None:
                 return digests
-            last = IntegrityError(f"s3://{job.ref.bucket}/{job.ref.key} (version {job.ref.version_id}): {problem}")
-            if attempt + 1 < self.policy.integrity_attempts:
-                self.report.on_retry(job.ref.key, last, attempt + 1, 0.0)
+            last = self._mismatch(problem, attempt)
         assert last is not None
         raise last
+
+    def _mismatch(self, problem: str, attempt: int) -> IntegrityError:
+        """The error of an attempt whose bytes did not check out, reported as a retry when
+        another attempt follows."""
+        ref = self.job.ref
+        err = IntegrityError(f"s3://{ref.bucket}/{ref.key} (version {ref.version_id}): {problem}")
+        if attempt + 1 < self.policy.integrity_attempts:
+            self.report.on_retry(ref.key, err, attempt + 1, 0.0)
+        return err
+
+    def _resume_state(self) -> ResumeState:
+        """What this object's partial is for (a new one each time: `open_partial` fills it in)."""
+        job = self.job
+        return ResumeState(job.ref.key, job.ref.version_id, job.etag, job.size)
 
     def _save(self, snapshot: bytes) -> None:
         """(event loop) A slow small body's bytes so far, saved in a worker thread, one save at
@@ -195,22 +206,17 @@ class Transfer:
         if self._saving is not None and not self._saving.done():
             return
         try:
-            fut = self.executor.submit(self._keep, snapshot)
+            self._saving = self._submit(self._keep, snapshot)
         except RuntimeError:
-            return  # the pool is shutting down: the cleanup's `_keep` covers it
-        self._pending.add(fut)
-        fut.add_done_callback(self._pending.discard)
-        self._saving = fut
+            pass  # the pool is shutting down: the cleanup's `_keep` covers it
 
     def _keep(self, data: bytes | memoryview) -> None:
         """Save `data`, a small body's first bytes, as its partial with the resume state that
         says so: a later run (or a later attempt) continues from there. From a worker thread
         (`_save`) or from cleanup on the event loop (as `run`'s final checkpoint is); a disk
         that refuses only costs those bytes again."""
-        job = self.job
         with contextlib.suppress(MirrorError, OSError):
-            partial = self.store.open_partial(job.file_hash, ResumeState(job.ref.key, job.ref.version_id, job.etag,
-                                                                         job.size))
+            partial = self.store.open_partial(self.job.file_hash, self._resume_state())
             self._saved = True
             try:
                 partial.write(0, memoryview(data))
@@ -220,10 +226,8 @@ class Transfer:
 
     def _discard_saved(self) -> None:
         """Remove what `_keep` saved (its bytes turned out not to be this object's)."""
-        job = self.job
         with contextlib.suppress(MirrorError, OSError):
-            self.store.open_partial(job.file_hash, ResumeState(job.ref.key, job.ref.version_id, job.etag,
-                                                               job.size)).discard()
+            self.store.open_partial(self.job.file_hash, self._resume_state()).discard()
         self._saved = False
 
     def _publish_whole(self, body: memoryview, etag_part_size: int | None, link: MakeViews | None):
@@ -238,8 +242,8 @@ class Transfer:
             if self._saved:
                 self._discard_saved()  # the saved prefix is of these very bytes
             return digests, problem
-        partial = self.store.open_partial(job.file_hash, ResumeState(job.ref.key, job.ref.version_id, job.etag, job.size),
-                                          direct=self.limits.direct_io, whole=True)
+        partial = self.store.open_partial(job.file_hash, self._resume_state(), direct=self.limits.direct_io,
+                                          whole=True)
         try:
             partial.write(0, body)
         except OSError as exc:
@@ -282,7 +286,7 @@ class Transfer:
         opens it, so wait for it and close what it opened."""
         job = self.job
         fut = self.executor.submit(functools.partial(
-            self.store.open_partial, job.file_hash, ResumeState(job.ref.key, job.ref.version_id, job.etag, job.size),
+            self.store.open_partial, job.file_hash, self._resume_state(),
             direct=self.limits.direct_io))
         try:
             return await asyncio.wrap_future(fut)

@@ -22,7 +22,7 @@ from pathlib import Path
 from ..errors import StoreError, ViewBlocked
 from .fsutil import atomic_write, atomic_write_at, store_error
 from .index import IndexRecord, StateIndex
-from .layout import CacheLayout, looks_like_manifest
+from .layout import SIDECAR_SUFFIX, CacheLayout, looks_like_manifest
 from .objects import ObjectStore, Partial, ResumeState
 from .views import Linker
 
@@ -53,7 +53,7 @@ class Store:
         out = set()
         for h in hashes:
             try:
-                os.lstat(self.layout.object_file(h) + ".partial.json")
+                os.lstat(self.layout.partial_file(h) + SIDECAR_SUFFIX)
             except OSError:
                 continue
             out.add(h)
@@ -173,13 +173,9 @@ class Store:
             yield src_dir, file_hash
             return
         try:
-            dfd, name = self.layout.open_parent(self.layout.object_file(file_hash))
+            dfd, name = self._open_parent(self.layout.object_file(file_hash))
         except FileNotFoundError as exc:
             raise store_error(exc, f"linking {views[0] if views else file_hash}") from exc
-        except (StoreError, ViewBlocked):
-            raise
-        except OSError as exc:
-            raise store_error(exc, f"opening the directory of the object {file_hash[:16]}…") from exc
         try:
             yield dfd, name
         finally:

@@ -26,6 +26,7 @@ from ..errors import InputError, StoreError
 from .fsutil import open_dir_beneath
 
 META = ".vbo-mirror"
+SIDECAR_SUFFIX = ".json"  # a partial's resume state: `<hash>.partial` + this
 LAST_USED = "_manifest_last_used.txt"
 
 
@@ -78,7 +79,12 @@ class CacheLayout:
         return f"{self._objects}/{file_hash[:2]}/{file_hash[2:4]}/{file_hash}"
 
     def partial_path(self, file_hash: str) -> Path:
-        return Path(self.object_file(file_hash) + ".partial")
+        return Path(self.partial_file(file_hash))
+
+    def partial_file(self, file_hash: str) -> str:
+        """The partial download's path as a string; its resume state is beside it, with
+        SIDECAR_SUFFIX appended."""
+        return self.object_file(file_hash) + ".partial"
 
     def manifest_path(self, name: str) -> Path:
         if "/" in name or name.startswith("."):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..errors import IntegrityError, StoreError
 from .fsutil import atomic_write, atomic_write_at, pwrite_all, read_at, store_error
-from .layout import CacheLayout
+from .layout import SIDECAR_SUFFIX, CacheLayout
 
 SIDECAR_VERSION = 1
 
@@ -115,7 +115,7 @@ class Partial:
 
     @functools.cached_property
     def sidecar(self) -> Path:
-        return self.path.with_name(self.path.name + ".json")
+        return self.path.with_name(self.path.name + SIDECAR_SUFFIX)
 
     def write(self, offset: int, view: memoryview) -> None:
         """Write `view` at `offset` (from a worker thread): its whole blocks directly, an
@@ -254,7 +254,7 @@ class ObjectStore:
         by an earlier run takes the usual way.
         """
         path = self.layout.partial_path(file_hash)
-        sidecar = f"{file_hash}.partial.json"
+        sidecar = path.name + SIDECAR_SUFFIX
         dirfd = -1
         try:
             dirfd, _ = self.layout.open_parent(path, create=True)  # no symlinked directory followed
