@@ -118,8 +118,7 @@ class Transfer:
         for attempt in range(self.policy.integrity_attempts):
             partial = await self._open_partial()
             keep = True
-            writer = FileWriter(partial, MultiHasher(etag_part_size=etag_part_size,
-                                                     want_etag=self.verify.etag and job.etag is not None),
+            writer = FileWriter(partial, self._hasher(etag_part_size),
                                 executor=self.executor, release=buffers.give_threadsafe, release_here=buffers.give,
                                 budget=self.budget, on_bytes=self.report.on_bytes)
             try:
@@ -234,7 +233,7 @@ class Transfer:
         """In a worker thread: hash and check the whole body, then write, publish and link it.
         Returns (digests, problem); a problem means nothing was written."""
         job = self.job
-        hasher = MultiHasher(etag_part_size=etag_part_size, want_etag=self.verify.etag and job.etag is not None)
+        hasher = self._hasher(etag_part_size)
         hasher.update(body)
         digests = hasher.digests()
         problem = self._check(digests, len(body))
@@ -295,6 +294,12 @@ class Transfer:
             if not fut.cancelled() and fut.exception() is None:
                 fut.result().close()
             raise
+
+    def _hasher(self, etag_part_size: int | None) -> MultiHasher:
+        """The digests this run checks (and the xxh3 fingerprint, always): no BLAKE2b unless
+        it is checked, no MD5 unless an ETag is."""
+        return MultiHasher(etag_part_size=etag_part_size, want_etag=self.verify.etag and self.job.etag is not None,
+                           blake2b=self.verify.blake2b)
 
     def _check(self, d: Digests, hashed: int) -> str | None:
         job = self.job
