@@ -97,10 +97,19 @@ BEST: dict[str, dict[str, object]] = {
 }
 
 
-def variants(tool: str) -> tuple[str, ...]:
+# Like for like (issue 19): s5cmd verifies nothing, vbo-mirror checks the BLAKE2b of every byte,
+# so "default" against "default" compares different work. Two variants even it out from each
+# side: vbo-mirror with `--verify none` (sizes only, as s5cmd), and s5cmd's default run followed
+# by the check a careful user adds, coreutils `b2sum -c` of every file against the manifest's
+# BLAKE2b, one process per core. Timed in the cold and small-file scenarios.
+LIKE_FOR_LIKE: dict[str, str] = {"vbo-mirror": "no-hash", "s5cmd": "b2sum"}
+
+
+def variants(tool: str, *, like_for_like: bool = False) -> tuple[str, ...]:
     """The variants worth timing: AllenSDK has no knobs (one file at a time), so its "best"
-    would only repeat its default."""
-    return ("default",) if tool == "allensdk" else ("default", "best")
+    would only repeat its default. `like_for_like` adds the tool's LIKE_FOR_LIKE variant."""
+    base = ("default",) if tool == "allensdk" else ("default", "best")
+    return base + ((LIKE_FOR_LIKE[tool],) if like_for_like and tool in LIKE_FOR_LIKE else ())
 
 
 # --- the manifest ------------------------------------------------------------------------------
@@ -442,8 +451,9 @@ def plan_runs(tool: str, *, endpoint: str, manifest: dict, version: str, dest: P
     endpoint, `ca_bundle` is the CA its certificate chains to (trust_ca)."""
     if tool not in TOOLS:
         raise ValueError(f"unknown tool {tool!r}; one of {', '.join(TOOLS)}")
-    if variant not in ("default", "best"):
-        raise ValueError(f"variant must be 'default' or 'best', not {variant!r}")
+    allowed = ("default", "best", *([LIKE_FOR_LIKE[tool]] if tool in LIKE_FOR_LIKE else []))
+    if variant not in allowed:
+        raise ValueError(f"variant of {tool} must be one of {', '.join(allowed)}, not {variant!r}")
     if manifest.get("manifest_version", version) != version:
         raise ValueError(f"manifest is version {manifest['manifest_version']}, not {version}")
     workdir = Path(workdir)
@@ -526,8 +536,13 @@ def _mirror(run: ToolRun, exe: Path, *, endpoint, manifest, version, dest, workd
     if "dataset" in s:  # a dataset other than the release (the benchmark's synthetic ones)
         run.argv[run.argv.index("sync"):run.argv.index("sync")] = ["--dataset", str(s["dataset"])]
     run.env, run.cwd = _base_env(), ROOT
-    run.notes.append("fetches every file of the version named in the server's manifest (versionId per file) "
-                     "and verifies BLAKE2b; views are hard links/reflinks into its object store")
+    if run.variant == "no-hash":
+        run.argv += ["--verify", "none"]
+        run.notes.append("`--verify none`: checks sizes only, no BLAKE2b, like s5cmd (the like-for-like transport); "
+                         "otherwise as default")
+    else:
+        run.notes.append("fetches every file of the version named in the server's manifest (versionId per file) "
+                         "and verifies BLAKE2b; views are hard links/reflinks into its object store")
     if _trimmed(manifest):
         run.notes.append("the manifest given was trimmed, but vbo-mirror syncs the whole version: "
                          "it fetches more than `expected` covers")
@@ -560,6 +575,40 @@ def _s5cmd(run: ToolRun, exe: Path, *, endpoint, manifest, version, dest, workdi
     run.argv += ["run", str(runfile)]
     run.env, run.files = env, [runfile, *files]
     run.notes.append("one `s5cmd run` of `cp --version-id` lines: exact versions; s5cmd checks no hash")
+    if run.variant == "b2sum":
+        _then_b2sum(run, manifest, workdir)
+
+
+def _then_b2sum(run: ToolRun, manifest: dict, workdir: Path) -> None:
+    """Make `run` a script: its command, then `b2sum -c` of every file it must leave against
+    the manifest's BLAKE2b, the files dealt to one b2sum per core by size (largest first, to
+    the least loaded). Exit 0 only if the command and every check succeed."""
+    b2sum = shutil.which("b2sum")
+    if b2sum is None:
+        run.skip, run.argv = "b2sum (coreutils) is not installed", []
+        return
+    n = max(1, os.cpu_count() or 1)
+    sizes = manifest.get("_sizes", {})
+    loads, lists = [0] * n, [[] for _ in range(n)]
+    for path, h in sorted(run.expected.items(), key=lambda kv: -sizes.get(kv[1], 1)):
+        if "\\" in str(path) or "\n" in str(path):
+            raise ValueError(f"b2sum -c would need this path escaped: {path!r}")
+        i = loads.index(min(loads))
+        lists[i].append(f"{h}  {path}")
+        loads[i] += sizes.get(h, 1)
+    script = ["set -u", f"{shlex.join(run.argv)} || exit $?"]
+    for i, lines in enumerate(x for x in lists if x):
+        check = workdir / f"b2sum-check-{i}.txt"
+        check.write_text("\n".join(lines) + "\n")
+        run.files.append(check)
+        script.append(f"{shlex.join([b2sum, '--quiet', '-c', str(check)])} &")
+    script += ["rc=0", 'for p in $(jobs -p); do wait "$p" || rc=1; done', "exit $rc"]
+    path = workdir / "then-b2sum.sh"
+    path.write_text("\n".join(script) + "\n")
+    run.files.append(path)
+    run.argv = ["bash", str(path)]
+    run.notes.append(f"then `b2sum -c` of every file against the manifest's BLAKE2b ({len([x for x in lists if x])} "
+                     "processes, one per core): what checking s5cmd's download costs (the like-for-like check)")
 
 
 def _rclone(run: ToolRun, exe: Path, *, endpoint, manifest, version, dest, workdir, ca_bundle=None) -> None:
