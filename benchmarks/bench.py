@@ -461,6 +461,17 @@ def like_for_like(ctx: Context, rows: list[Run], runs: list[Run], *, allensdk: b
                    f"idle time at all, {floor / s5.wall_s:.2f} x s5cmd's {s5.wall_s:.2f} s (s5cmd's own floor: "
                    f"{(s5.cpu_s + s5.server_cpu_s) / ctx.ncores:.2f} s). Below that only less CPU helps, not better "
                    "overlap.")
+        rates = [v for k, v in ctx.facts.get("hash_rates", {}).items() if k.startswith("blake2b")]
+        if rates:
+            hashing = vbo.bytes / 1e6 / max(rates)
+            least = (hashing + s5.server_cpu_s) / ctx.ncores
+            out.append(f"- What checking alone costs here: the BLAKE2b of these {gb(vbo.bytes)} at the fastest rate "
+                       f"measured on one core ({max(rates):.0f} MB/s) is {hashing:.2f} CPU s. With the server's CPU of "
+                       f"s5cmd's run ({s5.server_cpu_s:.2f} s) that is {least:.2f} s of wall on {ctx.ncores} fully busy "
+                       f"cores, {least / s5.wall_s:.2f} x s5cmd's wall, for a client that did nothing but hash: "
+                       + (f"no client that checks every byte can meet <= {limit:.1f} x s5cmd on this machine."
+                          if least > limit * s5.wall_s else
+                          f"within <= {limit:.1f} x, so the rest of the client's work is what stands in the way."))
     return out
 
 

@@ -30,6 +30,10 @@ def hash_rates(mib: int = 256) -> dict[str, float]:
         makers["blake2b (OpenSSL)"] = lambda: hashlib.new("blake2b512")
     except ValueError:
         pass
+    from mirror.hashing import SodiumBlake2b, blake2b_512
+
+    if isinstance(blake2b_512(), SodiumBlake2b):
+        makers["blake2b (libsodium, what vbo-mirror uses)"] = blake2b_512
     out = {}
     for name, make in makers.items():
         best = float("inf")
