@@ -148,22 +148,24 @@ class Store:
         object's directory, already open (a transfer that has just published there)."""
         with self._object_dir(file_hash, src_dir, views) as src:
             for rel in views:
-                dst = self.layout.view_file(rel)
-                dfd, name = self._open_parent(dst, create=True)
-                try:
+                with self._view_dir(rel) as (dfd, name, dst):
                     self.linker.link_at(src, dfd, name, dst)
-                finally:
-                    os.close(dfd)
 
     def ensure_view(self, file_hash: str, view: str) -> bool:
         """Link `view` unless it already is a view of the object; True when it had to."""
-        with self._object_dir(file_hash, None, [view]) as src:
-            dst = self.layout.view_file(view)
-            dfd, name = self._open_parent(dst, create=True)
-            try:
-                return self.linker.ensure_at(src, dfd, name, dst)
-            finally:
-                os.close(dfd)
+        with self._object_dir(file_hash, None, [view]) as src, self._view_dir(view) as (dfd, name, dst):
+            return self.linker.ensure_at(src, dfd, name, dst)
+
+    @contextlib.contextmanager
+    def _view_dir(self, rel: str):
+        """(directory descriptor, name, path) of the view `rel`: its directory made where
+        missing and reached without following symlinks, closed after."""
+        dst = self.layout.view_file(rel)
+        dfd, name = self._open_parent(dst, create=True)
+        try:
+            yield dfd, name, dst
+        finally:
+            os.close(dfd)
 
     @contextlib.contextmanager
     def _object_dir(self, file_hash: str, src_dir: int | None, views):
@@ -222,17 +224,13 @@ class Store:
         static cache reads the newest there), the others' removed."""
         from .fsutil import read_no_follow
 
-        target = self.layout.view_path(f"{m.project_name}/manifests/{m.name}")
         data = read_no_follow(self.layout.manifest_path(m.name), "a manifest")
-        dfd, name = self._open_parent(target, create=True)
-        try:
+        with self._view_dir(f"{m.project_name}/manifests/{m.name}") as (dfd, name, target):
             atomic_write_at(dfd, name, data, shown=target, durable=True)
             for other in os.listdir(dfd):
                 if other != name and looks_like_manifest(other):
                     with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                         os.unlink(other, dir_fd=dfd)  # unlinkat: a symlink there goes, never its target
-        finally:
-            os.close(dfd)
 
     def pin(self, name: str) -> None:
         """Make `name` the version in use (AllenSDK's `_manifest_last_used.txt`)."""

@@ -59,7 +59,7 @@ def flocked(path: Path, what: str):
         os.close(fd)
 
 
-def atomic_write_at(dfd: int, name: str, data: bytes, *, shown: Path, mode: int = 0o644,
+def atomic_write_at(dfd: int, name: str, data: bytes, *, shown: Path | str, mode: int = 0o644,
                     durable: bool = False) -> None:
     """`atomic_write` of `name` in the directory `dfd` (openat/renameat: no symlink on the way
     is followed); `durable` syncs the file and the directory, otherwise neither (for state
