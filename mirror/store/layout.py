@@ -30,6 +30,11 @@ SIDECAR_SUFFIX = ".json"  # a partial's resume state: `<hash>.partial` + this
 LAST_USED = "_manifest_last_used.txt"
 
 
+def sidecar_of(partial: Path) -> Path:
+    """The resume state beside the partial download `partial`."""
+    return partial.with_name(partial.name + SIDECAR_SUFFIX)
+
+
 def looks_like_manifest(name: str) -> bool:
     """A file name of the cloud-cache manifests (`<project>_manifest_v<semver>.json`), by shape:
     the store knows no dataset's exact pattern."""

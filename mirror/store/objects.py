@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..errors import IntegrityError, StoreError
 from .fsutil import atomic_write, atomic_write_at, pwrite_all, read_at, store_error
-from .layout import SIDECAR_SUFFIX, CacheLayout
+from .layout import SIDECAR_SUFFIX, CacheLayout, sidecar_of
 
 SIDECAR_VERSION = 1
 
@@ -115,7 +115,7 @@ class Partial:
 
     @functools.cached_property
     def sidecar(self) -> Path:
-        return self.path.with_name(self.path.name + SIDECAR_SUFFIX)
+        return sidecar_of(self.path)
 
     def write(self, offset: int, view: memoryview) -> None:
         """Write `view` at `offset` (from a worker thread): its whole blocks directly, an

@@ -29,7 +29,7 @@ from ..manifest import Manifest
 from ..reports import PruneReport, Refusal, Removed
 from ..store.index import StateIndex
 from ..store import wanted
-from ..store.layout import SIDECAR_SUFFIX, CacheLayout
+from ..store.layout import CacheLayout, sidecar_of
 from ..store.objects import ObjectStore
 from ..store.views import view_matches
 
@@ -122,7 +122,7 @@ def apply_prune(layout: CacheLayout, objects: ObjectStore, plan: PrunePlan) -> R
     for p in plan.temporaries:
         _unlink(layout, p)
     for p, _ in plan.partials:
-        for f in (p, p.with_name(p.name + SIDECAR_SUFFIX)):
+        for f in (p, sidecar_of(p)):
             _unlink(layout, f)
     index = StateIndex(layout)
     index.load()

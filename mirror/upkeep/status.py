@@ -13,7 +13,7 @@ from ..manifest import Manifest
 from ..reports import CacheStatus, Corruption, IndexRebuilt, VerifyReport, VersionStatus
 from ..store.index import IndexRecord, StateIndex
 from ..store import wanted as wanted_views
-from ..store.layout import SIDECAR_SUFFIX, CacheLayout
+from ..store.layout import CacheLayout, sidecar_of
 from ..store.objects import ObjectStore, is_unverified, mark_verified
 from ..store.views import view_matches
 
@@ -58,7 +58,7 @@ def _saved(partial) -> int:
     from ..store.fsutil import read_no_follow
 
     try:
-        state = json.loads(read_no_follow(partial.with_name(partial.name + SIDECAR_SUFFIX), "resume state", limit=16 << 20))
+        state = json.loads(read_no_follow(sidecar_of(partial), "resume state", limit=16 << 20))
         return sum(max(0, int(e) - int(s)) for s, e in state.get("done", []))
     except (OSError, ValueError, TypeError, AttributeError):
         return 0  # no (readable) resume state: the next sync starts that object over
@@ -123,7 +123,7 @@ def verify_store(layout: CacheLayout, manifests: list[Manifest], *, fast: bool, 
     orphans = []
     for p in ([] if read_only else store.partials()):
         if p.name.removesuffix(".partial") not in wanted:
-            for f in (p, p.with_name(p.name + SIDECAR_SUFFIX)):
+            for f in (p, sidecar_of(p)):
                 with contextlib.suppress(FileNotFoundError):
                     f.unlink()
             orphans.append(p.name)
