@@ -675,22 +675,15 @@ def _pyspy(ctx: Context, spy: str, url: str, version: str, flags: list[str], lab
     return _collapsed(raw)
 
 
-def _gil_per_gb(gil: dict[tuple[str, ...], int], total: int) -> float:
-    """GIL-held seconds per GB: `py-spy --gil` samples only while a thread holds the GIL, so
-    samples x interval estimates the time it was held (start-up included)."""
-    return sum(gil.values()) / PYSPY_RATE / (total / 1e9)
-
-
-def _imports_s(gil: dict[tuple[str, ...], int]) -> float:
-    """GIL-held seconds inside imports (a stack through importlib's bootstrap): paid once per
-    process (the CLI at start, pyarrow in a worker thread for the index), not per GB."""
-    return sum(n for st, n in gil.items() if any("importlib._bootstrap" in f for f in st)) / PYSPY_RATE
-
-
-def _gil_steady_per_gb(gil: dict[tuple[str, ...], int], total: int) -> float:
-    """GIL-held seconds per GB beyond the imports: what bounds one process's rate on a long
-    sync, where a fixed start-up is spread over every GB."""
-    return max(0.0, sum(gil.values()) / PYSPY_RATE - _imports_s(gil)) / (total / 1e9)
+def _gil_figures(gil: dict[tuple[str, ...], int], total: int) -> tuple[float, float, float]:
+    """(GIL-held seconds per GB, start-up included; the seconds of it inside imports; the
+    seconds per GB beyond them). `py-spy --gil` samples only while a thread holds the GIL, so
+    samples x interval estimates the time it was held. Imports (a stack through importlib's
+    bootstrap: the CLI at start, pyarrow in a worker thread for the index) are paid once per
+    process, not per GB; what is left bounds one process's rate on a long sync."""
+    held = sum(gil.values()) / PYSPY_RATE
+    imports = sum(n for st, n in gil.items() if any("importlib._bootstrap" in f for f in st)) / PYSPY_RATE
+    return held / (total / 1e9), imports, max(0.0, held - imports) / (total / 1e9)
 
 
 def _gil_line(gil: dict[tuple[str, ...], int], total: int, what: str, where: str) -> str:
@@ -699,7 +692,7 @@ def _gil_line(gil: dict[tuple[str, ...], int], total: int, what: str, where: str
     for st, c in gil.items():
         leaf[st[-1]] = leaf.get(st[-1], 0) + c
     top = sorted(leaf.items(), key=lambda kv: -kv[1])[:6]
-    per_gb, steady, imports = _gil_per_gb(gil, total), _gil_steady_per_gb(gil, total), _imports_s(gil)
+    per_gb, imports, steady = _gil_figures(gil, total)
     return (f"- py-spy, {what} ({PYSPY_RATE} Hz): `--gil` saw the GIL held for ~{n / PYSPY_RATE:.2f} s "
             f"(~{per_gb:.2f} s per GB of this {total / 1e9:.1f} GB; samples x interval, an estimate), of which "
             f"~{imports:.2f} s in imports, paid once per process; beyond them ~{steady:.2f} s per GB, so one "
@@ -719,12 +712,12 @@ def gil_held(ctx: Context, version: str, total: int) -> list[str]:
     got = _pyspy(ctx, spy, ctx.url, version, ["--gil", "--nonblocking"], "http-gil")
     if isinstance(got, str):
         return [got]
-    per_gb, steady = _gil_per_gb(got, total), _gil_steady_per_gb(got, total)
+    per_gb, imports, steady = _gil_figures(got, total)
     ctx.facts["gil_s_per_gb"] = steady
     ctx.targets.append(("GIL held per GB beyond the one-off imports, default cold sync over HTTP (issue 19)",
                         "<= 0.40 s/GB (>= 2.5 GB/s a process)",
                         f"{steady:.2f} s/GB ({1 / steady:.1f} GB/s a process; {per_gb:.2f} s/GB with "
-                        f"{_imports_s(got):.2f} s of imports over this {total / 1e9:.1f} GB)", steady <= 0.40))
+                        f"{imports:.2f} s of imports over this {total / 1e9:.1f} GB)", steady <= 0.40))
     return [_gil_line(got, total, "one default plain HTTP cold sync", "over HTTP")]
 
 

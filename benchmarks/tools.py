@@ -596,8 +596,9 @@ def _then_b2sum(run: ToolRun, manifest: dict, workdir: Path) -> None:
         i = loads.index(min(loads))
         lists[i].append(f"{h}  {path}")
         loads[i] += sizes.get(h, 1)
+    used = [x for x in lists if x]
     script = ["set -u", f"{shlex.join(run.argv)} || exit $?"]
-    for i, lines in enumerate(x for x in lists if x):
+    for i, lines in enumerate(used):
         check = workdir / f"b2sum-check-{i}.txt"
         check.write_text("\n".join(lines) + "\n")
         run.files.append(check)
@@ -607,7 +608,7 @@ def _then_b2sum(run: ToolRun, manifest: dict, workdir: Path) -> None:
     path.write_text("\n".join(script) + "\n")
     run.files.append(path)
     run.argv = ["bash", str(path)]
-    run.notes.append(f"then `b2sum -c` of every file against the manifest's BLAKE2b ({len([x for x in lists if x])} "
+    run.notes.append(f"then `b2sum -c` of every file against the manifest's BLAKE2b ({len(used)} "
                      "processes, one per core): what checking s5cmd's download costs (the like-for-like check)")
 
 
